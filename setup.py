@@ -1,0 +1,46 @@
+"""Installs rwkv_jax (the library) and pallas_kernels (the WKV kernels, a leaf package)."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "einops>=0.8,<0.9",
+    "ml-collections>=1.1,<1.2",
+    "ml_dtypes>=0.5",
+    "numpy>=1.26",
+    "tokenizers>=0.20,<1",
+    "tensorboardX>=2.6,<3",
+    "tqdm>=4.66",
+    "matplotlib>=3.8,<4",
+]
+
+TEST = [
+    "pytest>=8,<10",
+    "pytest-xdist>=3.5,<4",
+    "ruff>=0.6",
+    # Reference implementations, used by the tests only.
+    "torch==2.13.0",
+    "transformers>=4.45,<6",
+    "rwkv==0.8.32",
+    "nbmake>=1.5,<2",
+]
+
+NOTEBOOKS = ["jupyterlab>=4", "ipykernel>=6", "nbclient>=0.10"]
+
+setup(
+    name="rwkv-jax",
+    version="0.1.0",
+    description="RWKV-4/5/6 (and next 7) in JAX/Flax NNX, with Pallas WKV kernels and official-checkpoint I/O.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["rwkv_jax", "rwkv_jax.*", "pallas_kernels", "pallas_kernels.*"]),
+    package_data={"rwkv_jax.tokenizers": ["data/*"]},
+    install_requires=CORE,
+    extras_require={"test": TEST, "notebooks": NOTEBOOKS},
+    license="Apache-2.0",
+)
