@@ -1,0 +1,72 @@
+"""Building blocks shared by every RWKV version: parameters with logical axes, token shift, LayerNorm, Linear.
+
+Parameters carry *logical* axis names (``vocab``, ``embed``, ``mlp``, ``heads``, ``head_dim``, ``lora``, ...)
+as the ``logical_axes`` metadata of ``nnx.Param``; only a sharding config maps them to mesh axes. Parameters
+are stored in ``param_dtype`` (float32 by default) and cast to the compute ``dtype`` where they are used.
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rwkv_jax.array_typing import Array
+
+
+def param(value: Array, axes: Sequence[str | None]) -> nnx.Param:
+    """An ``nnx.Param`` holding ``value`` with one logical axis name per dimension."""
+    axes = tuple(axes)
+    if len(axes) != value.ndim:
+        raise ValueError(f"parameter of shape {value.shape} needs {value.ndim} axis names, got {axes}")
+    return nnx.Param(value, logical_axes=axes)
+
+
+def token_shift(x: Array, prev: Array) -> tuple[Array, Array]:
+    """Shifts ``x [B, T, C]`` one step back in time, filling position 0 with ``prev [B, C]``.
+
+    Returns the shifted sequence ``[B, T, C]`` and the last input ``x[:, -1] [B, C]`` (the next call's prev).
+    """
+    shifted = jnp.concatenate([prev[:, None, :].astype(x.dtype), x[:, :-1]], axis=1)
+    return shifted, x[:, -1]
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm over the last axis, ``weight``/``bias`` of shape ``[C]``, statistics in float32."""
+
+    def __init__(self, features: int, *, eps: float = 1e-5, param_dtype: jnp.dtype = jnp.float32):
+        self.eps = eps
+        self.weight = param(jnp.ones((features,), param_dtype), ("embed",))
+        self.bias = param(jnp.zeros((features,), param_dtype), ("embed",))
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        y = y * self.weight[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return y.astype(x.dtype)
+
+
+class Linear(nnx.Module):
+    """Bias-free ``y = x @ kernel`` with ``kernel [in, out]`` (the transpose of torch's ``weight [out, in]``)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        axes: tuple[str, str],
+        *,
+        kernel: Array | None = None,
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype = jnp.float32,
+    ):
+        if kernel is None:
+            kernel = jnp.zeros((in_features, out_features), param_dtype)
+        if kernel.shape != (in_features, out_features):
+            raise ValueError(f"kernel shape {kernel.shape} != ({in_features}, {out_features})")
+        self.dtype = dtype
+        self.kernel = param(kernel.astype(param_dtype), axes)
+
+    def __call__(self, x: Array) -> Array:
+        return jnp.matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
