@@ -1,0 +1,261 @@
+"""RWKV-4 (arXiv 2305.13048) in Flax NNX: the math of BlinkDL/RWKV-LM ``RWKV-v4neo/src/model.py``.
+
+Attribute names follow the official checkpoint (``emb``, ``blocks[i].ln0/ln1/ln2/att/ffn``, ``ln_out``,
+``head``) so that a parameter's path is its official key (see ``rwkv_jax.checkpoint.convert_v4``).
+``time_decay`` is stored raw as in the checkpoint; the WKV recurrence gets ``w_log = -exp(time_decay)``.
+
+One call serves training, prefill and decoding::
+
+    logits, state = model(tokens)            # [B, T] int32 -> [B, T, V] float32, from the empty state
+    logits, state = model(next_tokens, state)  # continue
+
+The state is a tuple with one :class:`RWKV4LayerState` per layer; every leaf is float32 with batch on axis 0.
+"""
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rwkv_jax.array_typing import Array, Tokens
+from rwkv_jax.models import init
+from rwkv_jax.models.common import LayerNorm, Linear, param, token_shift
+from rwkv_jax.wkv.impl import Impl
+from rwkv_jax.wkv.v4 import WKV4State, wkv4_recurrent
+
+COMPUTE_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16))
+PARAM_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16))
+
+
+def _require_positive_int(what: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+
+
+def _dtype(name: str, value: object, allowed: tuple[np.dtype, ...]) -> np.dtype:
+    try:
+        dtype = np.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype not in allowed:
+        names = ", ".join(d.name for d in allowed)
+        raise ValueError(f"RWKV4Config.{name} must be one of {names}, got {value!r}")
+    return dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class RWKV4Config:
+    """Sizes and numerics of an RWKV-4 model.
+
+    Attributes:
+      vocab_size: V, number of token ids.
+      n_layer: L, number of blocks.
+      n_embd: C, model width (also the time-mix width, as in every released RWKV-4).
+      ffn_dim: F, channel-mix hidden width; None means ``4 * n_embd``.
+      dtype: compute dtype of activations and matmuls (float32 or bfloat16). WKV state is float32 always.
+      param_dtype: storage dtype of the parameters (float32 or bfloat16).
+      wkv_impl: WKV-4 form (an :class:`Impl` or its name); ``"auto"`` resolves by backend.
+      layer_norm_eps: epsilon of every LayerNorm (torch's default, 1e-5, in the official model).
+    """
+
+    vocab_size: int
+    n_layer: int
+    n_embd: int
+    ffn_dim: int | None = None
+    dtype: np.dtype | str = "float32"
+    param_dtype: np.dtype | str = "float32"
+    wkv_impl: Impl | str = Impl.AUTO
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        for name in ("vocab_size", "n_layer", "n_embd"):
+            _require_positive_int(f"RWKV4Config.{name}", getattr(self, name))
+        if self.ffn_dim is None:
+            object.__setattr__(self, "ffn_dim", 4 * self.n_embd)
+        _require_positive_int("RWKV4Config.ffn_dim", self.ffn_dim)
+        object.__setattr__(self, "dtype", _dtype("dtype", self.dtype, COMPUTE_DTYPES))
+        object.__setattr__(self, "param_dtype", _dtype("param_dtype", self.param_dtype, PARAM_DTYPES))
+        object.__setattr__(self, "wkv_impl", Impl.parse(self.wkv_impl))
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"RWKV4Config.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+
+
+class RWKV4LayerState(NamedTuple):
+    """Recurrent state of one block; every field float32 with batch on axis 0.
+
+    att_x: ``[B, C]`` last ln1 output (time-mix token shift).
+    wkv:   :class:`WKV4State` of the time-mix recurrence (``[B, C]`` each).
+    ffn_x: ``[B, C]`` last ln2 output (channel-mix token shift).
+    """
+
+    att_x: Array
+    wkv: WKV4State
+    ffn_x: Array
+
+    @classmethod
+    def zeros(cls, batch_size: int, n_embd: int) -> "RWKV4LayerState":
+        zero = jnp.zeros((batch_size, n_embd), jnp.float32)
+        return cls(zero, WKV4State.zeros(batch_size, n_embd), zero)
+
+
+RWKV4State = tuple[RWKV4LayerState, ...]
+
+
+def _mix(x: Array, shifted: Array, ratio: nnx.Param) -> Array:
+    """``x * ratio + shifted * (1 - ratio)``: interpolation between this token and the previous one."""
+    ratio = ratio[...].astype(x.dtype)
+    return x * ratio + shifted * (1 - ratio)
+
+
+class TimeMix(nnx.Module):
+    """RWKV_TimeMix: token-shifted k, v, r projections, the WKV-4 recurrence, sigmoid(r) gate, output."""
+
+    def __init__(self, config: RWKV4Config, layer_id: int, *, rngs: nnx.Rngs):
+        C, L, pdt = config.n_embd, config.n_layer, config.param_dtype
+        self.wkv_impl = config.wkv_impl
+        self.time_decay = param(jnp.asarray(init.time_decay(layer_id, L, C), pdt), ("mlp",))
+        self.time_first = param(jnp.asarray(init.time_first(C), pdt), ("mlp",))
+        v_offset = init.time_mix_v_offset(layer_id, L)
+        self.time_mix_k = param(jnp.asarray(init.time_mix(layer_id, L, C, 1.0), pdt), ("embed",))
+        self.time_mix_v = param(jnp.asarray(init.time_mix(layer_id, L, C, 1.0, v_offset), pdt), ("embed",))
+        self.time_mix_r = param(jnp.asarray(init.time_mix(layer_id, L, C, 0.5), pdt), ("embed",))
+        linear = dict(dtype=config.dtype, param_dtype=pdt)
+        # generate_init_weight: att.value orthogonal, att.key / receptance / output zero (init.ZERO_INIT).
+        self.key = Linear(C, C, ("embed", "mlp"), **linear)
+        value = init.orthogonal_kernel(rngs.params(), C, C)
+        self.value = Linear(C, C, ("embed", "mlp"), kernel=value, **linear)
+        self.receptance = Linear(C, C, ("embed", "mlp"), **linear)
+        self.output = Linear(C, C, ("mlp", "embed"), **linear)
+
+    def __call__(self, x: Array, prev_x: Array, wkv_state: WKV4State) -> tuple[Array, Array, WKV4State]:
+        """x: ``[B, T, C]`` (ln1 output); returns the block update ``[B, T, C]``, new prev_x and WKV state."""
+        shifted, last_x = token_shift(x, prev_x)
+        k = self.key(_mix(x, shifted, self.time_mix_k))
+        v = self.value(_mix(x, shifted, self.time_mix_v))
+        r = jax.nn.sigmoid(self.receptance(_mix(x, shifted, self.time_mix_r)))
+        w_log = -jnp.exp(self.time_decay[...].astype(jnp.float32))
+        u = self.time_first[...].astype(jnp.float32)
+        y, wkv_state = wkv4_recurrent(w_log, u, k, v, wkv_state)
+        return self.output(r * y), last_x.astype(jnp.float32), wkv_state
+
+
+class ChannelMix(nnx.Module):
+    """RWKV_ChannelMix: ``sigmoid(receptance(xr)) * value(relu(key(xk))^2)`` on token-shifted inputs."""
+
+    def __init__(self, config: RWKV4Config, layer_id: int, *, rngs: nnx.Rngs):
+        C, F, L, pdt = config.n_embd, config.ffn_dim, config.n_layer, config.param_dtype
+        self.time_mix_k = param(jnp.asarray(init.time_mix(layer_id, L, C, 1.0), pdt), ("embed",))
+        self.time_mix_r = param(jnp.asarray(init.time_mix(layer_id, L, C, 1.0), pdt), ("embed",))
+        linear = dict(dtype=config.dtype, param_dtype=pdt)
+        # generate_init_weight: ffn.key orthogonal (gain sqrt(F / C)), ffn.receptance / value zero.
+        key = init.orthogonal_kernel(rngs.params(), C, F)
+        self.key = Linear(C, F, ("embed", "mlp"), kernel=key, **linear)
+        self.receptance = Linear(C, C, ("embed", None), **linear)
+        self.value = Linear(F, C, ("mlp", "embed"), **linear)
+
+    def __call__(self, x: Array, prev_x: Array) -> tuple[Array, Array]:
+        """x: ``[B, T, C]`` (ln2 output); returns the block update ``[B, T, C]`` and the new prev_x."""
+        shifted, last_x = token_shift(x, prev_x)
+        hidden = jnp.square(jax.nn.relu(self.key(_mix(x, shifted, self.time_mix_k))))
+        gate = jax.nn.sigmoid(self.receptance(_mix(x, shifted, self.time_mix_r)))
+        return gate * self.value(hidden), last_x.astype(jnp.float32)
+
+
+class Block(nnx.Module):
+    """A residual block: ``x += att(ln1(x)); x += ffn(ln2(x))``; block 0 first applies ``ln0`` to x."""
+
+    def __init__(self, config: RWKV4Config, layer_id: int, *, rngs: nnx.Rngs):
+        norm = dict(eps=config.layer_norm_eps, param_dtype=config.param_dtype)
+        self.ln0 = LayerNorm(config.n_embd, **norm) if layer_id == 0 else None
+        self.ln1 = LayerNorm(config.n_embd, **norm)
+        self.ln2 = LayerNorm(config.n_embd, **norm)
+        self.att = TimeMix(config, layer_id, rngs=rngs)
+        self.ffn = ChannelMix(config, layer_id, rngs=rngs)
+
+    def __call__(self, x: Array, state: RWKV4LayerState) -> tuple[Array, RWKV4LayerState]:
+        if self.ln0 is not None:
+            x = self.ln0(x)
+        update, att_x, wkv_state = self.att(self.ln1(x), state.att_x, state.wkv)
+        x = x + update
+        update, ffn_x = self.ffn(self.ln2(x), state.ffn_x)
+        return x + update, RWKV4LayerState(att_x, wkv_state, ffn_x)
+
+
+def check_token_ids(tokens: Array, vocab_size: int) -> None:
+    """Raises ValueError for a tokens array that is not ``[B, T]`` integers in ``[0, vocab_size)``.
+
+    Shape and dtype are checked always; the range only for concrete arrays (under ``jit`` the values are
+    unknown: an out-of-range id there gives NaN logits, since the embedding lookup fills with NaN).
+    """
+    if tokens.ndim != 2 or tokens.shape[1] < 1:
+        raise ValueError(f"tokens must have shape [B, T] with T >= 1, got {tokens.shape}")
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
+    if isinstance(tokens, jax.core.Tracer):
+        return
+    ids = np.asarray(tokens)
+    bad = (ids < 0) | (ids >= vocab_size)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"token id {int(ids[where])} at position {where} is outside the vocabulary [0, {vocab_size}); "
+            f"{int(bad.sum())} id(s) out of range"
+        )
+
+
+class Embedding(nnx.Module):
+    """Token embedding ``weight [V, C]``; an out-of-range id (possible only under jit) gives NaN rows."""
+
+    def __init__(self, weight: Array):
+        self.weight = param(weight, ("vocab", "embed"))
+
+    def __call__(self, tokens: Tokens) -> Array:
+        return jnp.take(self.weight[...], tokens, axis=0, mode="fill")
+
+
+class RWKV4(nnx.Module):
+    """The RWKV-4 language model: emb -> blocks -> ln_out -> head."""
+
+    def __init__(self, config: RWKV4Config, *, rngs: nnx.Rngs):
+        C, V, pdt = config.n_embd, config.vocab_size, config.param_dtype
+        self.config = config
+        self.emb = Embedding(init.embedding(rngs.params(), V, C, pdt))
+        self.blocks = nnx.List([Block(config, i, rngs=rngs) for i in range(config.n_layer)])
+        self.ln_out = LayerNorm(C, eps=config.layer_norm_eps, param_dtype=pdt)
+        # generate_init_weight: head orthogonal with gain sqrt(V / C) (when V > C) times 0.5.
+        head = init.orthogonal_kernel(rngs.params(), C, V, init.HEAD_INIT_SCALE)
+        self.head = Linear(C, V, ("embed", "vocab"), kernel=head, dtype=config.dtype, param_dtype=pdt)
+
+    def init_state(self, batch_size: int) -> RWKV4State:
+        """The empty state: zero token shifts and the empty WKV state, for ``batch_size`` sequences."""
+        _require_positive_int("batch_size", batch_size)
+        layer_state = RWKV4LayerState.zeros(batch_size, self.config.n_embd)
+        return (layer_state,) * self.config.n_layer
+
+    def __call__(self, tokens: Tokens, state: RWKV4State | None = None) -> tuple[Array, RWKV4State]:
+        """tokens ``[B, T]`` int -> logits ``[B, T, V]`` float32 and the state after the last token."""
+        tokens = jnp.asarray(tokens)
+        check_token_ids(tokens, self.config.vocab_size)
+        if state is None:
+            state = self.init_state(tokens.shape[0])
+        self._check_state(state, tokens.shape[0])
+        x = self.emb(tokens).astype(self.config.dtype)
+        new_state = []
+        for block, layer_state in zip(self.blocks, state, strict=True):
+            x, layer_state = block(x, layer_state)
+            new_state.append(layer_state)
+        logits = self.head(self.ln_out(x)).astype(jnp.float32)
+        return logits, tuple(new_state)
+
+    def _check_state(self, state: RWKV4State, batch_size: int) -> None:
+        expected = (batch_size, self.config.n_embd)
+        if len(state) != self.config.n_layer:
+            raise ValueError(f"state has {len(state)} layers, the model has {self.config.n_layer}")
+        for i, layer_state in enumerate(state):
+            leaves = jax.tree.leaves(layer_state)
+            for name, leaf in zip(("att_x", "num", "den", "max_exp", "ffn_x"), leaves, strict=True):
+                if leaf.shape != expected:
+                    raise ValueError(f"state[{i}].{name} has shape {leaf.shape}, expected {expected}")
