@@ -1,0 +1,313 @@
+"""Eagle (RWKV-5) and Finch (RWKV-6) language models in Flax NNX (arXiv 2404.05892).
+
+One model for the three layouts, chosen by ``RWKV6Config.version``:
+
+- ``"6"``   Finch (BlinkDL ``x060``): data-dependent token shift (ddlerp) and data-dependent decay (LoRA);
+- ``"5.2"`` Eagle (``x052``): static token shift, static decay per head and channel, gate;
+- ``"5.1"`` the early RWKV-5 (``RWKV_TimeMix_RWKV5_Preview`` without its gate): static decay and bonus, one
+  scalar per head (bonus stored as a log, ``time_first``), no gate. (BlinkDL's ``rwkv`` package calls this
+  layout "v5"; its "v5.1" has a gate.)
+
+The version is looked at here only: it picks the token-shift mix and the decay of each layer
+(``rwkv6_layers``) and the official initialisation (``rwkv6_init``).
+``model(tokens, state) -> (logits, state)`` serves prefill, decoding and training alike.
+"""
+
+import dataclasses
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rwkv_jax.array_typing import Array, Tokens
+from rwkv_jax.models import rwkv6_init as official
+from rwkv_jax.models.common import LayerNorm, Linear, token_shift
+from rwkv_jax.models.rwkv4 import Embedding, check_token_ids
+from rwkv_jax.models.rwkv6_layers import (
+    Bonus,
+    ChannelMix,
+    DataDependentLerp,
+    HeadGroupNorm,
+    LoraDecay,
+    StaticDecay,
+    StaticLerp,
+    TimeMix,
+)
+from rwkv_jax.wkv.impl import Impl
+
+VERSIONS = ("5.1", "5.2", "6")
+FLOAT_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16))
+
+
+def default_ffn_dim(n_embd: int) -> int:
+    """RWKV-LM's default channel-mix width: ``int(3.5 C) // 32 * 32`` (``train.py``, ``dim_ffn``)."""
+    return int(n_embd * 3.5) // 32 * 32
+
+
+def _float_dtype(name: str, value: object) -> np.dtype:
+    """``value`` as a numpy dtype, float32 or bfloat16 (the compute and storage dtypes supported)."""
+    try:
+        dtype = np.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"RWKV6Config.{name} must be float32 or bfloat16, got {value!r}")
+    return dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class RWKV6Config:
+    """Sizes and numerics of an Eagle / Finch model.
+
+    Attributes:
+      version: "6" (Finch), "5.2" (Eagle) or "5.1" (early RWKV-5: per-head scalar decay, no gate).
+      vocab_size, n_layer, n_embd: V, L, C.
+      head_size: N; the number of heads is ``dim_att // head_size``.
+      dim_att: A, the width of r, k, v (None: ``n_embd``).
+      ffn_dim: F, the channel-mix width (None: ``int(3.5 C) // 32 * 32`` as RWKV-LM).
+      time_mix_extra_dim: Finch's ddlerp LoRA rank (BlinkDL: 32; 64 for the largest models).
+      time_decay_extra_dim: Finch's decay LoRA rank (BlinkDL: 64; 128 for the largest models).
+      group_norm_eps: eps of ``ln_x`` (64e-5 as BlinkDL; rwkv.cpp used 1e-5 for RWKV-5).
+      layer_norm_eps: eps of ln0, ln1, ln2, ln_out (torch's default 1e-5).
+      dtype: compute dtype of activations and matmuls; the WKV state and normalisations stay float32.
+      param_dtype: storage dtype of the parameters.
+      wkv_impl: the WKV-5/6 form (``Impl`` or its name).
+      chunk_size: chunk length of the chunked WKV form.
+    """
+
+    version: str = "6"
+    vocab_size: int = 65536
+    n_layer: int = 12
+    n_embd: int = 768
+    head_size: int = 64
+    dim_att: int | None = None
+    ffn_dim: int | None = None
+    time_mix_extra_dim: int = 32
+    time_decay_extra_dim: int = 64
+    group_norm_eps: float = 64e-5
+    layer_norm_eps: float = 1e-5
+    dtype: np.dtype | str = "float32"
+    param_dtype: np.dtype | str = "float32"
+    wkv_impl: Impl | str = Impl.AUTO
+    chunk_size: int = 64
+
+    def __post_init__(self):
+        if self.version not in VERSIONS:
+            raise ValueError(
+                f"version must be one of {VERSIONS} (Eagle 5.x or Finch 6), got {self.version!r}"
+            )
+        if self.dim_att is None:
+            object.__setattr__(self, "dim_att", self.n_embd)
+        if self.ffn_dim is None:
+            object.__setattr__(self, "ffn_dim", default_ffn_dim(self.n_embd))
+        object.__setattr__(self, "wkv_impl", Impl.parse(self.wkv_impl))
+        for name in ("dtype", "param_dtype"):
+            object.__setattr__(self, name, _float_dtype(name, getattr(self, name)))
+        sizes = ("vocab_size", "n_layer", "n_embd", "head_size", "dim_att", "ffn_dim", "chunk_size")
+        sizes += ("time_mix_extra_dim", "time_decay_extra_dim")
+        for name in sizes:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+                raise ValueError(f"RWKV6Config.{name} must be a positive integer, got {value!r}")
+        if self.dim_att % self.head_size:
+            raise ValueError(
+                f"RWKV6Config.dim_att ({self.dim_att}) must be a multiple of head_size ({self.head_size})"
+            )
+        for name in ("group_norm_eps", "layer_norm_eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"RWKV6Config.{name} must be > 0, got {getattr(self, name)!r}")
+
+    @property
+    def n_head(self) -> int:
+        """H = dim_att // head_size."""
+        return self.dim_att // self.head_size
+
+    @property
+    def is_finch(self) -> bool:
+        return self.version == "6"
+
+
+class RWKV6LayerState(NamedTuple):
+    """Recurrent state of one block; every field float32 with batch on axis 0.
+
+    att_x: ``[B, C]`` last ln1 output (time-mix token shift).
+    wkv:   ``[B, H, N, N]`` WKV state indexed ``[b, h, key, value]``.
+    ffn_x: ``[B, C]`` last ln2 output (channel-mix token shift).
+    """
+
+    att_x: Array
+    wkv: Array
+    ffn_x: Array
+
+
+RWKV6State = tuple[RWKV6LayerState, ...]
+
+
+def _linear(rngs: nnx.Rngs, config: RWKV6Config, shape: tuple[int, int], axes: tuple[str, str], gain: float):
+    kernel = official.orthogonal_kernel(rngs.params(), *shape, gain, config.param_dtype)
+    return Linear(*shape, axes, kernel=kernel, dtype=config.dtype, param_dtype=config.param_dtype)
+
+
+def _token_mix(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> StaticLerp | DataDependentLerp:
+    """The time-mix token shift of the version, with its official initial values."""
+    C, L, pd = config.n_embd, config.n_layer, config.param_dtype
+    if not config.is_finch:
+        weights = official.eagle_time_mix(C, layer, L, gate=config.version == "5.2")
+        return StaticLerp(weights, prefix="time_mix_", weights_current=True, param_dtype=pd)
+    D = config.time_mix_extra_dim
+    w2 = official.uniform(rngs.params(), (5, D, C), official.LORA_W2_BOUND, pd)
+    maa = official.finch_time_maa(C, layer, L)
+    return DataDependentLerp(maa, jnp.zeros((C, 5 * D), pd), w2, param_dtype=pd, dtype=config.dtype)
+
+
+def _decay(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> StaticDecay | LoraDecay:
+    """The decay of the version, with its official initial values."""
+    A, H, N, L, pd = config.dim_att, config.n_head, config.head_size, config.n_layer, config.param_dtype
+    if config.version == "5.1":
+        return StaticDecay(official.decay_speed(H, layer, L), param_dtype=pd)
+    speed = official.decay_speed(A, layer, L)
+    if config.version == "5.2":
+        return StaticDecay(speed.reshape(H, N), param_dtype=pd)
+    D = config.time_decay_extra_dim
+    w2 = official.uniform(rngs.params(), (D, A), official.LORA_W2_BOUND, pd)
+    return LoraDecay(speed, jnp.zeros((config.n_embd, D), pd), w2, param_dtype=pd, dtype=config.dtype)
+
+
+def _time_mix(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> TimeMix:
+    C, A, H, N, L = config.n_embd, config.dim_att, config.n_head, config.head_size, config.n_layer
+    if config.version == "5.1":
+        bonus = np.full((H,), official.BONUS_5_1)
+    else:
+        bonus = official.bonus_zigzag(A, layer, L).reshape(H, N)
+    gated = config.version != "5.1"
+    # Construction order = BlinkDL's parameter order, so the random draws follow the official file layout.
+    mix = _token_mix(config, layer, rngs)
+    decay = _decay(config, layer, rngs)
+    return TimeMix(
+        mix=mix,
+        decay=decay,
+        bonus=Bonus(bonus, param_dtype=config.param_dtype),
+        receptance=_linear(rngs, config, (C, A), ("embed", "heads"), official.GAIN_RECEPTANCE),
+        key=_linear(rngs, config, (C, A), ("embed", "heads"), official.GAIN_KEY),
+        value=_linear(rngs, config, (C, A), ("embed", "heads"), official.GAIN_VALUE),
+        output=_linear(rngs, config, (A, C), ("heads", "embed"), official.GAIN_OUTPUT),
+        gate=_linear(rngs, config, (C, A), ("embed", "heads"), official.GAIN_GATE) if gated else None,
+        ln_x=HeadGroupNorm(
+            H, official.ln_x_weight(A, layer, L), eps=config.group_norm_eps, param_dtype=config.param_dtype
+        ),
+        head_size=N,
+        wkv_impl=config.wkv_impl,
+        chunk_size=config.chunk_size,
+    )
+
+
+def _channel_mix(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> ChannelMix:
+    C, F = config.n_embd, config.ffn_dim
+    weights = official.channel_mix_weights(C, layer, config.n_layer, finch=config.is_finch)
+    prefix = "time_maa_" if config.is_finch else "time_mix_"
+    mix = StaticLerp(
+        weights, prefix=prefix, weights_current=not config.is_finch, param_dtype=config.param_dtype
+    )
+    return ChannelMix(
+        mix=mix,
+        key=_linear(rngs, config, (C, F), ("embed", "mlp"), official.GAIN_FFN_KEY),
+        receptance=_linear(rngs, config, (C, C), ("embed", "embed"), official.GAIN_FFN_RECEPTANCE),
+        value=_linear(rngs, config, (F, C), ("mlp", "embed"), official.GAIN_FFN_VALUE),
+    )
+
+
+class Block(nnx.Module):
+    """``x += att(ln1(x)); x += ffn(ln2(x))``, each with its token shift; block 0 first applies ``ln0``."""
+
+    def __init__(
+        self, *, ln0: LayerNorm | None, ln1: LayerNorm, ln2: LayerNorm, att: TimeMix, ffn: ChannelMix
+    ):
+        self.ln0, self.ln1, self.ln2, self.att, self.ffn = ln0, ln1, ln2, att, ffn
+
+    def __call__(self, x: Array, state: RWKV6LayerState) -> tuple[Array, RWKV6LayerState]:
+        """``x [B, T, C]`` in the compute dtype and the layer's state; returns both updated."""
+        if self.ln0 is not None:
+            x = self.ln0(x)
+        h = self.ln1(x)
+        prev, att_x = token_shift(h, state.att_x)
+        update, wkv = self.att(h, prev, state.wkv)
+        x = x + update.astype(x.dtype)
+        h = self.ln2(x)
+        prev, ffn_x = token_shift(h, state.ffn_x)
+        x = x + self.ffn(h, prev).astype(x.dtype)
+        return x, RWKV6LayerState(att_x.astype(jnp.float32), wkv, ffn_x.astype(jnp.float32))
+
+
+class RWKV6(nnx.Module):
+    """Eagle / Finch language model: ``model(tokens[B, T], state) -> (logits[B, T, V] float32, state)``.
+
+    Parameters are initialised as BlinkDL/RWKV-LM does (see ``rwkv6_init``); official checkpoints load with
+    ``rwkv_jax.checkpoint.convert_v6``. Attribute paths follow the official keys (``emb.weight``,
+    ``blocks.0.ln0``, ``blocks.i.att.key``, ...) except that a time mix's token-shift weights live in
+    ``att.mix``, its decay in ``att.decay`` and its bonus in ``att.bonus`` (the version's pluggable parts).
+    """
+
+    def __init__(self, config: RWKV6Config, *, rngs: nnx.Rngs):
+        if not isinstance(config, RWKV6Config):
+            raise TypeError(f"config must be an RWKV6Config, got {type(config).__name__}")
+        self.config = config
+        C, V, pd = config.n_embd, config.vocab_size, config.param_dtype
+        self.emb = Embedding(official.uniform(rngs.params(), (V, C), official.EMBEDDING_BOUND, pd))
+        self.blocks = nnx.List(
+            Block(
+                ln0=self._layer_norm() if layer == 0 else None,
+                ln1=self._layer_norm(),
+                ln2=self._layer_norm(),
+                att=_time_mix(config, layer, rngs),
+                ffn=_channel_mix(config, layer, rngs),
+            )
+            for layer in range(config.n_layer)
+        )
+        self.ln_out = self._layer_norm()
+        self.head = _linear(rngs, config, (C, V), ("embed", "vocab"), official.head_gain(V, C))
+
+    def _layer_norm(self) -> LayerNorm:
+        c = self.config
+        return LayerNorm(c.n_embd, eps=c.layer_norm_eps, param_dtype=c.param_dtype)
+
+    def _layer_state_shapes(self, batch_size: int) -> RWKV6LayerState:
+        c = self.config
+        return RWKV6LayerState(
+            (batch_size, c.n_embd), (batch_size, c.n_head, c.head_size, c.head_size), (batch_size, c.n_embd)
+        )
+
+    def init_state(self, batch_size: int) -> RWKV6State:
+        """The zero state for ``batch_size`` sequences: one :class:`RWKV6LayerState` per layer, float32."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        shapes = self._layer_state_shapes(batch_size)
+        layer_state = RWKV6LayerState(*(jnp.zeros(shape, jnp.float32) for shape in shapes))
+        return (layer_state,) * self.config.n_layer
+
+    def __call__(self, tokens: Tokens, state: RWKV6State | None = None) -> tuple[Array, RWKV6State]:
+        """``tokens [B, T]`` int -> logits ``[B, T, V]`` float32 and the state after the last token.
+
+        ``state`` None starts from zeros.
+        """
+        tokens = jnp.asarray(tokens)
+        check_token_ids(tokens, self.config.vocab_size)
+        if state is None:
+            state = self.init_state(tokens.shape[0])
+        self._check_state(state, tokens.shape[0])
+        x = self.emb(tokens).astype(self.config.dtype)
+        new_state = []
+        for block, layer_state in zip(self.blocks, state, strict=True):
+            x, layer_state = block(x, RWKV6LayerState(*layer_state))
+            new_state.append(layer_state)
+        logits = self.head(self.ln_out(x)).astype(jnp.float32)
+        return logits, tuple(new_state)
+
+    def _check_state(self, state: RWKV6State, batch_size: int) -> None:
+        if len(state) != self.config.n_layer:
+            raise ValueError(f"state has {len(state)} layers, the model has {self.config.n_layer}")
+        expected = self._layer_state_shapes(batch_size)
+        for i, layer_state in enumerate(state):
+            for name, want, leaf in zip(RWKV6LayerState._fields, expected, layer_state, strict=True):
+                if leaf.shape != want:
+                    raise ValueError(f"state[{i}].{name} has shape {leaf.shape}, expected {want}")
