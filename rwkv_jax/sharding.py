@@ -1,0 +1,86 @@
+"""Logical axis names -> a device mesh: the mesh, the rules table and the shardings derived from them.
+
+Parameters name their dimensions with logical axes (``vocab``, ``embed``, ``mlp``, ``heads``, ...; the
+``logical_axes`` metadata of ``nnx.Param``). A rules table (from the config) maps each logical axis to a mesh
+axis (``data``, ``fsdp``, ``tensor``), a tuple of them, or None (replicated); modules never name mesh axes.
+The default mesh is every device on ``data`` (plain data parallelism; one device on this machine).
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
+    """A ``(data, fsdp, tensor)`` mesh over ``devices`` (default: all); one size may be -1 (the rest)."""
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+        raise ValueError(f"mesh sizes (data, fsdp, tensor) = {tuple(sizes)}: positive, at most one -1")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"{len(devices)} devices do not divide into mesh sizes {tuple(sizes)}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if int(np.prod(sizes)) != len(devices):
+        raise ValueError(
+            f"mesh {dict(zip(MESH_AXES, sizes, strict=True))} needs {np.prod(sizes)} devices, "
+            f"have {len(devices)}"
+        )
+    grid = np.array(devices, dtype=object).reshape(sizes)
+    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_to_spec(
+    axes: Sequence[str | None] | None, shape: Sequence[int], rules: Rules, mesh: Mesh
+) -> PartitionSpec:
+    """The PartitionSpec of an array of ``shape`` whose dimensions have logical names ``axes``.
+
+    A dimension stays replicated when its rule is None, when its size does not divide by the mesh axes'
+    size, or when one of those mesh axes already shards an earlier dimension.
+    """
+    if axes is None:
+        return PartitionSpec()
+    table = dict(rules)
+    used: set[str] = set()
+    spec = []
+    for name, size in zip(axes, shape, strict=True):
+        target = table.get(name) if name is not None else None
+        mesh_axes = (target,) if isinstance(target, str) else tuple(target or ())
+        extent = int(np.prod([mesh.shape[a] for a in mesh_axes])) if mesh_axes else 1
+        if not mesh_axes or used.intersection(mesh_axes) or size % extent:
+            spec.append(None)
+            continue
+        used.update(mesh_axes)
+        spec.append(mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
+    return PartitionSpec(*spec)
+
+
+def logical_axes_of(state: nnx.State) -> Any:
+    """The pure-dict tree of each parameter's ``logical_axes`` (None where a variable has none)."""
+    tree = jax.tree.map(
+        lambda v: v.get_metadata().get("logical_axes"), state, is_leaf=lambda x: isinstance(x, nnx.Variable)
+    )
+    return tree.to_pure_dict() if isinstance(tree, nnx.State) else tree
+
+
+def tree_shardings(logical_axes: Any, shapes: Any, rules: Rules, mesh: Mesh) -> Any:
+    """NamedShardings for a pytree of arrays (``shapes``) given the matching pytree of logical axes."""
+
+    def one(axes: tuple | None, leaf: Any) -> NamedSharding:
+        return NamedSharding(mesh, logical_to_spec(axes, leaf.shape, rules, mesh))
+
+    return jax.tree.map(one, logical_axes, shapes, is_leaf=lambda x: x is None or isinstance(x, tuple))
+
+
+def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
+    """The sharding of a ``[B, ...]`` batch: ``B`` on the ``batch`` rule's mesh axes, the rest replicated."""
+    target = dict(rules).get("batch")
+    return NamedSharding(mesh, PartitionSpec(target, *([None] * (ndim - 1))))

@@ -1,0 +1,178 @@
+"""``train_and_evaluate(config, workdir)``: the training run, in banner sections as big_vision's train.py.
+
+The run resumes from the newest complete checkpoint in ``workdir/checkpoints`` and continues with exactly
+the losses an uninterrupted run would have (same batches, same parameters and optimiser state, same program).
+A non-finite loss stops the run at once with :class:`NonFiniteLossError`; nothing is saved after it.
+"""
+
+import json
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from rwkv_jax.sharding import batch_sharding, make_mesh, tree_shardings
+from rwkv_jax.training import shakespeare
+from rwkv_jax.training.checkpointing import Checkpoints
+from rwkv_jax.training.config import ConfigDict
+from rwkv_jax.training.data import BatchOrder, encode_text, eval_batches, load_stream
+from rwkv_jax.training.evaluate import evaluate_batches, token_byte_lengths
+from rwkv_jax.training.metrics import MetricWriter, Progress
+from rwkv_jax.training.model import ModelFns, build_model
+from rwkv_jax.training.optim import make_optimizer, weight_decay_mask
+from rwkv_jax.training.sample import sample_tokens
+from rwkv_jax.training.step import (
+    jit_eval_step,
+    jit_train_step,
+    make_eval_step,
+    make_train_step,
+    optimizer_state_shardings,
+)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or Inf; the run stopped before saving anything from that step on."""
+
+
+def data_paths(data: ConfigDict) -> tuple[str, str]:
+    """The train and validation paths of ``config.data``, preparing the named dataset first if asked."""
+    if data.prepare == "shakespeare":
+        train, val = shakespeare.prepare(data.dir)
+        return data.train_path or train, data.val_path or val
+    if data.prepare:
+        raise ValueError(f"unknown data.prepare {data.prepare!r}; expected 'shakespeare' or ''")
+    if not data.train_path:
+        raise ValueError("config.data.train_path is empty (a binidx prefix, a text file or a folder)")
+    return data.train_path, data.val_path
+
+
+def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+    """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the final metrics."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json(indent=2), encoding="utf-8")
+
+    # ---- Mesh -------------------------------------------------------------------------------------------
+    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    rules = config.sharding_rules
+    batch_sh = batch_sharding(mesh, rules)
+
+    # ---- Input ------------------------------------------------------------------------------------------
+    train_path, val_path = data_paths(config.data)
+    seq_len, batch_size = config.data.seq_len, config.data.batch_size
+    order = BatchOrder(load_stream(train_path, config.data.tokenizer), seq_len, batch_size, config.seed)
+    val_batches = []
+    if val_path:
+        val_stream = load_stream(val_path, config.data.tokenizer)
+        val_batches = eval_batches(val_stream, seq_len, batch_size, config.eval.batches)
+
+    # ---- Model and optimiser ----------------------------------------------------------------------------
+    fns, params = ModelFns.split(build_model(config.model, config.seed))
+    mask = weight_decay_mask(fns.logical_axes, params, config.optim.wd_exclude_axes)
+    tx, schedule = make_optimizer(config.optim, config.train.steps, mask)
+
+    # ---- Shard ------------------------------------------------------------------------------------------
+    param_sh = tree_shardings(fns.logical_axes, params, rules, mesh)
+    params = jax.device_put(params, param_sh)
+    opt_sh = optimizer_state_shardings(tx, params, param_sh, mesh)
+    opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+
+    # ---- Checkpoint -------------------------------------------------------------------------------------
+    ckpts = Checkpoints(workdir / "checkpoints", config.ckpt.keep)
+    start = ckpts.latest_step() or 0
+    if start:
+        params, opt_state = ckpts.restore(start, params, opt_state)
+
+    # ---- Update and eval steps --------------------------------------------------------------------------
+    step_fn = make_train_step(
+        fns,
+        tx,
+        segment_len=config.segments.length,
+        truncate=config.segments.truncate,
+        l2wrap=config.loss.l2wrap,
+    )
+    train_step = jit_train_step(step_fn, param_sh, opt_sh, batch_sh)
+    eval_step = jit_eval_step(make_eval_step(fns), param_sh, batch_sh)
+    byte_lengths = token_byte_lengths(config.data.tokenizer, config.model.vocab_size)
+
+    def evaluate(step: int) -> dict[str, Any]:
+        results = {
+            f"val_{k}": v for k, v in evaluate_batches(eval_step, params, val_batches, byte_lengths).items()
+        }
+        writer.write(step, **{k: v for k, v in results.items() if k != "val_tokens"})
+        loss, bpb = results["val_loss"], results["val_bits_per_byte"]
+        progress.write(f"step {step}: validation loss {loss:.4f} nats/token, {bpb:.4f} bits/byte")
+        if config.eval.sample_tokens:
+            results["sample"] = sample_text(config, fns, params, step)
+            progress.write(f"sample at step {step}:\n{results['sample']}\n")
+        return results
+
+    # ---- Loop -------------------------------------------------------------------------------------------
+    total = config.train.steps
+    writer = MetricWriter(workdir, resume_step=start)
+    progress = Progress(total, start, config.train.progress)
+    results: dict[str, Any] = {"start_step": start}
+    began = window_start = time.perf_counter()
+    window_steps, step = 0, start
+    try:
+        while step < total:
+            batch = order.batch(step)
+            _check_vocab(batch, config.model.vocab_size, step)
+            params, opt_state, metrics = train_step(params, opt_state, jax.device_put(batch, batch_sh))
+            loss = float(metrics["loss"])
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss is {loss} at step {step + 1}; stopped without saving. The last good checkpoint is "
+                    f"step {ckpts.latest_step()} in {ckpts.directory}"
+                )
+            step += 1
+            window_steps += 1
+            elapsed = time.perf_counter() - window_start
+            progress.update(1, loss, window_steps * batch_size * seq_len / max(elapsed, 1e-9))
+            out_of_time = 0 < config.train.max_seconds <= time.perf_counter() - began
+            if step % config.train.log_every == 0 or step == total or out_of_time:
+                writer.write(
+                    step,
+                    loss=loss,
+                    grad_norm=float(metrics["grad_norm"]),
+                    lr=float(schedule(step // config.optim.accum_steps)),
+                    tokens_per_second=window_steps * batch_size * seq_len / max(elapsed, 1e-9),
+                )
+                window_start, window_steps = time.perf_counter(), 0
+            if config.ckpt.every and step % config.ckpt.every == 0:
+                ckpts.save(step, params, opt_state)
+            if val_batches and config.eval.every and step % config.eval.every == 0 and step < total:
+                evaluate(step)
+            if out_of_time:
+                progress.write(f"time limit of {config.train.max_seconds:.0f} s reached at step {step}")
+                break
+        results.update(train_seconds=time.perf_counter() - began, final_step=step)
+        ckpts.save(step, params, opt_state)
+        if val_batches:
+            results.update(evaluate(step))
+    finally:
+        progress.close()
+        writer.close()
+        ckpts.close()
+    (workdir / "final_metrics.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return results
+
+
+def sample_text(config: ConfigDict, fns: ModelFns, params: Any, step: int) -> str:
+    """A generated continuation of ``config.eval.sample_prompt``, decoded to text."""
+    prompt = encode_text(config.eval.sample_prompt, config.data.tokenizer)
+    ids = sample_tokens(fns, params, prompt, config.eval.sample_tokens, config.eval.temperature, seed=step)
+    from rwkv_jax.tokenizers import get_tokenizer
+
+    return get_tokenizer(config.data.tokenizer).decode([int(i) for i in ids])
+
+
+def _check_vocab(batch: np.ndarray, vocab_size: int, step: int) -> None:
+    if batch.max() >= vocab_size or batch.min() < 0:
+        raise ValueError(
+            f"batch {step} holds token ids in [{batch.min()}, {batch.max()}], outside the model's vocabulary "
+            f"of {vocab_size}: check data.tokenizer and model.vocab_size"
+        )

@@ -1,0 +1,89 @@
+"""Metrics out: JSON lines, TensorBoard event files and a tqdm progress bar.
+
+``workdir/metrics.jsonl`` holds one record per line, ``{"step": s, "name": value, ...}``, and
+``workdir/tensorboard/`` the same scalars as TensorBoard events. On resume from step ``s`` the records after
+``s`` (written by the interrupted run after its last checkpoint) are dropped, so the file reads as one run.
+"""
+
+import json
+import math
+import os
+import pathlib
+from typing import Any
+
+import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricWriter:
+    """Appends scalar records to ``workdir/metrics.jsonl`` and TensorBoard (when ``tensorboard``)."""
+
+    def __init__(self, workdir: str | os.PathLike, resume_step: int = 0, tensorboard: bool = True):
+        self.path = pathlib.Path(workdir) / METRICS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _drop_records_after(self.path, resume_step)
+        self._file = self.path.open("a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(
+                str(pathlib.Path(workdir) / "tensorboard"),
+                purge_step=resume_step + 1 if resume_step else None,
+            )
+
+    def write(self, step: int, **scalars: float) -> None:
+        """Records ``scalars`` (python floats) at ``step``."""
+        record = {"step": int(step), **{k: _json_number(v) for k, v in scalars.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for name, value in scalars.items():
+                self._tb.add_scalar(name, float(value), int(step))
+            self._tb.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` file, in order."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _drop_records_after(path: pathlib.Path, step: int) -> None:
+    if not path.is_file():
+        return
+    kept = [r for r in read_metrics(path) if r["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _json_number(value: Any) -> float | str:
+    value = float(value)
+    return value if math.isfinite(value) else str(value)  # JSON has no NaN/Inf literal
+
+
+class Progress:
+    """A tqdm bar over the training steps showing loss, tokens/s and (tqdm's own) ETA; silent if disabled."""
+
+    def __init__(self, total: int, initial: int, enabled: bool = True):
+        self._bar = tqdm.tqdm(
+            total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True
+        )
+
+    def update(self, steps: int, loss: float, tokens_per_second: float) -> None:
+        self._bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_second:,.0f}", refresh=False)
+        self._bar.update(steps)
+
+    def write(self, text: str) -> None:
+        """Prints a line above the bar."""
+        self._bar.write(text)
+
+    def close(self) -> None:
+        self._bar.close()

@@ -1,0 +1,98 @@
+"""The jitted train and eval steps, laid out on a device mesh.
+
+``train_step(params, opt_state, batch [B, T + 1]) -> (params, opt_state, metrics)`` with in/out shardings
+from the logical-axis rules (``rwkv_jax.sharding``): parameters and optimiser state are sharded as the rules
+say, the batch along ``data``/``fsdp``, the metrics replicated. Parameters and optimiser state are float32;
+the model computes in its configured dtype (bfloat16 for training) with a float32 WKV state.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from rwkv_jax.array_typing import Array
+from rwkv_jax.training.model import ModelFns
+from rwkv_jax.training.segments import sequence_loss
+
+
+def make_train_step(
+    fns: ModelFns,
+    tx: optax.GradientTransformation,
+    *,
+    segment_len: int = 0,
+    truncate: bool = False,
+    l2wrap: float = 0.0,
+) -> Callable:
+    """The (unjitted) train step: one micro-batch, one call of ``tx.update`` (which may only accumulate).
+
+    metrics: ``loss`` (mean cross entropy, nats/token), ``objective`` (loss plus L2Wrap penalty) and
+    ``grad_norm`` (global norm of this micro-batch's gradient, before clipping).
+    """
+
+    def train_step(params: Any, opt_state: Any, batch: Array) -> tuple[Any, Any, dict[str, Array]]:
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+
+        def objective(params: Any) -> tuple[Array, Array]:
+            state = fns.init_state(params, batch.shape[0])
+            return sequence_loss(
+                fns.apply,
+                params,
+                inputs,
+                targets,
+                state,
+                segment_len=segment_len,
+                truncate=truncate,
+                l2wrap=l2wrap,
+            )
+
+        (value, nll_sum), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics = {"loss": nll_sum / targets.size, "objective": value, "grad_norm": optax.global_norm(grads)}
+        return params, opt_state, metrics
+
+    return train_step
+
+
+def make_eval_step(fns: ModelFns) -> Callable:
+    """``eval_step(params, batch [B, T + 1]) -> nll [B, T]`` (float32 nats per target token)."""
+
+    def eval_step(params: Any, batch: Array) -> Array:
+        from rwkv_jax.training.loss import token_nll
+
+        logits, _ = fns.apply(params, batch[:, :-1])
+        return token_nll(logits, batch[:, 1:])
+
+    return eval_step
+
+
+def jit_train_step(
+    train_step: Callable, param_shardings: Any, opt_shardings: Any, batch_sharding: NamedSharding
+) -> Callable:
+    """jit with explicit in/out shardings; parameters and optimiser state are donated (updated in place)."""
+    replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
+    return jax.jit(
+        train_step,
+        in_shardings=(param_shardings, opt_shardings, batch_sharding),
+        out_shardings=(param_shardings, opt_shardings, replicated),
+        donate_argnums=(0, 1),
+    )
+
+
+def jit_eval_step(eval_step: Callable, param_shardings: Any, batch_sharding: NamedSharding) -> Callable:
+    """jit of the eval step with the parameters' and the batch's shardings."""
+    return jax.jit(eval_step, in_shardings=(param_shardings, batch_sharding), out_shardings=batch_sharding)
+
+
+def optimizer_state_shardings(
+    tx: optax.GradientTransformation, params: Any, param_shardings: Any, mesh: Any
+) -> Any:
+    """Shardings of ``tx.init(params)``: each moment like its parameter, counters and the like replicated."""
+    abstract = jax.eval_shape(tx.init, params)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return optax.tree_map_params(
+        tx, lambda _, sharding: sharding, abstract, param_shardings, transform_non_params=lambda _: replicated
+    )
