@@ -2,5 +2,6 @@
 
 from rwkv_jax.checkpoint.pth_format import PthFormatError
 from rwkv_jax.checkpoint.pth_read import read_pth
+from rwkv_jax.checkpoint.pth_write import write_pth
 
-__all__ = ["PthFormatError", "read_pth"]
+__all__ = ["PthFormatError", "read_pth", "write_pth"]

@@ -207,7 +207,7 @@ class _StorageReader:
 
     def __init__(self, path: str | os.PathLike, archive: zipfile.ZipFile, prefix: str, mmap: bool):
         self._path, self._archive, self._prefix = path, archive, prefix
-        self._mapped = np.memmap(path, np.uint8, mode="c") if mmap else None
+        self._mapped = np.memmap(path, np.uint8, mode="c").view(np.ndarray) if mmap else None
 
     def __call__(self, key: str, dtype: np.dtype, numel: int) -> np.ndarray:
         name = f"{self._prefix}data/{key}"
@@ -229,8 +229,17 @@ class _StorageReader:
                 )
             return self._mapped[start : start + nbytes].view(dtype)
         buffer = bytearray(nbytes)
-        with self._archive.open(info) as entry:
-            entry.readinto(buffer)
+        try:
+            with self._archive.open(info) as entry:
+                count = entry.readinto(buffer)
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise PthFormatError(
+                f"{self._path}: storage entry {name} is corrupt or truncated ({e})"
+            ) from None
+        if count != nbytes:
+            raise PthFormatError(
+                f"{self._path}: storage entry {name} is truncated ({count} of {nbytes} bytes)"
+            )
         return np.frombuffer(buffer, dtype)
 
 
