@@ -1,0 +1,77 @@
+"""Times forward + backward of WKV-6: the chunked form (several chunk sizes) against the lax.scan form.
+
+    python experiments/bench_wkv6.py                       # B=1, H=8, N=64, T=4096 on this machine
+    python experiments/bench_wkv6.py --length 1024 --chunk-sizes 32,64
+
+Each timing is the median of ``--repeats`` runs of a jitted ``jax.grad`` of a scalar loss with respect to
+all six inputs (r, k, v, w_log, u, state), after one warm-up run (compilation excluded).
+"""
+
+import argparse
+import functools
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rwkv_jax.wkv.v6 import wkv6_chunked, wkv6_recurrent
+
+
+def make_inputs(batch: int, length: int, heads: int, size: int) -> tuple[jax.Array, ...]:
+    """float32 inputs with decays over the models' whole range (w_log in [-exp(5), -1e-6])."""
+    rng = np.random.default_rng(0)
+    shape = (batch, length, heads, size)
+    r, k, v = (jnp.asarray(rng.normal(size=shape), jnp.float32) for _ in range(3))
+    w_log = jnp.asarray(-np.exp(rng.uniform(np.log(1e-6), 5.0, size=shape)), jnp.float32)
+    u = jnp.asarray(rng.normal(size=(heads, size)), jnp.float32)
+    state = jnp.zeros((batch, heads, size, size), jnp.float32)
+    return r, k, v, w_log, u, state
+
+
+def forward_backward_seconds(form, args: tuple[jax.Array, ...], repeats: int) -> float:
+    """Median wall time of one jitted value-and-gradient call of ``sum(y^2) + sum(state^2)``."""
+
+    def loss(*inputs):
+        y, state = form(*inputs)
+        return jnp.sum(jnp.square(y)) + jnp.sum(jnp.square(state))
+
+    step = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(args)))))
+    jax.block_until_ready(step(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(step(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--length", type=int, default=4096)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--head-size", type=int, default=64)
+    parser.add_argument("--chunk-sizes", default="16,32,64,128")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    inputs = make_inputs(args.batch, args.length, args.heads, args.head_size)
+    print(
+        f"WKV-6 forward+backward, B={args.batch} T={args.length} H={args.heads} N={args.head_size}, "
+        f"{jax.default_backend()}, median of {args.repeats}"
+    )
+    scan_s = forward_backward_seconds(wkv6_recurrent, inputs, args.repeats)
+    print(f"{'form':<16}{'seconds':>10}{'speed-up vs scan':>20}")
+    print(f"{'lax.scan':<16}{scan_s:>10.4f}{1.0:>20.1f}")
+    for chunk_size in (int(c) for c in args.chunk_sizes.split(",")):
+        form = functools.partial(wkv6_chunked, chunk_size=chunk_size)
+        chunked_s = forward_backward_seconds(form, inputs, args.repeats)
+        print(f"{f'chunked {chunk_size}':<16}{chunked_s:>10.4f}{scan_s / chunked_s:>20.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""WKV-5/6: the matrix-valued-state recurrence of Eagle (RWKV-5) and Finch (RWKV-6) (arXiv 2404.05892).
+
+Per head, with receptance r, key k, value v (``[N]`` each at step t), log decay ``w_t <= 0`` per key
+channel, bonus u ``[N]`` and state ``S [N, N]`` indexed ``[key, value]``::
+
+    y_t[j] = sum_i r_t[i] (u[i] k_t[i] v_t[j] + S[i, j])
+    S[i, j] <- exp(w_t[i]) S[i, j] + k_t[i] v_t[j]
+
+Finch's decay depends on the token (``w_t = -exp(w_dynamic_t)``); Eagle's is the constant
+``-exp(time_decay)`` broadcast over time, so both models share this module.
+
+Every form has the signature ``(r, k, v, w_log, u, state=None) -> (y, state)``:
+
+- ``wkv6_reference``: float64 ``lax.scan``; the ground truth of the tests (differentiable).
+- ``wkv6_recurrent``: the same step in float32; the inference form (decoding, T == 1).
+- ``wkv6_scan``: ``lax.associative_scan`` over (log decay, state) pairs. It materialises one ``N x N``
+  state per token and head, i.e. ``B * T * H * N * N`` float32 (537 MB for T=4096, H=8, N=64, B=1, and
+  several times that under ``jax.grad``), so it is practical only for moderate ``T * H * N**2``; it
+  exists as an independent parallel form to check the others against.
+- ``wkv6_chunked`` (in :mod:`rwkv_jax.wkv.v6_chunked`): chunk-wise parallel, the training form.
+- Pallas kernel (``pallas_kernels.wkv6``), reached through :func:`wkv6` with ``Impl.PALLAS``.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rwkv_jax.array_typing import Array
+from rwkv_jax.wkv.impl import Impl, resolve
+from rwkv_jax.wkv.v6_chunked import DEFAULT_CHUNK_SIZE, wkv6_chunked
+
+__all__ = [
+    "wkv6",
+    "wkv6_chunked",
+    "wkv6_recurrent",
+    "wkv6_reference",
+    "wkv6_scan",
+]
+
+
+def _initial_state(state: Array | None, r: Array, dtype: jnp.dtype) -> Array:
+    """The given state cast to ``dtype``, or zeros ``[B, H, N, N]``."""
+    batch, _, heads, size = r.shape
+    if state is None:
+        return jnp.zeros((batch, heads, size, size), dtype)
+    return state.astype(dtype)
+
+
+def _scan_steps(r: Array, k: Array, v: Array, w_log: Array, u: Array, state: Array) -> tuple[Array, Array]:
+    """One ``lax.scan`` step per token, in the dtype of ``state``; returns ``y [B, T, H, N]`` and S_T."""
+    dtype = state.dtype
+    u = u.astype(dtype)[:, :, None]  # [H, N(key), 1]
+
+    def step(s: Array, inputs: tuple[Array, ...]) -> tuple[Array, Array]:
+        r_t, k_t, v_t, w_t = inputs  # [B, H, N] each
+        kv = k_t[..., :, None] * v_t[..., None, :]  # [B, H, key, value]
+        y_t = jnp.einsum("bhi,bhij->bhj", r_t, u * kv + s)
+        return jnp.exp(w_t)[..., None] * s + kv, y_t
+
+    time_major = tuple(jnp.swapaxes(x, 0, 1).astype(dtype) for x in (r, k, v, w_log))
+    final, ys = jax.lax.scan(step, state, time_major)
+    return jnp.swapaxes(ys, 0, 1), final
+
+
+@jax.jit
+def wkv6_reference(
+    r: Array, k: Array, v: Array, w_log: Array, u: Array, state: Array | None = None
+) -> tuple[Array, Array]:
+    """Float64 ground truth: the recurrence step by step. Needs ``jax_enable_x64``.
+
+    Args:
+      r, k, v: ``[B, T, H, N]`` receptance, key, value (any float dtype).
+      w_log: ``[B, T, H, N]`` log of the per-step decay, ``<= 0``.
+      u: ``[H, N]`` bonus of the current token.
+      state: ``[B, H, N, N]`` initial state ``[key, value]``, or None for zeros.
+
+    Returns:
+      ``y [B, T, H, N]`` and the final state ``[B, H, N, N]``, both float64.
+    """
+    if not jax.config.jax_enable_x64:
+        raise RuntimeError("wkv6_reference computes in float64: enable it with jax_enable_x64 first")
+    return _scan_steps(r, k, v, w_log, u, _initial_state(state, r, jnp.float64))
+
+
+@jax.jit
+def wkv6_recurrent(
+    r: Array, k: Array, v: Array, w_log: Array, u: Array, state: Array | None = None
+) -> tuple[Array, Array]:
+    """The inference form: one ``lax.scan`` step per token, float32 state and accumulation.
+
+    Shapes as in :func:`wkv6_reference`; returns ``y`` in ``v.dtype`` and the float32 final state.
+    """
+    y, final = _scan_steps(r, k, v, w_log, u, _initial_state(state, r, jnp.float32))
+    return y.astype(v.dtype), final
+
+
+@jax.jit
+def wkv6_scan(
+    r: Array, k: Array, v: Array, w_log: Array, u: Array, state: Array | None = None
+) -> tuple[Array, Array]:
+    """Parallel form: ``lax.associative_scan`` over per-token affine maps of the state.
+
+    Token t is the map ``S -> exp(w_t) S + k_t v_t^T``, held as the pair (``w_t [N]``, ``k_t v_t^T [N, N]``).
+    Composing "a then b" gives ``(w_a + w_b, exp(w_b) S_a + S_b)``: every exponent is a sum of log decays,
+    so it stays ``<= 0``. Memory is ``B * T * H * N * N`` float32 (see the module docstring).
+    Shapes as in :func:`wkv6_reference`; returns ``y`` in ``v.dtype`` and the float32 final state.
+    """
+    f32, out_dtype = jnp.float32, v.dtype
+    r, k, v, w_log = (x.astype(f32) for x in (r, k, v, w_log))
+    state = _initial_state(state, r, f32)
+    kv = k[..., :, None] * v[..., None, :]  # [B, T, H, key, value]
+    # Fold the initial state into the first token's map so that the scan yields S_t, the state after t.
+    first = jnp.exp(w_log[:, 0])[..., None] * state + kv[:, 0]
+    kv_with_state = kv.at[:, 0].set(first)
+
+    def compose(a: tuple[Array, Array], b: tuple[Array, Array]) -> tuple[Array, Array]:
+        (w_a, s_a), (w_b, s_b) = a, b
+        return w_a + w_b, jnp.exp(w_b)[..., None] * s_a + s_b
+
+    _, states_after = jax.lax.associative_scan(compose, (w_log, kv_with_state), axis=1)
+    states_before = jnp.concatenate([state[:, None], states_after[:, :-1]], axis=1)
+    bonus = u.astype(f32)[:, :, None] * kv
+    y = jnp.einsum("bthi,bthij->bthj", r, bonus + states_before)
+    return y.astype(out_dtype), states_after[:, -1]
+
+
+def _validate(r: Array, k: Array, v: Array, w_log: Array, u: Array, state: Array | None) -> None:
+    """Raises a ValueError naming the first argument whose shape, dtype or value is not as documented."""
+    if r.ndim != 4:
+        raise ValueError(f"r must be [B, T, H, N]; got shape {r.shape}")
+    for name, x in (("k", k), ("v", v), ("w_log", w_log)):
+        if x.shape != r.shape:
+            raise ValueError(f"{name} must have r's shape [B, T, H, N] = {r.shape}; got {x.shape}")
+    batch, _, heads, size = r.shape
+    if u.shape != (heads, size):
+        raise ValueError(f"u must be [H, N] = {(heads, size)}; got {u.shape}")
+    if state is not None and state.shape != (batch, heads, size, size):
+        raise ValueError(f"state must be [B, H, N, N] = {(batch, heads, size, size)}; got {state.shape}")
+    for name, x in (("r", r), ("k", k), ("v", v), ("w_log", w_log), ("u", u), ("state", state)):
+        if x is not None and not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(f"{name} must be a float array; got dtype {x.dtype}")
+    # Values can be checked only outside tracing (under jit, w_log is abstract).
+    if not isinstance(w_log, jax.core.Tracer) and np.any(np.asarray(w_log) > 0):
+        raise ValueError(f"w_log is the log of a decay in (0, 1] and must be <= 0; max is {np.max(w_log)}")
+
+
+def wkv6(
+    r: Array,
+    k: Array,
+    v: Array,
+    w_log: Array,
+    u: Array,
+    state: Array | None = None,
+    *,
+    impl: Impl | str = Impl.AUTO,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[Array, Array]:
+    """WKV-5/6 in the form ``impl`` (AUTO: CHUNKED on CPU, PALLAS on GPU/TPU).
+
+    Args:
+      r, k, v: ``[B, T, H, N]`` receptance, key, value (float32 or bfloat16; accumulation is float32).
+      w_log: ``[B, T, H, N]`` log of the per-step decay, ``<= 0`` (checked when not traced).
+      u: ``[H, N]`` bonus of the current token.
+      state: ``[B, H, N, N]`` float32 initial state ``[key, value]``, or None for zeros.
+      impl: the form, an :class:`Impl` or its name.
+      chunk_size: tokens per chunk of the CHUNKED and PALLAS forms.
+
+    Returns:
+      ``y [B, T, H, N]`` in ``v.dtype`` and the final float32 state ``[B, H, N, N]``.
+    """
+    _validate(r, k, v, w_log, u, state)
+    impl = resolve(
+        impl,
+        available=(Impl.RECURRENT, Impl.SCAN, Impl.CHUNKED, Impl.PALLAS),
+        accelerated=Impl.PALLAS,
+        cpu=Impl.CHUNKED,
+    )
+    if impl is Impl.RECURRENT:
+        return wkv6_recurrent(r, k, v, w_log, u, state)
+    if impl is Impl.SCAN:
+        return wkv6_scan(r, k, v, w_log, u, state)
+    if impl is Impl.CHUNKED:
+        return wkv6_chunked(r, k, v, w_log, u, state, chunk_size=chunk_size)
+    # Imported lazily: the pure-JAX forms do not need the kernels package.
+    from pallas_kernels.wkv6 import wkv6 as pallas_wkv6
+
+    interpret = jax.default_backend() == "cpu"
+    return pallas_wkv6(r, k, v, w_log, u, state, chunk_size=chunk_size, interpret=interpret)
