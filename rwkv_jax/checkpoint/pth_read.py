@@ -6,7 +6,6 @@ unless it is on the list. Storages are read straight from the zip entries (memor
 """
 
 import collections
-import dataclasses
 import io
 import math
 import os
@@ -24,32 +23,49 @@ _LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, (fields we skip), file name length, extra field length
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _StorageType:
+class _Sealed:
+    """Base of the objects the unpickler hands to the pickle, which may not alter them (BUILD opcode)."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state: object) -> None:
+        raise PthFormatError(f"data.pkl tries to set attributes of {type(self).__name__}")
+
+
+class _StorageType(_Sealed):
     """What `torch.<Name>Storage` resolves to: the element type of the storage."""
 
-    dtype: np.dtype
+    __slots__ = ("dtype",)
+
+    def __init__(self, dtype: np.dtype):
+        self.dtype = dtype
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _DtypeName:
+class _DtypeName(_Sealed):
     """What `torch.<dtype>` resolves to (the dtype argument of `_rebuild_tensor_v3`)."""
 
-    dtype: np.dtype
+    __slots__ = ("dtype",)
+
+    def __init__(self, dtype: np.dtype):
+        self.dtype = dtype
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Storage:
+class _Storage(_Sealed):
     """A loaded storage: a 1-D array of its element type (uint8 for untyped storages)."""
 
-    data: np.ndarray
+    __slots__ = ("data",)
+
+    def __init__(self, data: np.ndarray):
+        self.data = data
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Tensor:
-    """A rebuilt tensor. Wrapped so that pickle's BUILD opcode cannot reach the array."""
+class _Tensor(_Sealed):
+    """A rebuilt tensor, kept from the pickle's reach until the state dict is complete."""
 
-    array: np.ndarray
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
 
 
 def _view(storage: object, offset: object, size: object, stride: object) -> _Tensor:
@@ -279,6 +295,14 @@ def read_pth(path: str | os.PathLike, *, mmap: bool = True) -> dict[str, np.ndar
             obj = _RestrictedUnpickler(pickled, _StorageReader(path, archive, prefix, mmap)).load()
         except PthFormatError as e:
             raise PthFormatError(f"{path}: {e}") from None
-        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, TypeError, ValueError, IndexError) as e:
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            zipfile.BadZipFile,
+            TypeError,
+            ValueError,
+            IndexError,
+            AttributeError,
+        ) as e:
             raise PthFormatError(f"{path}: data.pkl is corrupt ({type(e).__name__}: {e})") from None
     return _as_tensor_dict(path, obj)

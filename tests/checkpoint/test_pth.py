@@ -1,6 +1,7 @@
 """read_pth / write_pth against torch.save / torch.load (torch is only a test reference here)."""
 
 import collections
+import io
 import os
 import pickle
 import struct
@@ -264,3 +265,196 @@ def test_read_pth_refuses_code_in_the_pickle_without_running_it(tmp_path, forbid
     with pytest.raises(PthFormatError, match=f"forbidden global {forbidden}"):
         read_pth(tmp_path / "evil.pth")
     assert not marker.exists()
+
+
+class _Call:
+    """Pickles as `function(*arguments)`, naming `function` as a global: how torch pickles a tensor."""
+
+    def __init__(self, function, *arguments):
+        self.function, self.arguments, self.state = function, arguments, None
+
+    def __reduce__(self):
+        return self.function, self.arguments, self.state
+
+
+def _tensor_pickle(storage_numel: int, offset: int, size: tuple, stride: tuple, state=None) -> bytes:
+    """data.pkl of {"w": a float32 tensor (offset, size, stride) of storage "0" (`storage_numel` elements)}.
+
+    With `state`, the pickle also sets that as the tensor's attributes (pickle's BUILD opcode).
+    """
+    torch = pytest.importorskip("torch")
+    storage = object()
+
+    class StoragePickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", storage_numel) if obj is storage else None
+
+    rebuild = _Call(
+        torch._utils._rebuild_tensor_v2, storage, offset, size, stride, False, collections.OrderedDict()
+    )
+    rebuild.state = state
+    buffer = io.BytesIO()
+    StoragePickler(buffer, protocol=2).dump(collections.OrderedDict(w=rebuild))
+    return buffer.getvalue()
+
+
+def _misused_rebuild_pickle() -> bytes:
+    """data.pkl calling _rebuild_tensor_v2 (an allowed global) on a string instead of a storage."""
+    torch = pytest.importorskip("torch")
+    rebuild = _Call(
+        torch._utils._rebuild_tensor_v2, "no storage", 0, (1,), (1,), False, collections.OrderedDict()
+    )
+    return pickle.dumps({"w": rebuild}, protocol=2)
+
+
+def test_crafted_tensor_pickle_is_what_torch_loads(tmp_path):
+    """Checks the crafting helper of the malformed-file tests on a well-formed case."""
+    torch = pytest.importorskip("torch")
+    _torch_zip(
+        tmp_path / "ok.pth",
+        _tensor_pickle(6, 1, (2, 2), (1, 2)),
+        {"0": np.arange(6, dtype=np.float32).tobytes()},
+    )
+    expected = torch.load(tmp_path / "ok.pth", weights_only=True)["w"].numpy()
+    _assert_same(read_pth(tmp_path / "ok.pth"), {"w": expected})
+
+
+def _save_with_torch(path, obj, **save_options) -> None:
+    torch = pytest.importorskip("torch")
+    torch.save(obj, path, **save_options)
+
+
+@pytest.mark.parametrize(
+    ("make_file", "message"),
+    [
+        (lambda p: p.write_bytes(b"just some text, not a checkpoint\n"), "not a zip archive"),
+        (lambda p: p.write_bytes(b""), "not a zip archive"),
+        (
+            lambda p: zipfile.ZipFile(p, "w").writestr("archive/version", "3\n"),
+            r"one <archive>/data\.pkl entry",
+        ),
+        (
+            lambda p: _torch_zip(p, _tensor_pickle(4, 0, (4,), (1,))),
+            r"storage entry archive/data/0 is missing",
+        ),
+        (
+            lambda p: _torch_zip(p, _tensor_pickle(4, 0, (4,), (1,)), {"0": bytes(8)}),
+            "holds 8 bytes, expected 16",
+        ),
+        (
+            lambda p: _torch_zip(p, _tensor_pickle(4, 1, (2, 2), (2, 1)), {"0": bytes(16)}),
+            "reads element 4 of",
+        ),
+        (lambda p: _torch_zip(p, _tensor_pickle(4, 3, (2,), (-1,)), {"0": bytes(16)}), "tuples of ints >= 0"),
+        (
+            lambda p: _torch_zip(p, _tensor_pickle(4, 0, (4,), (1,)), {"0": bytes(16)}, b"big"),
+            "little-endian",
+        ),
+        (lambda p: _torch_zip(p, pickle.dumps(collections.OrderedDict(w=2.0))), "entry 'w' holds float"),
+        (lambda p: _torch_zip(p, pickle.dumps([1, 2])), "expected a state dict"),
+        (lambda p: _torch_zip(p, b"\x80\x02}q\x00(X"), "data.pkl is corrupt"),
+        (lambda p: _save_with_torch(p, {"model": {}}), "entry 'model' holds dict"),
+        (lambda p: _torch_zip(p, _misused_rebuild_pickle()), "storage must come from a persistent id"),
+        (
+            lambda p: _torch_zip(p, _tensor_pickle(4, 0, (4,), (1,), state={"array": 1}), {"0": bytes(16)}),
+            "tries to set attributes of _Tensor",
+        ),
+        (lambda p: _save_with_torch(p, {"w": np.ones(2)}, _use_new_zipfile_serialization=False), "legacy"),
+    ],
+    ids=[
+        "text_file",
+        "empty_file",
+        "zip_without_data_pkl",
+        "storage_entry_missing",
+        "storage_entry_wrong_size",
+        "view_past_storage_end",
+        "negative_stride",
+        "big_endian",
+        "value_not_a_tensor",
+        "not_a_mapping",
+        "pickle_cut_short",
+        "nested_state_dict",
+        "rebuild_without_storage",
+        "pickle_sets_tensor_attributes",
+        "legacy_format",
+    ],
+)
+def test_read_pth_names_what_is_wrong_with_a_malformed_file(tmp_path, make_file, message):
+    path = tmp_path / "bad.pth"
+    make_file(path)
+    with pytest.raises(PthFormatError, match=message) as error:
+        read_pth(path)
+    assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_read_pth_reports_a_file_cut_in_half_as_truncated(tmp_path, tiny_rwkv_dir, mmap):
+    data = (tiny_rwkv_dir / "tiny-rwkv-4v0-660K.pth").read_bytes()
+    (tmp_path / "half.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(PthFormatError, match=r"half\.pth: not a zip archive, .* truncated"):
+        read_pth(tmp_path / "half.pth", mmap=mmap)
+
+
+def _patch_local_header(path, entry: str, offset_in_header: int, value: bytes) -> None:
+    with zipfile.ZipFile(path) as archive:
+        position = archive.getinfo(entry).header_offset + offset_in_header
+    with open(path, "r+b") as file:
+        file.seek(position)
+        file.write(value)
+
+
+@pytest.mark.parametrize(
+    ("header_offset", "value", "message"),
+    [(28, struct.pack("<H", 0xFFFF), "runs past the end of the file"), (0, b"XXXX", "no valid local header")],
+)
+def test_memory_mapped_read_checks_local_headers(tmp_path, header_offset, value, message):
+    write_pth(tmp_path / "w.pth", {"w": np.ones(4, np.float32)})
+    _patch_local_header(tmp_path / "w.pth", "w/data/0", header_offset, value)
+    with pytest.raises(PthFormatError, match=message):
+        read_pth(tmp_path / "w.pth", mmap=True)
+
+
+def test_read_without_mmap_checks_storage_crc(tmp_path):
+    write_pth(tmp_path / "w.pth", {"w": np.ones(4, np.float32)})
+    data_start = _data_offsets(tmp_path / "w.pth")["w/data/0"]
+    with open(tmp_path / "w.pth", "r+b") as file:
+        file.seek(data_start)
+        file.write(b"\xff")
+    with pytest.raises(PthFormatError, match="storage entry w/data/0 is corrupt"):
+        read_pth(tmp_path / "w.pth", mmap=False)
+
+
+@pytest.mark.parametrize(
+    ("tensors", "error", "message"),
+    [
+        (
+            {"ok": np.ones(2), "objects": np.array([None, 1], dtype=object)},
+            ValueError,
+            "objects: dtype object",
+        ),
+        ({"ok": np.ones(2), "u16": np.ones(2, np.uint16)}, ValueError, "u16: dtype uint16"),
+        ({"ok": np.ones(2), 3: np.ones(2)}, TypeError, "keys must be str"),
+    ],
+)
+def test_write_pth_rejects_bad_input_before_creating_any_file(tmp_path, tensors, error, message):
+    with pytest.raises(error, match=message):
+        write_pth(tmp_path / "out.pth", tensors)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_pth_failing_midway_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    write_pth(tmp_path / "out.pth", {"old": np.zeros(3, np.float32)})
+    old_bytes = (tmp_path / "out.pth").read_bytes()
+    write_entry, calls = pth_write._write_entry, []
+
+    def failing_write_entry(*args):
+        calls.append(args)
+        if len(calls) == 3:
+            raise OSError("No space left on device")
+        write_entry(*args)
+
+    monkeypatch.setattr(pth_write, "_write_entry", failing_write_entry)
+    with pytest.raises(OSError, match="No space left"):
+        write_pth(tmp_path / "out.pth", {"new": np.ones(3, np.float32), "more": np.ones(2, np.float32)})
+    assert [p.name for p in tmp_path.iterdir()] == ["out.pth"]
+    assert (tmp_path / "out.pth").read_bytes() == old_bytes
