@@ -203,9 +203,10 @@ def _archive_prefix(path: str | os.PathLike, archive: zipfile.ZipFile) -> str:
 
 def _check_byteorder(path: str | os.PathLike, archive: zipfile.ZipFile, prefix: str) -> None:
     name = prefix + "byteorder"
-    if name in archive.namelist() and archive.read(name) != b"little":
+    byteorder = archive.read(name) if name in archive.namelist() else b"little"  # torch < 1.12: no record
+    if byteorder != b"little":
         raise PthFormatError(
-            f"{path}: byteorder record is {archive.read(name)!r}; only little-endian files are supported"
+            f"{path}: byteorder record is {byteorder!r}; only little-endian files are supported"
         )
 
 
@@ -222,7 +223,7 @@ class _StorageReader:
     """Loads `<archive>/data/<key>` entries as 1-D arrays, from a copy-on-write memory map or by reading."""
 
     def __init__(self, path: str | os.PathLike, archive: zipfile.ZipFile, prefix: str, mmap: bool):
-        self._path, self._archive, self._prefix = path, archive, prefix
+        self._archive, self._prefix = archive, prefix
         self._mapped = np.memmap(path, np.uint8, mode="c").view(np.ndarray) if mmap else None
 
     def __call__(self, key: str, dtype: np.dtype, numel: int) -> np.ndarray:
@@ -230,32 +231,25 @@ class _StorageReader:
         try:
             info = self._archive.getinfo(name)
         except KeyError:
-            raise PthFormatError(f"{self._path}: storage entry {name} is missing from the zip") from None
+            raise PthFormatError(f"storage entry {name} is missing from the zip") from None
         nbytes = numel * dtype.itemsize
         if info.file_size != nbytes:
             raise PthFormatError(
-                f"{self._path}: storage entry {name} holds {info.file_size} bytes, expected {nbytes} "
-                f"({numel} x {dtype})"
+                f"storage entry {name} holds {info.file_size} bytes, expected {nbytes} ({numel} x {dtype})"
             )
         if self._mapped is not None and info.compress_type == zipfile.ZIP_STORED:
             start = _entry_data_offset(self._mapped, info)
             if start + nbytes > self._mapped.size:
-                raise PthFormatError(
-                    f"{self._path}: storage entry {name} runs past the end of the file (truncated)"
-                )
+                raise PthFormatError(f"storage entry {name} runs past the end of the file (truncated)")
             return self._mapped[start : start + nbytes].view(dtype)
         buffer = bytearray(nbytes)
         try:
             with self._archive.open(info) as entry:
                 count = entry.readinto(buffer)
         except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise PthFormatError(
-                f"{self._path}: storage entry {name} is corrupt or truncated ({e})"
-            ) from None
+            raise PthFormatError(f"storage entry {name} is corrupt or truncated ({e})") from None
         if count != nbytes:
-            raise PthFormatError(
-                f"{self._path}: storage entry {name} is truncated ({count} of {nbytes} bytes)"
-            )
+            raise PthFormatError(f"storage entry {name} is truncated ({count} of {nbytes} bytes)")
         return np.frombuffer(buffer, dtype)
 
 
