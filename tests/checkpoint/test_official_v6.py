@@ -1,0 +1,126 @@
+"""Official Eagle / Finch checkpoints: the trained tiny-rwkv fixtures give the reference logits; round trips.
+
+The fixtures (../shared/fixtures/tiny-rwkv, see its README) are byte-level models with the logits that the
+prompt ``"in`` (bytes 34 105 110) must produce after its third byte, from the zero state. RWKV-5's ``ln_x``
+eps differs between implementations: BlinkDL's ``rwkv`` package uses 64e-5 (``rwkv-pip-logits-*``), rwkv.cpp
+1e-5 (``expected-logits-*``); we check both with the loader's ``group_norm_eps``.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from rwkv_jax.checkpoint import convert_v6
+from rwkv_jax.checkpoint.layout import CheckpointLayoutError
+from rwkv_jax.checkpoint.pth import read_pth, write_pth
+from rwkv_jax.models.rwkv6 import RWKV6
+from tests.models.test_rwkv6 import randomize, tiny_config
+
+PROMPT = (34, 105, 110)
+TOLERANCE = 1e-4  # max abs difference of the 256 logits
+
+CASES = [
+    ("6v0-3m-Q5_1dq", "6", "expected-logits-6v0-3m-Q5_1dq.npy", 64e-5),
+    ("5v2-730K", "5.2", "rwkv-pip-logits-5v2-730K.npy", 64e-5),
+    ("5v2-730K", "5.2", "expected-logits-5v2-730K.npy", 1e-5),
+    ("5v1-730K", "5.1", "rwkv-pip-logits-5v1-730K.npy", 64e-5),
+    ("5v1-730K", "5.1", "expected-logits-5v1-730K.npy", 1e-5),
+]
+
+
+def fixture_tensors(tiny_rwkv_dir, tag: str) -> dict[str, np.ndarray]:
+    return read_pth(tiny_rwkv_dir / f"tiny-rwkv-{tag}.pth")
+
+
+@pytest.mark.parametrize(("tag", "version", "expected_file", "eps"), CASES)
+def test_trained_model_reproduces_reference_logits_one_byte_at_a_time_and_as_a_sequence(
+    tiny_rwkv_dir, tag, version, expected_file, eps
+):
+    model = convert_v6.from_state_dict(
+        fixture_tensors(tiny_rwkv_dir, tag), group_norm_eps=eps, wkv_impl="recurrent"
+    )
+    assert model.config.version == version
+    expected = np.load(tiny_rwkv_dir / expected_file)
+    state = None
+    for byte in PROMPT:
+        logits, state = model(jnp.array([[byte]], jnp.int32), state)
+    serial = np.asarray(logits[0, -1])
+    sequence = np.asarray(model(jnp.array([PROMPT], jnp.int32))[0][0, -1])
+    for got in (serial, sequence):
+        assert not np.isnan(got).any()
+        assert np.abs(got - expected).max() <= TOLERANCE
+        assert got.argmax() == expected.argmax()
+
+
+def test_group_norm_eps_matters_for_rwkv5(tiny_rwkv_dir):
+    # The two reference files differ by up to 1.09 (README): loading with the wrong eps must miss the target.
+    model = convert_v6.from_state_dict(fixture_tensors(tiny_rwkv_dir, "5v2-730K"), group_norm_eps=1e-5)
+    logits = np.asarray(model(jnp.array([PROMPT], jnp.int32))[0][0, -1])
+    assert np.abs(logits - np.load(tiny_rwkv_dir / "rwkv-pip-logits-5v2-730K.npy")).max() > 0.1
+
+
+@pytest.mark.parametrize(
+    ("tag", "version"), [("6v0-3m-Q5_1dq", "6"), ("5v2-730K", "5.2"), ("5v1-730K", "5.1")]
+)
+def test_sizes_are_inferred_from_the_tensors(tiny_rwkv_dir, tag, version):
+    config = convert_v6.config_from_state_dict(fixture_tensors(tiny_rwkv_dir, tag))
+    n_embd, heads, ffn = (128, 16, 448) if version == "6" else (64, 8, 256)
+    assert (config.version, config.n_layer, config.n_embd, config.vocab_size) == (version, 12, n_embd, 256)
+    assert (config.n_head, config.head_size, config.ffn_dim, config.dim_att) == (heads, 8, ffn, n_embd)
+    if version == "6":
+        assert (config.time_mix_extra_dim, config.time_decay_extra_dim) == (32, 64)
+
+
+@pytest.mark.parametrize("tag", ["6v0-3m-Q5_1dq", "5v2-730K", "5v1-730K"])
+def test_load_then_save_gives_back_every_tensor_exactly(tiny_rwkv_dir, tag):
+    tensors = fixture_tensors(tiny_rwkv_dir, tag)
+    saved = convert_v6.to_state_dict(convert_v6.from_state_dict(tensors))
+    assert set(saved) == set(tensors)
+    for name, tensor in tensors.items():
+        assert saved[name].dtype == np.float32 and saved[name].shape == tensor.shape, name
+        np.testing.assert_array_equal(saved[name], tensor, err_msg=name)
+    if tag.startswith("6"):  # the Finch fixture is in BlinkDL's order; RWKV-5's were written by other code
+        assert list(saved) == list(tensors)
+    again = convert_v6.to_state_dict(convert_v6.from_state_dict(saved))
+    assert list(again) == list(saved)
+    assert all(np.array_equal(again[name], saved[name]) for name in saved)
+
+
+def test_detection_tells_the_versions_and_families_apart(tiny_rwkv_dir):
+    for tag, version in (("6v0-3m-Q5_1dq", "6"), ("5v2-730K", "5.2"), ("5v1-730K", "5.1")):
+        keys = list(fixture_tensors(tiny_rwkv_dir, tag))
+        assert convert_v6.matches(keys) and convert_v6.detect_version(keys) == version
+    for other in ("4v0-660K", "7v0-834K"):
+        assert not convert_v6.matches(list(fixture_tensors(tiny_rwkv_dir, other)))
+
+
+def test_missing_or_misshapen_tensors_are_named_before_anything_is_built(tiny_rwkv_dir):
+    tensors = fixture_tensors(tiny_rwkv_dir, "6v0-3m-Q5_1dq")
+    missing = {k: v for k, v in tensors.items() if k != "blocks.3.att.time_decay_w2"}
+    with pytest.raises(CheckpointLayoutError, match=r"missing 1 key\(s\): blocks.3.att.time_decay_w2"):
+        convert_v6.from_state_dict(missing)
+    misshapen = dict(tensors, **{"blocks.2.att.time_faaaa": np.zeros((16, 4), np.float32)})
+    with pytest.raises(
+        CheckpointLayoutError, match=r"blocks.2.att.time_faaaa has shape \(16, 4\), expected \(16, 8\)"
+    ):
+        convert_v6.from_state_dict(misshapen)
+    gated_5_1 = dict(
+        fixture_tensors(tiny_rwkv_dir, "5v1-730K"), **{"blocks.0.att.gate.weight": np.zeros((64, 64))}
+    )
+    with pytest.raises(CheckpointLayoutError, match=r"preview with a gate"):
+        convert_v6.from_state_dict(gated_5_1)
+
+
+@pytest.mark.parametrize("version", ["5.2", "6"])
+def test_blinkdl_rwkv_package_runs_our_saved_file_to_the_same_logits(tmp_path, monkeypatch, version):
+    monkeypatch.setenv("RWKV_JIT_ON", "0")  # read when rwkv.model is first imported
+    rwkv_model = pytest.importorskip("rwkv.model", reason="BlinkDL's rwkv package is not installed")
+    model = randomize(RWKV6(tiny_config(version), rngs=nnx.Rngs(0)), 0)
+    path = tmp_path / f"tiny-{version}.pth"
+    write_pth(path, convert_v6.to_state_dict(model))
+    tokens = [3, 17, 42, 5, 63]
+    theirs, _ = rwkv_model.RWKV(str(path), strategy="cpu fp32").forward(tokens, None)
+    ours, _ = model(jnp.array([tokens], jnp.int32))
+    theirs, ours = theirs.numpy().astype(np.float64), np.asarray(ours[0, -1], np.float64)
+    assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) < 1e-5
