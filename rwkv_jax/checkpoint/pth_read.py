@@ -133,7 +133,6 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], object] = {
     ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch", "UntypedStorage"): _StorageType(np.dtype(np.uint8)),
     ("torch.storage", "UntypedStorage"): _StorageType(np.dtype(np.uint8)),
     **{("torch", name): _StorageType(dtype) for name, dtype in STORAGE_DTYPES.items()},
     **{("torch", name): _DtypeName(dtype) for name, dtype in TORCH_DTYPES.items()},

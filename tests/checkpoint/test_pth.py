@@ -3,9 +3,11 @@
 import collections
 import io
 import os
+import pathlib
 import pickle
 import struct
 import subprocess
+import sys
 import zipfile
 
 import ml_dtypes
@@ -15,7 +17,7 @@ import pytest
 from rwkv_jax.checkpoint import pth_write
 from rwkv_jax.checkpoint.pth import PthFormatError, read_pth, write_pth
 
-# Every dtype read_pth understands, by torch dtype name; the last five are saved with _rebuild_tensor_v3.
+# Every dtype read_pth understands, by torch dtype name; the last seven are saved with _rebuild_tensor_v3.
 DTYPES = {
     "float32": np.float32,
     "float16": np.float16,
@@ -34,6 +36,8 @@ DTYPES = {
     "uint64": np.uint64,
     "float8_e4m3fn": ml_dtypes.float8_e4m3fn,
     "float8_e5m2": ml_dtypes.float8_e5m2,
+    "float8_e4m3fnuz": ml_dtypes.float8_e4m3fnuz,
+    "float8_e5m2fnuz": ml_dtypes.float8_e5m2fnuz,
 }
 WRITABLE_DTYPES = list(DTYPES)[:12]
 SHAPES = [(), (0,), (2, 0, 3), (5,), (2, 3, 4)]
@@ -147,6 +151,20 @@ def test_fixture_checkpoints_match_torch_load(tiny_rwkv_dir, mmap):
     for path in sorted(tiny_rwkv_dir.glob("*.pth")):
         expected = torch.load(path, weights_only=True)
         _assert_same(read_pth(path, mmap=mmap), {k: v.numpy() for k, v in expected.items()})
+
+
+def test_read_pth_runs_without_torch(tiny_rwkv_dir):
+    """In a fresh interpreter: reading a checkpoint imports neither torch nor anything that imports it."""
+    path = tiny_rwkv_dir / "tiny-rwkv-4v0-660K.pth"
+    script = (
+        "import sys; from rwkv_jax.checkpoint.pth import read_pth; "
+        f"tensors = read_pth({str(path)!r}); "
+        "assert len(tensors) == 78, len(tensors); assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    root = pathlib.Path(__file__).resolve().parents[2]
+    subprocess.run(
+        [sys.executable, "-c", script], check=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)}
+    )
 
 
 def _written(tmp_path, tensors) -> dict[str, np.ndarray]:
