@@ -274,7 +274,8 @@ def read_pth(path: str | os.PathLike, *, mmap: bool = True) -> dict[str, np.ndar
     float16 and bfloat16 stay np.float16 / ml_dtypes.bfloat16. With `mmap` (the default) contiguous tensors
     are copy-on-write views of a memory map of the file (no read until used; writes never reach the file);
     otherwise every storage is read into memory (and its CRC checked). Non-contiguous tensors are copied
-    into contiguous arrays; tensors that share a storage share memory.
+    into contiguous arrays; tensors that share a storage share memory. Mapped arrays keep reading the file:
+    replacing it by rename (write_pth does) is safe, overwriting it in place while they live is not.
 
     Raises PthFormatError for anything but a flat mapping of str -> tensor, for globals other than
     OrderedDict, torch's tensor/parameter rebuild functions, storage classes and dtypes (before running any
