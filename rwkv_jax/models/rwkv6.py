@@ -212,7 +212,7 @@ def _channel_mix(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> ChannelMix:
     return ChannelMix(
         mix=mix,
         key=_linear(rngs, config, (C, F), ("embed", "mlp"), official.GAIN_FFN_KEY),
-        receptance=_linear(rngs, config, (C, C), ("embed", "embed"), official.GAIN_FFN_RECEPTANCE),
+        receptance=_linear(rngs, config, (C, C), ("embed", None), official.GAIN_FFN_RECEPTANCE),
         value=_linear(rngs, config, (F, C), ("mlp", "embed"), official.GAIN_FFN_VALUE),
     )
 

@@ -8,8 +8,9 @@ head). The early RWKV-5 ("5.1" here: per-head scalar decay, no gate) follows ``R
 ``RWKV-v4neo/src/model.py`` at commit 6c7f271 (2023-09-22).
 
 Notation of the source: layer ``l`` of ``L``, ``ratio_0_to_1 = l / (L - 1)``,
-``ratio_1_to_almost0 = 1 - l / L``, ``ddd[i] = i / C`` over the ``C`` model channels. The formulas are
-evaluated in float64 and cast by the caller.
+``ratio_1_to_almost0 = 1 - l / L``, ``ddd[i] = i / C`` over the ``C`` model channels. Precision follows the
+torch code: the ``time_mix`` / ``time_maa`` powers of ``ddd`` are float32 arithmetic on a float32 tensor;
+``time_decay`` and ``time_faaaa`` are Python floats (float64), rounded when the caller casts them.
 """
 
 import jax
@@ -42,33 +43,37 @@ def layer_ratios(layer: int, n_layer: int) -> tuple[float, float]:
 
 
 def channel_ramp(channels: int) -> np.ndarray:
-    """``ddd [C]``: ``i / C`` for channel ``i``."""
-    return np.arange(channels, dtype=np.float64) / channels
+    """``ddd [C]`` float32: ``i / C`` for channel ``i`` (a Python float written into a float32 tensor)."""
+    return (np.arange(channels, dtype=np.float64) / channels).astype(np.float32)
+
+
+def _ramp_power(channels: int, exponent: float) -> np.ndarray:
+    """``ddd ** exponent`` in float32, as ``torch.pow`` on the float32 ``ddd``."""
+    return np.power(channel_ramp(channels), np.float32(exponent))
 
 
 def eagle_time_mix(channels: int, layer: int, n_layer: int, *, gate: bool) -> dict[str, np.ndarray]:
-    """Eagle's ``att.time_mix_{k,v,r[,g]} [C]`` (weight of the current token)."""
+    """Eagle's ``att.time_mix_{k,v,r[,g]} [C]`` float32 (weight of the current token)."""
     r01, r10 = layer_ratios(layer, n_layer)
-    ddd = channel_ramp(channels)
-    mix = {"k": ddd**r10, "v": ddd**r10 + 0.3 * r01, "r": ddd ** (0.5 * r10)}
+    full, half = _ramp_power(channels, r10), _ramp_power(channels, 0.5 * r10)
+    mix = {"k": full, "v": full + np.float32(0.3 * r01), "r": half}
     if gate:
-        mix["g"] = ddd ** (0.5 * r10)
+        mix["g"] = half.copy()
     return mix
 
 
 def finch_time_maa(channels: int, layer: int, n_layer: int) -> dict[str, np.ndarray]:
-    """Finch's ``att.time_maa_{x,w,k,v,r,g} [C]`` (weight of the previous token): one minus Eagle's mix."""
-    r01, r10 = layer_ratios(layer, n_layer)
-    ddd = channel_ramp(channels)
-    base, half = 1.0 - ddd**r10, 1.0 - ddd ** (0.5 * r10)
-    return {"x": base, "w": base, "k": base, "v": 1.0 - (ddd**r10 + 0.3 * r01), "r": half, "g": half}
+    """Finch's ``att.time_maa_{x,w,k,v,r,g} [C]`` float32 (weight of the previous token): 1 - Eagle's mix."""
+    eagle = eagle_time_mix(channels, layer, n_layer, gate=True)
+    one = np.float32(1.0)
+    maa = {"x": one - eagle["k"], "w": one - eagle["k"]}
+    return maa | {name: one - eagle[name] for name in "kvrg"}
 
 
 def channel_mix_weights(channels: int, layer: int, n_layer: int, *, finch: bool) -> dict[str, np.ndarray]:
-    """``ffn.time_mix_{k,r}`` (Eagle: ``ddd^r``) or ``ffn.time_maa_{k,r}`` (Finch: ``1 - ddd^(r^3)``)."""
+    """Channel-mix ``time_mix_{k,r}`` (Eagle: ``ddd^r``) or ``time_maa_{k,r}`` (Finch: ``1 - ddd^(r^3)``)."""
     _, r10 = layer_ratios(layer, n_layer)
-    ddd = channel_ramp(channels)
-    value = 1.0 - ddd ** (r10**3) if finch else ddd**r10
+    value = np.float32(1.0) - _ramp_power(channels, r10**3) if finch else _ramp_power(channels, r10)
     return {"k": value, "r": value.copy()}
 
 
