@@ -5,7 +5,16 @@ For each channel, with log decay ``w <= 0`` and bonus ``u``::
     y_t = (sum_{i<t} e^{(t-1-i) w + k_i} v_i + e^{u + k_t} v_t) / (same with v = 1)
 
 State is the numerically stable triple of the official kernels: ``num`` and ``den`` scaled by
-``e^{-max_exp}``, and the running maximum exponent ``max_exp``. All three are float32 ``[B, C]``.
+``e^{-max_exp}``, and the running maximum exponent ``max_exp``. All three are float32 ``[B, C]``. The state
+*means* the pair ``(num, den) * e^{max_exp}``; ``max_exp`` is only the scale it is stored at.
+
+Forms (one signature, see :func:`wkv4`): :func:`wkv4_recurrent` (``lax.scan``), :func:`wkv4_scan`
+(``lax.associative_scan``), the Pallas kernel in ``pallas_kernels.wkv4``, and the float64
+:func:`wkv4_reference` that the tests hold the others to.
+
+Every token applies the affine map ``S -> e^w S + e^{k} (v, 1)`` to ``S = (num, den) * e^{max_exp}``. The
+recurrent and associative forms share one composition of such maps in log space (:func:`_then`), which
+keeps a running maximum exponent so that nothing overflows for large ``|k|``.
 """
 
 from typing import NamedTuple
@@ -14,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from rwkv_jax.array_typing import Array
+from rwkv_jax.wkv.impl import Impl, resolve
 
 # The official CUDA kernel starts the running max at -1e38 ("MIN_VALUE"); the rwkv package uses -1e30.
 # Any very negative value gives the same result: e^{max_exp - p} underflows to 0 on the first step.
@@ -33,6 +43,93 @@ class WKV4State(NamedTuple):
         return cls(zero, zero, jnp.full((batch_size, channels), INITIAL_MAX_EXP, jnp.float32))
 
 
+class _Affine(NamedTuple):
+    """The map ``S -> e^{log_decay} S + e^{max_exp} (num, den)`` on unscaled states ``S = (N, D)``.
+
+    A state is the map's offset (what it makes of the zero state); a token is ``(w, k, v, 1)``.
+    """
+
+    log_decay: Array
+    max_exp: Array
+    num: Array
+    den: Array
+
+
+def _then(first: _Affine, second: _Affine) -> _Affine:
+    """The map ``second(first(S))``, its offset rescaled to the larger of the two exponents.
+
+    Exponent differences are taken before the (possibly tiny) log decay is added: with ``max_exp ~ 60``
+    and ``w ~ -1e-6``, ``max_exp + w`` rounds to ``max_exp`` in float32 and the decay would be lost.
+    """
+    max_exp = jnp.maximum(first.max_exp + second.log_decay, second.max_exp)
+    scale_first = jnp.exp((first.max_exp - max_exp) + second.log_decay)
+    scale_second = jnp.exp(second.max_exp - max_exp)
+    return _Affine(
+        first.log_decay + second.log_decay,
+        max_exp,
+        scale_first * first.num + scale_second * second.num,
+        scale_first * first.den + scale_second * second.den,
+    )
+
+
+def _output(u: Array, k: Array, v: Array, before: WKV4State, low: Array | float = 0.0) -> Array:
+    """``y`` for tokens ``(k, v)`` read against the state ``before`` them (all broadcastable, float32).
+
+    ``low`` is a small correction to ``before.max_exp`` (see :func:`_absorb_token`).
+    """
+    max_exp = jnp.maximum(before.max_exp, u + k)
+    scale_state = jnp.exp((before.max_exp - max_exp) + low)
+    scale_token = jnp.exp((k - max_exp) + u)
+    return (scale_state * before.num + scale_token * v) / (scale_state * before.den + scale_token)
+
+
+def _absorb_token(w_log: Array, k: Array, v: Array, state: WKV4State, low: Array) -> tuple[WKV4State, Array]:
+    """The state after token ``(k, v)``, its scale exponent carried as the compensated sum ``max_exp + low``.
+
+    Decaying ``num`` by the float32 factor ``e^w`` (``w ~ -1e-6``) rounds the same way at every step, and so
+    does ``max_exp + w``: over 4096 steps either drifts by ~1e-4. So the decay goes into the exponent and
+    ``low`` keeps what float32 ``max_exp + w`` loses (Kahan summation); ``num`` and ``den`` are rescaled only
+    when the token raises the maximum.
+    """
+    decay = w_log + low
+    decayed_max = state.max_exp + decay
+    max_exp = jnp.maximum(decayed_max, k)
+    rest = (state.max_exp - max_exp) + decay  # the state's exponent beyond max_exp, without cancellation
+    state_wins = decayed_max >= k
+    low = jnp.where(state_wins, rest, 0.0)
+    scale_state = jnp.where(state_wins, 1.0, jnp.exp(rest))
+    scale_token = jnp.exp((k - max_exp) - low)
+    new = WKV4State(scale_state * state.num + scale_token * v, scale_state * state.den + scale_token, max_exp)
+    return new, low
+
+
+def _check_inputs(w_log: Array, u: Array, k: Array, v: Array, state: WKV4State | None) -> None:
+    """Raises ValueError naming the offending argument unless the shapes fit the contract of :func:`wkv4`."""
+    if k.ndim != 3:
+        raise ValueError(f"k must be [B, T, C]; got shape {k.shape}")
+    batch, length, channels = k.shape
+    if length < 1:
+        raise ValueError(f"k must have at least one time step; got shape {k.shape}")
+    if v.shape != k.shape:
+        raise ValueError(f"v must have the shape of k {k.shape}; got {v.shape}")
+    for name, x in (("w_log", w_log), ("u", u)):
+        if x.shape != (channels,):
+            raise ValueError(f"{name} must be [C] = ({channels},); got shape {x.shape}")
+    for name, x in (("w_log", w_log), ("u", u), ("k", k), ("v", v)):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(f"{name} must be a float array; got dtype {x.dtype}")
+    if state is not None:
+        for name, x in zip(WKV4State._fields, state, strict=True):
+            if x.shape != (batch, channels):
+                raise ValueError(f"state.{name} must be [B, C] = ({batch}, {channels}); got {x.shape}")
+
+
+def _float32_state(state: WKV4State | None, batch: int, channels: int) -> WKV4State:
+    if state is None:
+        return WKV4State.zeros(batch, channels)
+    return WKV4State(*(x.astype(jnp.float32) for x in state))
+
+
 def wkv4_recurrent(
     w_log: Array, u: Array, k: Array, v: Array, state: WKV4State | None = None
 ) -> tuple[Array, WKV4State]:
@@ -47,28 +144,120 @@ def wkv4_recurrent(
     Returns:
       ``y [B, T, C]`` in ``v.dtype`` and the final state.
     """
+    _check_inputs(w_log, u, k, v, state)
     batch, _, channels = k.shape
-    if state is None:
-        state = WKV4State.zeros(batch, channels)
     w_log = w_log.astype(jnp.float32)
     u = u.astype(jnp.float32)
 
-    def step(carry: WKV4State, kv: tuple[Array, Array]) -> tuple[WKV4State, Array]:
-        num, den, max_exp = carry
+    def step(
+        carry: tuple[WKV4State, Array], kv: tuple[Array, Array]
+    ) -> tuple[tuple[WKV4State, Array], Array]:
+        state, low = carry
         k_t, v_t = kv
-        # Output: mix the stored sum with the current token, which gets the bonus u.
-        ww = u + k_t
-        p = jnp.maximum(max_exp, ww)
-        e_state, e_token = jnp.exp(max_exp - p), jnp.exp(ww - p)
-        y = (e_state * num + e_token * v_t) / (e_state * den + e_token)
-        # State update: decay the stored sum by e^w and add the current token without bonus.
-        ww = w_log + max_exp
-        p = jnp.maximum(ww, k_t)
-        e_state, e_token = jnp.exp(ww - p), jnp.exp(k_t - p)
-        new = WKV4State(e_state * num + e_token * v_t, e_state * den + e_token, p)
-        return new, y
+        y = _output(u, k_t, v_t, state, low)
+        return _absorb_token(w_log, k_t, v_t, state, low), y
 
     xs = (jnp.swapaxes(k, 0, 1).astype(jnp.float32), jnp.swapaxes(v, 0, 1).astype(jnp.float32))
-    state = WKV4State(*(s.astype(jnp.float32) for s in state))
-    final, ys = jax.lax.scan(step, state, xs)
+    initial = _float32_state(state, batch, channels)
+    (final, low), ys = jax.lax.scan(step, (initial, jnp.zeros_like(initial.max_exp)), xs)
+    final = WKV4State(final.num * jnp.exp(low), final.den * jnp.exp(low), final.max_exp)
     return jnp.swapaxes(ys, 0, 1).astype(v.dtype), final
+
+
+def wkv4_scan(
+    w_log: Array, u: Array, k: Array, v: Array, state: WKV4State | None = None
+) -> tuple[Array, WKV4State]:
+    """``lax.associative_scan`` over the per-token affine maps: the parallel form (depth ``O(log T)``).
+
+    The initial state is element 0 of the scan, so prefix ``t`` is the state after ``t`` tokens; ``max_exp``
+    of every prefix is the running maximum of the recurrent form, so the final triple equals
+    :func:`wkv4_recurrent`'s up to rounding. Same arguments and results as :func:`wkv4_recurrent`.
+    """
+    _check_inputs(w_log, u, k, v, state)
+    batch, length, channels = k.shape
+    state = _float32_state(state, batch, channels)
+    k32, v32 = k.astype(jnp.float32), v.astype(jnp.float32)
+
+    def with_state_first(initial: Array, tokens: Array) -> Array:
+        return jnp.concatenate([initial[:, None, :], tokens], axis=1)
+
+    maps = _Affine(
+        jnp.broadcast_to(w_log.astype(jnp.float32), (batch, length + 1, channels)),
+        with_state_first(state.max_exp, k32),
+        with_state_first(state.num, v32),
+        with_state_first(state.den, jnp.ones_like(k32)),
+    )
+    prefix = jax.lax.associative_scan(_then, maps, axis=1)
+    before = WKV4State(prefix.num[:, :-1], prefix.den[:, :-1], prefix.max_exp[:, :-1])
+    y = _output(u.astype(jnp.float32), k32, v32, before)
+    return y.astype(v.dtype), WKV4State(prefix.num[:, -1], prefix.den[:, -1], prefix.max_exp[:, -1])
+
+
+def wkv4(
+    w_log: Array,
+    u: Array,
+    k: Array,
+    v: Array,
+    state: WKV4State | None = None,
+    *,
+    impl: Impl | str = Impl.AUTO,
+) -> tuple[Array, WKV4State]:
+    """WKV-4 in the form ``impl`` picks; AUTO is RECURRENT on CPU and PALLAS on GPU/TPU.
+
+    Args:
+      w_log: ``[C]`` log decay (``-exp(time_decay)``), float32, ``<= 0``.
+      u: ``[C]`` bonus for the current token (``time_first``).
+      k, v: ``[B, T, C]`` keys and values, float32 or bfloat16 (computed in float32).
+      state: initial :class:`WKV4State` (``[B, C]`` float32 each), or None for the empty state.
+      impl: RECURRENT, SCAN, PALLAS (interpret mode on CPU) or AUTO.
+
+    Returns:
+      ``y [B, T, C]`` in ``v.dtype`` and the final :class:`WKV4State`.
+    """
+    impl = resolve(
+        impl, available=(Impl.RECURRENT, Impl.SCAN, Impl.PALLAS), accelerated=Impl.PALLAS, cpu=Impl.RECURRENT
+    )
+    _check_inputs(w_log, u, k, v, state)
+    if impl is Impl.RECURRENT:
+        return wkv4_recurrent(w_log, u, k, v, state)
+    if impl is Impl.SCAN:
+        return wkv4_scan(w_log, u, k, v, state)
+    from pallas_kernels import wkv4 as kernel  # lazy: the kernels are only needed when chosen
+
+    y, final = kernel.wkv4(w_log, u, k, v, state, interpret=jax.default_backend() == "cpu")
+    return y, WKV4State(*final)
+
+
+def wkv4_reference(
+    w_log: Array, u: Array, k: Array, v: Array, state: WKV4State | None = None
+) -> tuple[Array, WKV4State]:
+    """Float64 reference: the defining sums carried unscaled, one ``lax.scan`` step per token.
+
+    Needs ``jax_enable_x64``. Valid while every exponent stays within float64 range (``|k|, |u + k|``,
+    ``max_exp`` below ~700), which covers the tests. Differentiable. The returned state is rescaled to the
+    running maximum exponent ``max(max_exp + w, k)`` so that it compares with the other forms; y is float64.
+    """
+    _check_inputs(w_log, u, k, v, state)
+    if not jax.config.jax_enable_x64:
+        raise RuntimeError("wkv4_reference computes in float64: enable jax_enable_x64 first")
+    f64 = jnp.float64
+    batch, _, channels = k.shape
+    state = WKV4State(*(x.astype(f64) for x in state or WKV4State.zeros(batch, channels)))
+    w_log, u = w_log.astype(f64), u.astype(f64)
+    decay = jnp.exp(w_log)
+
+    def step(carry: tuple[Array, Array, Array], kv: tuple[Array, Array]) -> tuple[tuple, Array]:
+        big_num, big_den, max_exp = carry
+        k_t, v_t = kv
+        bonus = jnp.exp(u + k_t)
+        y = (big_num + bonus * v_t) / (big_den + bonus)
+        e_k = jnp.exp(k_t)
+        return (decay * big_num + e_k * v_t, decay * big_den + e_k, jnp.maximum(max_exp + w_log, k_t)), y
+
+    scale = jnp.exp(state.max_exp)
+    xs = (jnp.swapaxes(k, 0, 1).astype(f64), jnp.swapaxes(v, 0, 1).astype(f64))
+    (big_num, big_den, max_exp), ys = jax.lax.scan(
+        step, (state.num * scale, state.den * scale, state.max_exp), xs
+    )
+    unscale = jnp.exp(-max_exp)
+    return jnp.swapaxes(ys, 0, 1), WKV4State(big_num * unscale, big_den * unscale, max_exp)
