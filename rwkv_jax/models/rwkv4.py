@@ -184,19 +184,20 @@ class Block(nnx.Module):
         return x + update, RWKV4LayerState(att_x, wkv_state, ffn_x)
 
 
-def check_token_ids(tokens: Array, vocab_size: int) -> None:
-    """Raises ValueError for a tokens array that is not ``[B, T]`` integers in ``[0, vocab_size)``.
+def check_token_ids(tokens: Tokens | np.ndarray, vocab_size: int) -> None:
+    """Raises ValueError for tokens that are not ``[B, T]`` integers in ``[0, vocab_size)``.
 
     Shape and dtype are checked always; the range only for concrete arrays (under ``jit`` the values are
     unknown: an out-of-range id there gives NaN logits, since the embedding lookup fills with NaN).
     """
-    if tokens.ndim != 2 or tokens.shape[1] < 1:
-        raise ValueError(f"tokens must have shape [B, T] with T >= 1, got {tokens.shape}")
-    if not jnp.issubdtype(tokens.dtype, jnp.integer):
-        raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
-    if isinstance(tokens, jax.core.Tracer):
+    traced = isinstance(tokens, jax.core.Tracer)
+    ids = tokens if traced else np.asarray(tokens)
+    if ids.ndim != 2 or ids.shape[1] < 1:
+        raise ValueError(f"tokens must have shape [B, T] with T >= 1, got {ids.shape}")
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise ValueError(f"tokens must be integer ids, got dtype {ids.dtype}")
+    if traced:
         return
-    ids = np.asarray(tokens)
     bad = (ids < 0) | (ids >= vocab_size)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -237,8 +238,8 @@ class RWKV4(nnx.Module):
 
     def __call__(self, tokens: Tokens, state: RWKV4State | None = None) -> tuple[Array, RWKV4State]:
         """tokens ``[B, T]`` int -> logits ``[B, T, V]`` float32 and the state after the last token."""
-        tokens = jnp.asarray(tokens)
         check_token_ids(tokens, self.config.vocab_size)
+        tokens = jnp.asarray(tokens)
         if state is None:
             state = self.init_state(tokens.shape[0])
         self._check_state(state, tokens.shape[0])
