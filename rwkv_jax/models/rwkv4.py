@@ -24,7 +24,7 @@ from rwkv_jax.array_typing import Array, Tokens
 from rwkv_jax.models import init
 from rwkv_jax.models.common import LayerNorm, Linear, param, token_shift
 from rwkv_jax.wkv.impl import Impl
-from rwkv_jax.wkv.v4 import WKV4State, wkv4_recurrent
+from rwkv_jax.wkv.v4 import WKV4State, wkv4
 
 COMPUTE_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16))
 PARAM_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16))
@@ -138,7 +138,7 @@ class TimeMix(nnx.Module):
         r = jax.nn.sigmoid(self.receptance(_mix(x, shifted, self.time_mix_r)))
         w_log = -jnp.exp(self.time_decay[...].astype(jnp.float32))
         u = self.time_first[...].astype(jnp.float32)
-        y, wkv_state = wkv4_recurrent(w_log, u, k, v, wkv_state)
+        y, wkv_state = wkv4(w_log, u, k, v, wkv_state, impl=self.wkv_impl)
         return self.output(r * y), last_x.astype(jnp.float32), wkv_state
 
 
