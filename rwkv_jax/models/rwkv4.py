@@ -237,7 +237,11 @@ class RWKV4(nnx.Module):
         return (layer_state,) * self.config.n_layer
 
     def __call__(self, tokens: Tokens, state: RWKV4State | None = None) -> tuple[Array, RWKV4State]:
-        """tokens ``[B, T]`` int -> logits ``[B, T, V]`` float32 and the state after the last token."""
+        """tokens ``[B, T]`` int -> logits ``[B, T, V]`` float32 and the state after the last token.
+
+        ``state=None`` starts from :meth:`init_state`. Ids outside ``[0, V)`` raise ValueError when ``tokens``
+        is concrete; under ``jit`` they cannot be checked and give NaN logits at their positions.
+        """
         check_token_ids(tokens, self.config.vocab_size)
         tokens = jnp.asarray(tokens)
         if state is None:

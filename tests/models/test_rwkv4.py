@@ -272,7 +272,7 @@ def test_gradients_of_loss_are_finite_and_nonzero():
         assert np.abs(value).max() > 0, path
 
 
-def test_jit_of_pure_function_via_split_merge_matches_eager():
+def test_jit_via_split_merge_and_of_the_module_pytree_matches_eager():
     model = random_model()
     tokens = random_tokens(2, 6)
     graphdef, params = nnx.split(model)
@@ -286,3 +286,6 @@ def test_jit_of_pure_function_via_split_merge_matches_eager():
     np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-5)
     for a, b in zip(jax.tree.leaves(jitted_state), jax.tree.leaves(eager_state), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # The module itself is a pytree, so plain jax.jit takes it as an argument too.
+    direct, _ = jax.jit(lambda model, tokens: model(tokens))(model, tokens)
+    np.testing.assert_allclose(direct, eager, rtol=1e-5, atol=1e-5)
