@@ -64,8 +64,9 @@ class RWKV6Config:
       version: "6" (Finch), "5.2" (Eagle) or "5.1" (early RWKV-5: per-head scalar decay, no gate).
       vocab_size, n_layer, n_embd: V, L, C.
       head_size: N; the number of heads is ``dim_att // head_size``.
-      dim_att: A, the width of r, k, v (None: ``n_embd``).
-      ffn_dim: F, the channel-mix width (None: ``int(3.5 C) // 32 * 32`` as RWKV-LM).
+      dim_att: A, the width of r, k, v (None: ``n_embd``, resolved at construction, so
+        ``dataclasses.replace(config, n_embd=...)`` keeps the old value: pass dim_att=None again).
+      ffn_dim: F, the channel-mix width (None: ``int(3.5 C) // 32 * 32`` as RWKV-LM; resolved likewise).
       time_mix_extra_dim: Finch's ddlerp LoRA rank (BlinkDL: 32; 64 for the largest models).
       time_decay_extra_dim: Finch's decay LoRA rank (BlinkDL: 64; 128 for the largest models).
       group_norm_eps: eps of ``ln_x`` (64e-5 as BlinkDL; rwkv.cpp used 1e-5 for RWKV-5).
@@ -95,21 +96,15 @@ class RWKV6Config:
     def __post_init__(self):
         if self.version not in VERSIONS:
             raise ValueError(
-                f"version must be one of {VERSIONS} (Eagle 5.x or Finch 6), got {self.version!r}"
+                f"RWKV6Config.version must be one of {VERSIONS} (Eagle 5.x or Finch 6), got {self.version!r}"
             )
+        sizes = ("vocab_size", "n_layer", "n_embd", "head_size", "chunk_size")
+        self._check_positive_ints(*sizes, "time_mix_extra_dim", "time_decay_extra_dim")
         if self.dim_att is None:
             object.__setattr__(self, "dim_att", self.n_embd)
         if self.ffn_dim is None:
             object.__setattr__(self, "ffn_dim", default_ffn_dim(self.n_embd))
-        object.__setattr__(self, "wkv_impl", Impl.parse(self.wkv_impl))
-        for name in ("dtype", "param_dtype"):
-            object.__setattr__(self, name, _float_dtype(name, getattr(self, name)))
-        sizes = ("vocab_size", "n_layer", "n_embd", "head_size", "dim_att", "ffn_dim", "chunk_size")
-        sizes += ("time_mix_extra_dim", "time_decay_extra_dim")
-        for name in sizes:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-                raise ValueError(f"RWKV6Config.{name} must be a positive integer, got {value!r}")
+        self._check_positive_ints("dim_att", "ffn_dim")
         if self.dim_att % self.head_size:
             raise ValueError(
                 f"RWKV6Config.dim_att ({self.dim_att}) must be a multiple of head_size ({self.head_size})"
@@ -117,6 +112,15 @@ class RWKV6Config:
         for name in ("group_norm_eps", "layer_norm_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"RWKV6Config.{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("dtype", "param_dtype"):
+            object.__setattr__(self, name, _float_dtype(name, getattr(self, name)))
+        object.__setattr__(self, "wkv_impl", Impl.parse(self.wkv_impl))
+
+    def _check_positive_ints(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+                raise ValueError(f"RWKV6Config.{name} must be a positive integer, got {value!r}")
 
     @property
     def n_head(self) -> int:
