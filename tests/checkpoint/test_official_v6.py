@@ -13,6 +13,7 @@ from flax import nnx
 
 from rwkv_jax.checkpoint import convert_v6
 from rwkv_jax.checkpoint.layout import CheckpointLayoutError
+from rwkv_jax.checkpoint.official import load_official, save_official
 from rwkv_jax.checkpoint.pth import read_pth, write_pth
 from rwkv_jax.models.rwkv6 import RWKV6
 from tests.models.test_rwkv6 import randomize, tiny_config
@@ -81,6 +82,16 @@ def test_load_then_save_gives_back_every_tensor_exactly(tiny_rwkv_dir, tag):
     again = convert_v6.to_state_dict(convert_v6.from_state_dict(saved))
     assert list(again) == list(saved)
     assert all(np.array_equal(again[name], saved[name]) for name in saved)
+
+
+def test_generic_load_and_save_official_route_eagle_and_finch_here(tiny_rwkv_dir, tmp_path):
+    for tag in ("6v0-3m-Q5_1dq", "5v2-730K"):
+        model = load_official(tiny_rwkv_dir / f"tiny-rwkv-{tag}.pth", wkv_impl="recurrent")
+        assert isinstance(model, RWKV6)
+        save_official(model, tmp_path / f"{tag}.pth")
+        saved, original = read_pth(tmp_path / f"{tag}.pth"), fixture_tensors(tiny_rwkv_dir, tag)
+        assert set(saved) == set(original)
+        assert all(np.array_equal(saved[name], original[name]) for name in original)
 
 
 def test_detection_tells_the_versions_and_families_apart(tiny_rwkv_dir):
