@@ -1,7 +1,6 @@
 """RWKV-4 official checkpoints: trained tiny model's logits, exact round trips, BlinkDL's package, errors."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -11,6 +10,7 @@ from rwkv_jax.checkpoint.layout import CheckpointLayoutError
 from rwkv_jax.checkpoint.official import detect, load_official, save_official
 from rwkv_jax.checkpoint.pth import PthFormatError, read_pth, write_pth
 from rwkv_jax.models.rwkv4 import RWKV4
+from tests.models.test_rwkv4 import jitted
 
 MODEL_FILE = "tiny-rwkv-4v0-660K.pth"
 PROMPT = [34, 105, 110]  # the bytes of '"in'
@@ -29,12 +29,6 @@ def expected_logits(tiny_rwkv_dir):
 @pytest.fixture(scope="module")
 def model(checkpoint):
     return load_official(checkpoint)
-
-
-def jitted(model):
-    graphdef, params = nnx.split(model)
-    forward = jax.jit(lambda params, tokens, state: nnx.merge(graphdef, params)(tokens, state))
-    return lambda tokens, state=None: forward(params, jnp.asarray(tokens, jnp.int32), state)
 
 
 def test_detects_rwkv4_with_the_fixture_sizes(checkpoint, model):
