@@ -370,3 +370,16 @@ def test_gradients_are_finite_and_reach_every_parameter(version):
         value = np.asarray(grad.get_value())
         assert np.isfinite(value).all(), path
         assert np.abs(value).max() > 0, f"no gradient reaches {path}"
+
+
+def test_plain_jax_jit_of_the_module_matches_eager_and_bad_ids_under_jit_give_nan():
+    model = random_model(tiny_config("6", n_layer=1))
+    tokens = random_tokens(2, 5)
+    eager, eager_state = model(tokens)
+    forward = jax.jit(lambda model, tokens: model(tokens))  # the module is a pytree argument
+    jitted, jitted_state = forward(model, tokens)
+    assert relative_error(jitted, eager) < 1e-5
+    for a, b in zip(jax.tree.leaves(jitted_state), jax.tree.leaves(eager_state), strict=True):
+        assert relative_error(a, b) < 1e-5
+    logits, _ = forward(model, tokens.at[1, 3].set(99))  # the range is checked only outside jit
+    assert not np.isnan(logits[1, :3]).any() and np.isnan(logits[1, 3]).all()
