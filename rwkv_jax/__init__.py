@@ -1,10 +1,37 @@
 """rwkv_jax: the RWKV language-model family in JAX / Flax NNX.
 
-Public API (see README): ``load_official``, ``save_official``, ``generate``, the model classes in
-``rwkv_jax.models``, the WKV forms in ``rwkv_jax.wkv`` and the tokenizers in ``rwkv_jax.tokenizers``.
+The public API, importable from the top level:
+
+- models: :class:`RWKV4` / :class:`RWKV4Config` (RWKV-4), :class:`RWKV6` / :class:`RWKV6Config`
+  (Eagle = "5.2", Finch = "6"); one call ``model(tokens[B, T], state) -> (logits[B, T, V], state)``.
+- official checkpoints: :func:`load_official` (BlinkDL ``.pth``, version detected from the keys) and
+  :func:`save_official`.
+- generation: :func:`generate` (greedy, temperature, top-k, top-p; ragged prompt batches; streaming).
+- tokenizers: :class:`ByteTokenizer`, :class:`WorldTokenizer`, :class:`HFTokenizer`, :func:`get_tokenizer`.
+- WKV forms: :class:`Impl` and the per-family modules in :mod:`rwkv_jax.wkv`.
 """
 
+from rwkv_jax.checkpoint.official import load_official, save_official
+from rwkv_jax.generation import GenerationResult, generate
+from rwkv_jax.models.rwkv4 import RWKV4, RWKV4Config
+from rwkv_jax.models.rwkv6 import RWKV6, RWKV6Config
+from rwkv_jax.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, WorldTokenizer, get_tokenizer
 from rwkv_jax.wkv.impl import Impl
 
-__all__ = ["Impl"]
+__all__ = [
+    "RWKV4",
+    "RWKV6",
+    "ByteTokenizer",
+    "GenerationResult",
+    "HFTokenizer",
+    "Impl",
+    "RWKV4Config",
+    "RWKV6Config",
+    "Tokenizer",
+    "WorldTokenizer",
+    "generate",
+    "get_tokenizer",
+    "load_official",
+    "save_official",
+]
 __version__ = "0.1.0"
