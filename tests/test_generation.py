@@ -1,6 +1,8 @@
 """generate and sample_logits: sampling distributions, greedy = manual argmax, ragged batch = one by one."""
 
 import dataclasses
+import importlib.util
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -243,3 +245,34 @@ def test_bad_arguments_are_rejected(prompts, kwargs, message):
     kwargs = {"max_new_tokens": 3, **kwargs}
     with pytest.raises(ValueError, match=message):
         generate(FakeRNN(), prompts, **kwargs)
+
+
+# ------------------------------------------------------------------------------- experiments/generate.py
+
+
+def load_script(name: str):
+    path = pathlib.Path(__file__).resolve().parent.parent / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generate_script_reproduces_the_fixture_greedy_continuation(tiny_rwkv_dir, capsys):
+    script = load_script("generate")
+    argv = [
+        "--model",
+        str(tiny_rwkv_dir / "tiny-rwkv-4v0-660K.pth"),
+        "--tokenizer",
+        "byte",
+        "--prompt",
+        '"in',
+    ]
+    text = script.main([*argv, "--max-new-tokens", "16", "--temperature", "0"])
+    # The fixture README: greedy continuation of the prompt `"in` by 4v0 is `"ins the the the ...`.
+    assert text.startswith('"ins the the the')
+    assert capsys.readouterr().out == text + "\n"
+    sampled = script.main(
+        [*argv, "--max-new-tokens", "16", "--temperature", "1.5", "--top-p", "0.9", "--seed", "1"]
+    )
+    assert sampled.startswith('"in') and sampled != text
