@@ -1,5 +1,8 @@
 """RWKV-4 official checkpoints: trained tiny model's logits, exact round trips, BlinkDL's package, errors."""
 
+import pathlib
+import runpy
+
 import jax
 import numpy as np
 import pytest
@@ -140,3 +143,14 @@ def test_saving_an_unknown_model_is_a_type_error(tmp_path):
     with pytest.raises(TypeError, match="no official layout for Linear"):
         save_official(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), tmp_path / "x.pth")
     assert not list(tmp_path.iterdir())
+
+
+def test_convert_cli_checks_and_round_trips(checkpoint, tmp_path, capsys):
+    script = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "convert.py"
+    convert = runpy.run_path(str(script), run_name="convert_cli")
+    assert convert["main"]([str(checkpoint), "--check", "--roundtrip", str(tmp_path / "out.pth")]) == 0
+    printed = capsys.readouterr().out
+    for line in ("family: RWKV-4", "parameters: 661,504", "78 tensors, all equal"):
+        assert line in printed
+    assert convert["main"]([str(tmp_path / "absent.pth"), "--check"]) == 2
+    assert "absent.pth" in capsys.readouterr().err
