@@ -29,7 +29,10 @@ GAIN_FFN_KEY = 1.0
 GAIN_FFN_VALUE = 0.0
 GAIN_FFN_RECEPTANCE = 0.0
 EMBEDDING_BOUND = 1e-4  # emb.weight ~ U(-1e-4, 1e-4)
-LORA_W2_BOUND = 0.01  # time_maa_w2, time_decay_w2 ~ U(-0.01, 0.01); the w1 matrices start at zero
+# time_maa_w2, time_decay_w2 ~ U(-0.01, 0.01); the w1 matrices start at zero. This is RWKV-LM from cf854f3
+# (2024-04-06) on; the first Finch commits drew w1 from U(-0.01, 0.01) with w2 zero (8fea4eb), then both
+# from U(-1e-4, 1e-4) (62572c9).
+LORA_W2_BOUND = 0.01
 BONUS_5_1 = -3.0  # RWKV-5.1 time_first (log of the bonus), one per head
 
 
