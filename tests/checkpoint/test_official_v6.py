@@ -7,6 +7,7 @@ eps differs between implementations: BlinkDL's ``rwkv`` package uses 64e-5 (``rw
 """
 
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 from flax import nnx
@@ -82,6 +83,15 @@ def test_load_then_save_gives_back_every_tensor_exactly(tiny_rwkv_dir, tag):
     again = convert_v6.to_state_dict(convert_v6.from_state_dict(saved))
     assert list(again) == list(saved)
     assert all(np.array_equal(again[name], saved[name]) for name in saved)
+
+
+def test_bfloat16_checkpoint_round_trips_exactly_with_bfloat16_parameters(tiny_rwkv_dir):
+    tensors = {k: v.astype(ml_dtypes.bfloat16) for k, v in fixture_tensors(tiny_rwkv_dir, "5v2-730K").items()}
+    model = convert_v6.from_state_dict(tensors, param_dtype="bfloat16", dtype="bfloat16")
+    saved = convert_v6.to_state_dict(model, dtype=None)
+    for name, tensor in tensors.items():
+        assert saved[name].dtype == ml_dtypes.bfloat16, name
+        np.testing.assert_array_equal(saved[name].view(np.uint16), tensor.view(np.uint16), err_msg=name)
 
 
 def test_generic_load_and_save_official_route_eagle_and_finch_here(tiny_rwkv_dir, tmp_path):
