@@ -19,7 +19,11 @@ for id, but found faster:
    alternative (the node's own entry) last. ``re`` takes the first alternative that leads to a match, so at
    each node the deeper entry wins: the longest match, as greedy tokenization needs.
 
-Building all this takes one to two seconds, once per process and vocabulary file (cached).
+Building all this takes one to two seconds, once per process and vocabulary file (cached). Speed against
+TRIE_TOKENIZER (``experiments/bench_tokenizer.py``, CPU time, cache empty at the start): about 5x on
+multilingual prose, 3x on Python source, 1x on random characters from all planes (where almost every piece
+is new and the regex engine, at 200-400 ns a token, is all that is left); on text seen before, 5-7x.
+Threads may encode at once: the cache is a dict whose values are never changed once stored.
 """
 
 import ast
