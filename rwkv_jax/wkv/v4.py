@@ -13,8 +13,9 @@ Forms (one signature, see :func:`wkv4`): :func:`wkv4_recurrent` (``lax.scan``), 
 :func:`wkv4_reference` that the tests hold the others to.
 
 Every token applies the affine map ``S -> e^w S + e^{k} (v, 1)`` to ``S = (num, den) * e^{max_exp}``. The
-recurrent and associative forms share one composition of such maps in log space (:func:`_then`), which
-keeps a running maximum exponent so that nothing overflows for large ``|k|``.
+associative form composes such maps in log space (:func:`_then`); the recurrent form applies them one at a
+time (:func:`_absorb_token`) with the exponent kept as a compensated sum, so that decays near 1 do not drift
+over long sequences. Both keep the running maximum exponent, so nothing overflows for large ``|k|``.
 """
 
 from typing import NamedTuple
