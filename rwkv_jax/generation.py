@@ -88,16 +88,17 @@ def _nucleus(logits: Array, top_p: float) -> Array:
     return jnp.where(logits >= cutoff, logits, -jnp.inf)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
 def _prefill(graphdef: nnx.GraphDef, params: nnx.State, state: Any, tokens: Array) -> tuple[Array, Any]:
     """Feeds ``tokens [B, T]``; returns the last logits [B, V] and the state."""
     logits, state = nnx.merge(graphdef, params)(tokens, state)
     return logits[:, -1], state
 
 
-@functools.partial(jax.jit, static_argnums=(0, 9, 10, 11))
 def _step(
     graphdef: nnx.GraphDef,
+    temperature: float,
+    top_k: int,
+    top_p: float,
     params: nnx.State,
     state: Any,
     logits: Array,
@@ -106,9 +107,6 @@ def _step(
     is_forced: Array,
     active: Array,
     stop_ids: Array,
-    temperature: float,
-    top_k: int,
-    top_p: float,
 ) -> tuple[Array, Array, Array, Any]:
     """One token for every row: the forced (prompt) id where ``is_forced``, else one drawn from ``logits``.
 
@@ -124,6 +122,20 @@ def _step(
         return jnp.where(feed.reshape(-1, *(1,) * (new.ndim - 1)), new, old)
 
     return token, drew_stop, keep_unfed(new_logits[:, -1], logits), jax.tree.map(keep_unfed, new_state, state)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(
+    graphdef: nnx.GraphDef, temperature: float, top_k: int, top_p: float
+) -> tuple[Callable, Callable]:
+    """Jitted prefill and step for one model structure and sampling setting.
+
+    The static parts are bound here, once per :func:`generate` call, so that a decoding step does not hash
+    the model's graph definition again (that costs about a millisecond a step for RWKV-4).
+    """
+    prefill = jax.jit(functools.partial(_prefill, graphdef))
+    step = jax.jit(functools.partial(_step, graphdef, temperature, top_k, top_p))
+    return prefill, step
 
 
 def _check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int | None) -> list[list[int]]:
@@ -187,8 +199,9 @@ def generate(
     _check_state(state, batch_size)
 
     graphdef, params = nnx.split(model)
+    prefill, decode_step = _compiled(graphdef, temperature, int(top_k), float(top_p))
     common = int(lengths.min())
-    logits, state = _prefill(graphdef, params, state, jnp.asarray([p[:common] for p in prompts], jnp.int32))
+    logits, state = prefill(params, state, jnp.asarray([p[:common] for p in prompts], jnp.int32))
     # Prompt ids still to feed after the common prefix: row b has lengths[b] - common of them.
     rest = np.zeros((batch_size, int(lengths.max()) - common), np.int32)
     for b, prompt in enumerate(prompts):
@@ -203,10 +216,9 @@ def generate(
     while active.any():
         is_forced = step < lengths - common
         forced = rest[:, step] if step < rest.shape[1] else np.zeros(batch_size, np.int32)
-        token, drew_stop, logits, state = _step(
-            graphdef, params, state, logits, jax.random.fold_in(base_key, step), forced, is_forced,
-            active, stop_ids, temperature, int(top_k), float(top_p),
-        )  # fmt: skip
+        token, drew_stop, logits, state = decode_step(
+            params, state, logits, jax.random.fold_in(base_key, step), forced, is_forced, active, stop_ids
+        )
         token, drew_stop = np.asarray(token), np.asarray(drew_stop)
         new_tokens = np.full(batch_size, -1, np.int64)
         for b in np.flatnonzero(active):
