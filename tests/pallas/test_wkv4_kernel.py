@@ -120,6 +120,12 @@ def test_extreme_inputs_stay_finite_and_accurate(inputs):
         assert_kernel_matches_reference(GPU_SMALL, args, forward_tolerance=1e-5, gradient_tolerance=1e-4)
 
 
+def test_long_sequence_with_decay_near_one_matches_reference():
+    """4096 steps of decay ~ 1 - 1e-6: the float32 rounding of every step adds up instead of fading."""
+    args = make_inputs(6, (1, 4096, 16), time_decay=(np.log(1e-6), 0.1), k_scale=5.0)
+    assert_kernel_matches_reference(GPU_SMALL, args, forward_tolerance=1e-5, gradient_tolerance=1e-4)
+
+
 def test_bfloat16_inputs_match_reference():
     args = make_inputs(3, (2, 13, 24), dtype=jnp.bfloat16)
     assert_kernel_matches_reference(GPU_SMALL, args, forward_tolerance=5e-3, gradient_tolerance=5e-3)
