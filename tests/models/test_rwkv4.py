@@ -139,14 +139,17 @@ def test_prefill_equals_one_token_at_a_time_and_two_pieces():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("impl", ["scan"])
-def test_wkv_form_is_chosen_by_config_and_agrees_with_recurrent(impl):
-    tokens = random_tokens(2, 10)
-    recurrent = random_model(RWKV4Config(64, 2, 32, 64, wkv_impl="recurrent"))
+@pytest.fixture(scope="module")
+def recurrent_result():
+    return jitted(random_model(RWKV4Config(64, 2, 32, 64, wkv_impl="recurrent")))(random_tokens(2, 10))
+
+
+@pytest.mark.parametrize("impl", ["scan", "pallas"])  # pallas: interpret mode on CPU
+def test_wkv_form_is_chosen_by_config_and_agrees_with_recurrent(impl, recurrent_result):
     other = random_model(RWKV4Config(64, 2, 32, 64, wkv_impl=impl))
     assert other.blocks[0].att.wkv_impl.value == impl
-    expected, expected_state = jitted(recurrent)(tokens)
-    logits, state = jitted(other)(tokens)
+    expected, expected_state = recurrent_result
+    logits, state = jitted(other)(random_tokens(2, 10))
     assert relative_error(logits, expected) < 1e-5
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(expected_state), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
