@@ -154,3 +154,12 @@ def test_convert_cli_checks_and_round_trips(checkpoint, tmp_path, capsys):
         assert line in printed
     assert convert["main"]([str(tmp_path / "absent.pth"), "--check"]) == 2
     assert "absent.pth" in capsys.readouterr().err
+
+
+def test_bfloat16_parameters_keep_their_dtype_when_asked(checkpoint):
+    tensors = read_pth(checkpoint)
+    model = convert_v4.from_state_dict(tensors, param_dtype="bfloat16")
+    kept = convert_v4.to_state_dict(model, dtype=None)
+    assert {t.dtype.name for t in kept.values()} == {"bfloat16"}
+    for name, tensor in tensors.items():
+        np.testing.assert_array_equal(kept[name], tensor.astype(kept[name].dtype), err_msg=name)
