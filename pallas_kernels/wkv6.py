@@ -45,7 +45,7 @@ from jax.experimental.pallas import triton as pltriton
 # Tokens per sub-chunk with exact pairwise decays; Triton's dot needs every matmul dim >= 16.
 SUB_CHUNK = 16
 DEFAULT_BLOCK_T = 64
-BACKENDS = ("tpu", "gpu")
+TARGETS = ("tpu", "gpu")
 INPUT_DTYPES = (jnp.float32, jnp.bfloat16)
 
 _HIGHEST = (lax.Precision.HIGHEST, lax.Precision.HIGHEST)
@@ -313,7 +313,7 @@ def _split(refs, n_inputs, n_outputs):
 class _Call:
     """Static configuration of one kernel launch."""
 
-    backend: str
+    target: str
     block_sizes: BlockSizes
     interpret: bool | pltpu.InterpretParams
 
@@ -323,7 +323,7 @@ def _specs(call: _Call, kinds: tuple[str, ...], shape, *, reverse: bool):
     _, _, length, size = shape
     block_t = call.block_sizes.block_t
     n_blocks = length // block_t
-    if call.backend == "gpu":  # grid (B, H): whole sequences per program
+    if call.target == "gpu":  # grid (B, H): whole sequences per program
         per_kind = {
             "u": pl.BlockSpec((None, 1, size), lambda b, h: (h, 0, 0)),
             "seq": pl.BlockSpec((None, None, length, size), lambda b, h: (b, h, 0, 0)),
@@ -348,7 +348,7 @@ def _specs(call: _Call, kinds: tuple[str, ...], shape, *, reverse: bool):
 
 def _pair_specs(call: _Call):
     pairs = _pair_matrices()
-    if call.backend == "gpu":
+    if call.target == "gpu":
         return [pl.BlockSpec(m.shape, lambda b, h: (0, 0)) for m in pairs]
     return [pl.BlockSpec(m.shape, lambda b, h, c: (0, 0)) for m in pairs]
 
@@ -361,7 +361,7 @@ def _launch(call: _Call, kernels, in_kinds, inputs, out_kinds, out_shapes, *, re
     tpu_kernel, gpu_kernel = kernels
     in_specs = _pair_specs(call) + _specs(call, in_kinds, shape, reverse=reverse)
     out_specs = _specs(call, out_kinds, shape, reverse=reverse)
-    if call.backend == "gpu":
+    if call.target == "gpu":
         kernel, grid = functools.partial(gpu_kernel, block_t=block_t), (batch, heads)
         extra = dict(
             compiler_params=pltriton.CompilerParams(num_warps=call.block_sizes.num_warps, num_stages=1)
@@ -446,7 +446,7 @@ _wkv6_heads_major.defvjp(_wkv6_fwd, _wkv6_bwd)
 # Public wrapper.
 
 
-def _check_inputs(r, k, v, w_log, u, state, backend: str) -> None:
+def _check_inputs(r, k, v, w_log, u, state, target: str) -> None:
     """Raises a ValueError naming the argument that does not fit ``[B, T, H, N]`` inputs."""
     if r.ndim != 4:
         raise ValueError(f"r must be [B, T, H, N]; got shape {r.shape}")
@@ -464,17 +464,17 @@ def _check_inputs(r, k, v, w_log, u, state, backend: str) -> None:
     for name, x in (("w_log", w_log), ("state", state)):
         if x is not None and x.dtype != jnp.float32:
             raise ValueError(f"{name} must be float32; got {x.dtype}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS} or None; got {backend!r}")
-    if backend == "gpu" and (size < SUB_CHUNK or size & (size - 1)):
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS} or None; got {target!r}")
+    if target == "gpu" and (size < SUB_CHUNK or size & (size - 1)):
         raise ValueError(
             f"the Triton kernel needs a head size N that is a power of 2 >= {SUB_CHUNK}; got {size}"
         )
-    if backend == "tpu" and size % 8:
+    if target == "tpu" and size % 8:
         raise ValueError(f"the TPU kernel needs a head size N that is a multiple of 8; got {size}")
 
 
-@functools.partial(jax.jit, static_argnames=("chunk_size", "num_warps", "backend", "interpret"))
+@functools.partial(jax.jit, static_argnames=("chunk_size", "num_warps", "target", "interpret"))
 def wkv6(
     r: jax.Array,
     k: jax.Array,
@@ -485,7 +485,7 @@ def wkv6(
     *,
     chunk_size: int = DEFAULT_BLOCK_T,
     num_warps: int = 4,
-    backend: str | None = None,
+    target: str | None = None,
     interpret: bool | pltpu.InterpretParams = False,
 ) -> tuple[jax.Array, jax.Array]:
     """WKV-5/6 with the Pallas kernels; differentiable (custom VJP) in every input and the initial state.
@@ -497,16 +497,16 @@ def wkv6(
       state: ``[B, H, N, N]`` float32 initial state ``[key, value]``, or None for zeros.
       chunk_size: ``BlockSizes.block_t``, tokens per grid step (a power of 2, >= 16).
       num_warps: Triton warps per program (GPU).
-      backend: 'tpu' (Mosaic, sequential grid over blocks) or 'gpu' (Triton, loop over blocks); None picks
+      target: 'tpu' (Mosaic, sequential grid over blocks) or 'gpu' (Triton, loop over blocks); None picks
         'gpu' on a GPU backend and 'tpu' otherwise (interpret mode on CPU runs TPU semantics).
       interpret: run in the Pallas interpreter (True, or ``pltpu.InterpretParams`` for TPU checks).
 
     Returns:
       ``y [B, T, H, N]`` in ``v.dtype`` and the final float32 state ``[B, H, N, N]``.
     """
-    backend = backend or ("gpu" if jax.default_backend() == "gpu" else "tpu")
-    _check_inputs(r, k, v, w_log, u, state, backend)
-    call = _Call(backend, BlockSizes(chunk_size, num_warps), interpret)
+    target = target or ("gpu" if jax.default_backend() == "gpu" else "tpu")
+    _check_inputs(r, k, v, w_log, u, state, target)
+    call = _Call(target, BlockSizes(chunk_size, num_warps), interpret)
     batch, length, heads, size = r.shape
     if state is None:
         state = jnp.zeros((batch, heads, size, size), jnp.float32)
