@@ -57,7 +57,8 @@ def assert_matches_reference(run, args, *, forward_tolerance: float, gradient_to
     wrt = tuple(range(6))
     grads_ref = jax.grad(functools.partial(loss, wkv6_reference, directions), argnums=wrt)(*args64)
     grads = jax.grad(functools.partial(loss, run, directions), argnums=wrt)(*args)
-    for name, grad, grad_ref, arg in zip(("r", "k", "v", "w_log", "u", "state"), grads, grads_ref, args):
+    names = ("r", "k", "v", "w_log", "u", "state")
+    for name, grad, grad_ref, arg in zip(names, grads, grads_ref, args, strict=True):
         assert grad.dtype == arg.dtype, name
         assert rel_err(grad, grad_ref) <= gradient_tolerance, name
 
