@@ -14,10 +14,10 @@ Grid: one program per (batch row, block of ``block_c`` channels); each program w
   ``rwkv_jax.wkv.v4.wkv4_recurrent``, so decays near 1 do not drift over long sequences.
 - Backward: like the official RWKV-4 CUDA backward, the kernel first runs the forward again, here keeping
   the state before every token in a workspace, then walks back carrying ``dL/d(num, den)`` in the scale of
-  the stored state (``mu``, whose decay factors are all <= 1). It also takes a cotangent for the final
-  state and returns the cotangent of the initial state. ``max_exp`` is piecewise linear in the inputs: its
-  cotangent goes to ``k_t`` of the token that set the running maximum, and to ``w`` for every step it was
-  carried.
+  the stored state (``mu``; its decay is compensated like the forward's). It also takes a cotangent for the
+  final state and returns the cotangent of the initial state. ``max_exp`` is piecewise linear in the
+  inputs: its cotangent goes to ``k_t`` of the token that set the running maximum, and to ``w`` for every
+  step it was carried.
 
 Targets: TPU programs take 128 lanes of channels and read/write time in aligned (16, 128) chunks (one bf16
 tile, two float32 tiles); the workspace is VMEM scratch. GPU (Triton) programs take a power-of-2 number of
@@ -176,27 +176,35 @@ def _forward_step(w: Array, u: Array, *, emit_states: bool) -> Callable:
 
 
 def _backward_step(w: Array, u: Array) -> Callable:
-    """Reverse step on carry ``(mu_num, mu_den, g_max, max_after, du, dw)``; emits ``(dk, dv)``.
+    """Reverse step on carry ``(mu_num, mu_den, mu_low, g_max, max_after, du, dw)``; emits ``(dk, dv)``.
 
-    ``mu_*`` is dL/d(unscaled sum after the token) times ``e^{max_after}``; ``g_max`` the cotangent of the
-    running maximum after the token; inputs are the token and the stored state before it.
+    ``mu_* e^{mu_low}`` is dL/d(unscaled sum after the token) times ``e^{max_after}``: as in the forward, a
+    decay that leaves the maximum in place goes into the exponent ``mu_low`` rather than being multiplied
+    in as a float32 factor ~ 1. ``g_max`` is the cotangent of the running maximum after the token; the
+    other inputs are the token and the stored state before it.
     """
 
     def step(carry, k, v, gy, num, den, max_exp):
-        mu_num, mu_den, g_max, max_after, du, dw = carry
+        mu_num, mu_den, mu_low, g_max, max_after, du, dw = carry
         y, e_state, e_token, denominator = _output(u, k, v, num, den, max_exp, 0.0)
         g = gy / denominator
         g_bonus = g * e_token * (v - y)  # dL/du of this token's output (and part of dL/dk)
-        decay = jnp.exp((max_exp - max_after) + w)  # <= 1
-        e_k = jnp.exp(k - max_after)
+        rest = (max_exp - max_after) + w  # log of the step's decay between the stored scales, <= ~0
+        e_k = jnp.exp((k - max_after) + mu_low)
         token_set_max = max_after == k  # the forward's max(max_exp + w, k) took k
         dk = g_bonus + e_k * (mu_num * v + mu_den) + jnp.where(token_set_max, g_max, 0.0)
         dv = g * e_token + mu_num * e_k
-        dw = dw + decay * (mu_num * num + mu_den * den) + jnp.where(token_set_max, 0.0, g_max)
-        mu_num = decay * mu_num + g * e_state
-        mu_den = decay * mu_den - g * e_state * y
+        dw = (
+            dw + jnp.exp(rest + mu_low) * (mu_num * num + mu_den * den) + jnp.where(token_set_max, 0.0, g_max)
+        )
+        # Back to before the token: mu <- e^{rest} mu + (dL/d(num, den) of y_t).
+        low_before = jnp.where(token_set_max, 0.0, mu_low + rest)
+        factor = jnp.where(token_set_max, jnp.exp(rest + mu_low), 1.0)
+        g_state = g * e_state * jnp.exp(-low_before)
+        mu_num = factor * mu_num + g_state
+        mu_den = factor * mu_den - g_state * y
         g_max = jnp.where(token_set_max, 0.0, g_max)
-        return (mu_num, mu_den, g_max, max_exp, du + g_bonus, dw), (dk, dv)
+        return (mu_num, mu_den, low_before, g_max, max_exp, du + g_bonus, dw), (dk, dv)
 
     return step
 
@@ -240,14 +248,15 @@ def _backward_kernel(
     # What a change of max_exp does beyond rescaling the stored sums.
     g_max = g_max_ref[...] - g_num * num - g_den * den
     zero = jnp.zeros_like(num)
-    carry = (g_num, g_den, g_max, max_exp, zero, zero)
+    carry = (g_num, g_den, zero, g_max, max_exp, zero, zero)
     inputs = (k_ref, v_ref, gy_ref, *workspace)
-    mu_num, mu_den, g_max, _, du, dw = sweep(
+    mu_num, mu_den, mu_low, g_max, _, du, dw = sweep(
         _backward_step(w, u), carry, inputs, (dk_ref, dv_ref), reverse=True
     )
+    d_num, d_den = mu_num * jnp.exp(mu_low), mu_den * jnp.exp(mu_low)
     dw_ref[...], du_ref[...] = dw, du
-    d_num_ref[...], d_den_ref[...] = mu_num, mu_den
-    d_max_ref[...] = mu_num * num_ref[...] + mu_den * den_ref[...] + g_max
+    d_num_ref[...], d_den_ref[...] = d_num, d_den
+    d_max_ref[...] = d_num * num_ref[...] + d_den * den_ref[...] + g_max
 
 
 # ---------------------------------------------------------------------------------------------------------
