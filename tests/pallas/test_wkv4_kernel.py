@@ -138,13 +138,16 @@ def test_tpu_semantics_without_races():
     )
 
 
-def test_empty_state_is_the_default():
+def test_empty_state_is_the_default_and_plain_reference_agrees():
+    """Also holds the kernel file's own float32 jnp reference to the float64 one."""
     w_log, u, k, v, *_ = make_inputs(5, (2, 13, 24))
     run = functools.partial(kernel.wkv4, target=GPU_SMALL[0], block_sizes=GPU_SMALL[1], interpret=True)
-    y, state = run(w_log, u, k, v)
     y_ref, state_ref = wkv4_reference(w_log, u, k, v)
-    assert relative_error(y, y_ref) <= 1e-5
-    assert relative_error(state[0], state_ref.num) <= 1e-5
+    for forward in (run, kernel.wkv4_reference):
+        y, state = forward(w_log, u, k, v)
+        assert relative_error(y, y_ref) <= 1e-5
+        for actual, expected in zip(state, state_ref, strict=True):
+            assert relative_error(actual, expected) <= 1e-5
 
 
 @pytest.mark.parametrize(
