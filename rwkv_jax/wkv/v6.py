@@ -155,7 +155,7 @@ def wkv6(
     impl: Impl | str = Impl.AUTO,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[Array, Array]:
-    """WKV-5/6 in the form ``impl`` (AUTO: CHUNKED on CPU, PALLAS on GPU/TPU).
+    """WKV-5/6 in the form ``impl`` (AUTO: RECURRENT for T == 1, else CHUNKED on CPU, PALLAS on GPU/TPU).
 
     Args:
       r, k, v: ``[B, T, H, N]`` receptance, key, value (float32 or bfloat16; accumulation is float32).
@@ -169,6 +169,8 @@ def wkv6(
       ``y [B, T, H, N]`` in ``v.dtype`` and the final float32 state ``[B, H, N, N]``.
     """
     _validate(r, k, v, w_log, u, state)
+    if Impl.parse(impl) is Impl.AUTO and r.shape[1] == 1:
+        impl = Impl.RECURRENT  # decoding one token: one step, no chunk padding or kernel launch
     impl = resolve(
         impl,
         available=(Impl.RECURRENT, Impl.SCAN, Impl.CHUNKED, Impl.PALLAS),
@@ -185,4 +187,5 @@ def wkv6(
     from pallas_kernels.wkv6 import wkv6 as pallas_wkv6
 
     interpret = jax.default_backend() == "cpu"
+    w_log, state = w_log.astype(jnp.float32), None if state is None else state.astype(jnp.float32)
     return pallas_wkv6(r, k, v, w_log, u, state, chunk_size=chunk_size, interpret=interpret)
