@@ -19,7 +19,7 @@ reference's final ``max_exp``.
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -330,29 +330,32 @@ def compare_forms(
                 case_seed = seed + 1000 * length + 10 * regime_index + dtype_index
                 shape = dict(batch=batch, length=length, heads=heads, size=size)
                 inputs = make_inputs(family, **shape, dtype=dtype, regime=regime, seed=case_seed)
-                rng = np.random.default_rng(case_seed + 1)
-                y_shape = inputs[2].shape
-                state_shape = inputs[-1].shape if family == "v6" else (2, *inputs[-1].shape)
-                weights = (rng.normal(size=y_shape), rng.normal(size=state_shape))
-                reference = _reference(family, inputs, weights)
-                underflowing = tuple(
-                    name
-                    for name, g in zip(INPUT_NAMES[family], reference[2], strict=True)
-                    if np.max(np.abs(g), initial=0.0) < FLOAT32_UNDERFLOW
-                )
-                for form in forms:
-                    label = dict(
-                        family=family, form=form, dtype=dtype, length=length, regime=regime,
-                        shape=_shape_label(family, batch, length, heads, size),
-                    )  # fmt: skip
-                    row = _row(family, form, inputs, reference, weights, chunk_size, max_lengths, label)
-                    row = dataclasses.replace(
-                        row, underflowing=underflowing, note=_note(row.note, underflowing)
-                    )
+                label = dict(
+                    family=family, dtype=dtype, length=length, regime=regime,
+                    shape=_shape_label(family, batch, length, heads, size),
+                )  # fmt: skip
+                for row in _case_rows(family, forms, inputs, label, case_seed, chunk_size, max_lengths):
                     rows.append(row)
                     if progress is not None:
                         progress(row)
     return rows
+
+
+def _case_rows(family, forms, inputs, label, seed, chunk_size, max_lengths) -> Iterator[Row]:
+    """The rows of every form on one set of inputs, against one run of the reference."""
+    rng = np.random.default_rng(seed + 1)
+    y_shape = inputs[2].shape  # k: [B, T, C] or [B, T, H, N]
+    state_shape = inputs[-1].shape if family == "v6" else (2, *inputs[-1].shape)  # v4: (num, den)
+    weights = (rng.normal(size=y_shape), rng.normal(size=state_shape))
+    reference = _reference(family, inputs, weights)
+    underflowing = tuple(
+        name
+        for name, g in zip(INPUT_NAMES[family], reference[2], strict=True)
+        if np.max(np.abs(g), initial=0.0) < FLOAT32_UNDERFLOW
+    )
+    for form in forms:
+        row = _row(family, form, inputs, reference, weights, chunk_size, max_lengths, {**label, "form": form})
+        yield dataclasses.replace(row, underflowing=underflowing, note=_note(row.note, underflowing))
 
 
 def _shape_label(family: str, batch: int, length: int, heads: int, size: int) -> str:
