@@ -68,7 +68,7 @@ def logical_axes_of(state: nnx.State) -> Any:
     tree = jax.tree.map(
         lambda v: v.get_metadata().get("logical_axes"), state, is_leaf=lambda x: isinstance(x, nnx.Variable)
     )
-    return tree.to_pure_dict() if isinstance(tree, nnx.State) else tree
+    return nnx.to_pure_dict(tree) if isinstance(tree, nnx.State) else tree
 
 
 def tree_shardings(logical_axes: Any, shapes: Any, rules: Rules, mesh: Mesh) -> Any:

@@ -5,7 +5,10 @@ the target tokens stand for, so models with different tokenizers compare on the 
 tokenizer every token is one byte and ``bpb = loss / ln 2``.
 """
 
+import json
 import math
+import os
+import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,7 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rwkv_jax.training.model import ModelFns
+from rwkv_jax.training.checkpointing import Checkpoints
+from rwkv_jax.training.config import ConfigDict
+from rwkv_jax.training.model import ModelFns, build_model
 
 
 def token_byte_lengths(tokenizer: str, vocab_size: int) -> np.ndarray:
@@ -23,7 +28,14 @@ def token_byte_lengths(tokenizer: str, vocab_size: int) -> np.ndarray:
     from rwkv_jax.tokenizers import get_tokenizer
 
     tok = get_tokenizer(tokenizer)
-    return np.array([len(tok.decode_bytes([i])) if i else 0 for i in range(vocab_size)], np.int64)
+
+    def length(token_id: int) -> int:  # ids without text (end of document, unused rows) count 0 bytes
+        try:
+            return len(tok.decode_bytes([token_id]))
+        except ValueError:
+            return 0
+
+    return np.array([length(i) for i in range(vocab_size)], np.int64)
 
 
 def evaluate_batches(
@@ -81,3 +93,23 @@ def last_word_accuracy(
         correct += bool((word_logits.argmax(-1) == np.array(word_ids)).all())
     count = len(passages)
     return {"accuracy": correct / count, "word_nll": nll_total / count, "passages": float(count)}
+
+
+def load_run(workdir: str | os.PathLike, step: int | None = None) -> tuple[ModelFns, Any, ConfigDict, int]:
+    """The model of a training run: ``(fns, params, config, step)`` from ``workdir/config.json`` and its
+    checkpoint at ``step`` (the newest complete one by default)."""
+    workdir = pathlib.Path(workdir)
+    config_file = workdir / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} not found: is {workdir} a training workdir?")
+    config = ConfigDict(json.loads(config_file.read_text(encoding="utf-8")))
+    ckpts = Checkpoints(workdir / "checkpoints")
+    try:
+        step = ckpts.latest_step() if step is None else step
+        if step is None or step not in ckpts.complete_steps():
+            raise FileNotFoundError(f"no complete checkpoint {step or ''} in {ckpts.directory}")
+        fns, params = ModelFns.split(build_model(config.model, config.seed))
+        params, _ = ckpts.restore(step, params)
+    finally:
+        ckpts.close()
+    return fns, params, config, step

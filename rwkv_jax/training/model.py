@@ -75,7 +75,7 @@ class ModelFns:
     def split(cls, module: nnx.Module) -> tuple["ModelFns", dict]:
         """Splits ``module`` into its functions and its parameters (a nested dict of arrays)."""
         graphdef, params, rest = nnx.split(module, nnx.Param, ...)
-        return cls(graphdef, rest, logical_axes_of(params)), params.to_pure_dict()
+        return cls(graphdef, rest, logical_axes_of(params)), nnx.to_pure_dict(params)
 
     def module(self, params: dict) -> nnx.Module:
         """The module holding ``params`` (use inside a traced function, or for one-off calls)."""

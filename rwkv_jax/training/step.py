@@ -51,7 +51,7 @@ def make_train_step(
         (value, nll_sum), grads = jax.value_and_grad(objective, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        metrics = {"loss": nll_sum / targets.size, "objective": value, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": nll_sum / targets.size, "objective": value, "grad_norm": optax.tree.norm(grads)}
         return params, opt_state, metrics
 
     return train_step

@@ -1,0 +1,72 @@
+"""Shared fixtures of the training tests: a small byte-level binidx corpus and a tiny, fast config."""
+
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from rwkv_jax.training.binidx import write_binidx
+from rwkv_jax.training.config import ConfigDict, default_config
+
+WORDS = "the of and to a in that is was he for it with as his on be at by had not are but from or".split()
+
+
+def synthetic_text(seed: int, num_words: int) -> bytes:
+    """Deterministic word salad (ASCII), enough structure for a loss to fall within a few steps."""
+    rng = np.random.default_rng(seed)
+    words = [WORDS[i] for i in rng.integers(0, len(WORDS), num_words)]
+    lines = [" ".join(words[i : i + 8]).capitalize() + ".\n" for i in range(0, num_words, 8)]
+    return "".join(lines).encode("ascii")
+
+
+@pytest.fixture(scope="package", autouse=True)
+def compilation_cache(tmp_path_factory: pytest.TempPathFactory):
+    """A persistent compilation cache for this package: the loop tests build the same programs repeatedly.
+
+    Restored on exit so tests elsewhere in the same process see JAX's defaults.
+    """
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
+    saved = {name: getattr(jax.config, name) for name in names}
+    values = (str(tmp_path_factory.mktemp("jax_cache")), 0.0, 0)
+    for name, value in zip(names, values, strict=True):
+        jax.config.update(name, value)
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(train, val) binidx prefixes: three train documents and one validation document, bytes + end token."""
+    root = tmp_path_factory.mktemp("corpus")
+    docs = [np.frombuffer(synthetic_text(seed, 3000) + b"\0", np.uint8) for seed in range(3)]
+    write_binidx(root / "train", docs, np.uint8)
+    write_binidx(root / "val", [np.frombuffer(synthetic_text(99, 600) + b"\0", np.uint8)], np.uint8)
+    return str(root / "train"), str(root / "val")
+
+
+def tiny_config(corpus: tuple[str, str], family: str = "rwkv4") -> ConfigDict:
+    """A one-layer byte-level model and a few short steps: compiles and runs in seconds on this CPU."""
+    c = default_config()
+    c.model.family = family
+    c.model.n_layer, c.model.n_embd, c.model.head_size = 1, 32, 16
+    c.model.time_mix_extra_dim, c.model.time_decay_extra_dim = 4, 8
+    c.model.dtype = "float32"
+    c.model.wkv_impl = "recurrent" if family == "rwkv4" else "chunked"
+    c.model.chunk_size = 8
+    c.data.train_path, c.data.val_path = corpus
+    c.data.seq_len, c.data.batch_size = 16, 2
+    c.optim.lr, c.optim.warmup_steps = 1e-2, 2
+    c.train.steps, c.train.log_every, c.train.progress = 6, 1, False
+    c.ckpt.every, c.eval.every, c.eval.batches, c.eval.sample_tokens = 2, 0, 2, 0
+    return c
+
+
+@pytest.fixture()
+def workdir(tmp_path: pathlib.Path) -> pathlib.Path:
+    return tmp_path / "run"

@@ -1,0 +1,72 @@
+"""Logical axes -> mesh: the rules table, the mesh, and training on a 4-device (1 x 2 x 2) CPU mesh."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import pytest
+from jax.sharding import AbstractMesh, PartitionSpec
+
+from rwkv_jax.sharding import batch_sharding, logical_to_spec, make_mesh
+from rwkv_jax.training.config import default_config
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+RULES = default_config().sharding_rules
+
+
+def mesh_222():
+    return AbstractMesh((2, 2, 2), ("data", "fsdp", "tensor"))
+
+
+def test_rules_map_logical_axes_to_mesh_axes():
+    mesh = mesh_222()
+    assert logical_to_spec(("vocab", "embed"), (256, 64), RULES, mesh) == PartitionSpec("tensor", "fsdp")
+    assert logical_to_spec(("embed", "mlp"), (64, 224), RULES, mesh) == PartitionSpec("fsdp", "tensor")
+    assert logical_to_spec(("heads", "head_dim"), (4, 16), RULES, mesh) == PartitionSpec("tensor", None)
+    assert logical_to_spec(None, (3,), RULES, mesh) == PartitionSpec()
+
+
+def test_a_dimension_stays_replicated_when_it_does_not_divide_or_its_mesh_axis_is_taken():
+    mesh = mesh_222()
+    assert logical_to_spec(("vocab", "embed"), (255, 64), RULES, mesh) == PartitionSpec(None, "fsdp")
+    assert logical_to_spec(("mlp", "heads"), (8, 8), RULES, mesh) == PartitionSpec("tensor", None)
+    assert logical_to_spec(("lora", "embed"), (4, 64), RULES, mesh) == PartitionSpec(None, "fsdp")
+
+
+def test_default_mesh_puts_every_device_on_data():
+    mesh = make_mesh()
+    assert dict(mesh.shape) == {"data": len(jax.devices()), "fsdp": 1, "tensor": 1}
+    assert batch_sharding(mesh, RULES).spec == PartitionSpec(("data", "fsdp"), None)
+    with pytest.raises(ValueError, match="needs 8 devices"):
+        make_mesh(2, 2, 2)
+    with pytest.raises(ValueError, match="at most one -1"):
+        make_mesh(-1, -1, 1)
+
+
+SCRIPT = """
+import jax, numpy as np, sys
+sys.path.insert(0, {tests!r})
+from training.conftest import tiny_config
+from rwkv_jax.training import loop
+assert len(jax.devices()) == 4
+results = []
+for data, fsdp, tensor in [(4, 1, 1), (1, 2, 2)]:
+    config = tiny_config(({train!r}, {val!r}))
+    config.train.steps, config.ckpt.every, config.data.batch_size, config.eval.batches = 1, 0, 4, 1
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = data, fsdp, tensor
+    results.append(loop.train_and_evaluate(config, {workdir!r} + f"/{{data}}")["val_loss"])
+print(results)
+np.testing.assert_allclose(results[0], results[1], rtol=1e-4)
+"""
+
+
+def test_fsdp_and_tensor_sharded_training_matches_data_parallel(corpus, tmp_path):
+    script = SCRIPT.format(tests=str(REPO / "tests"), train=corpus[0], val=corpus[1], workdir=str(tmp_path))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
