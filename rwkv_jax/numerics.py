@@ -229,6 +229,17 @@ class Row:
         fields["underflowing"] = " ".join(self.underflowing)
         return {**fields, **grads, "ok": self.within_bounds()}
 
+    @classmethod
+    def from_flat(cls, record: dict[str, str]) -> "Row":
+        """The row of a CSV record written from :meth:`flat` (empty gradient cells: another family's)."""
+        grads = {key[len("grad_") :]: float(v) for key, v in record.items() if key.startswith("grad_") and v}
+        return cls(
+            family=record["family"], form=record["form"], dtype=record["dtype"], regime=record["regime"],
+            length=int(record["length"]), shape=record["shape"], y=float(record["y"]),
+            state=float(record["state"]), gradients=grads, underflowing=tuple(record["underflowing"].split()),
+            note=record["note"], skipped=record["skipped"] == "True",
+        )  # fmt: skip
+
 
 @functools.cache
 def _compiled(family: str, impl: str | None, chunk_size: int) -> tuple[Callable, Callable]:
@@ -403,5 +414,29 @@ def markdown_table(rows: Sequence[Row]) -> str:
         ok = "–" if row.skipped else ("yes" if row.within_bounds() else "**no**")
         cells = (row.family, row.form, row.dtype, row.length, row.regime, format_error(row.y),
                  format_error(row.state), grad, ok, row.note)  # fmt: skip
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_table(rows: Sequence[Row]) -> str:
+    """A Markdown table of the worst errors per (family, form, dtype) over all lengths and regimes."""
+    groups: dict[tuple[str, str, str], list[Row]] = {}
+    for row in rows:
+        if not row.skipped:
+            groups.setdefault((row.family, row.form, row.dtype), []).append(row)
+
+    def worst(members: list[Row], error_of: Callable[[Row], float]) -> str:
+        row = max(members, key=lambda r: math.inf if math.isnan(error_of(r)) else error_of(r))
+        return f"{format_error(error_of(row))} (T={row.length}, {row.regime})"
+
+    header = "| family | form | dtype | rows | max T | worst y | worst state | worst grad | all ok |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for (family, form, dtype), members in groups.items():
+        cells = (
+            family, form, dtype, len(members), max(r.length for r in members),
+            worst(members, lambda r: r.y), worst(members, lambda r: r.state),
+            worst(members, lambda r: r.worst_gradient()[1]),
+            "yes" if all(r.within_bounds() for r in members) else "**no**",
+        )  # fmt: skip
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)

@@ -1,7 +1,10 @@
 """rwkv_jax.numerics: the error metric, the random inputs of each decay regime, and a tiny sweep of the
 pure-JAX forms against the float64 references."""
 
+import csv
+import importlib.util
 import math
+import pathlib
 
 import jax.numpy as jnp
 import numpy as np
@@ -150,3 +153,35 @@ def test_forms_over_their_length_limit_are_skipped_with_a_note():
     (row,) = rows
     assert row.skipped and "T > 4" in row.note and math.isnan(row.y)
     assert "| – |" in markdown_table(rows)
+
+
+def load_compare_numerics():
+    path = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "compare_numerics.py"
+    spec = importlib.util.spec_from_file_location("compare_numerics", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_writes_csv_and_markdown_that_render_again(tmp_path):
+    script = load_compare_numerics()
+    options = ["--families", "v4", "--forms", "recurrent", "--dtypes", "float32", "--lengths", "4,8"]
+    assert script.main(["--out", str(tmp_path), *options, "--regimes", "typical,near0"]) == 0
+    with open(tmp_path / "numerics.csv", newline="") as file:
+        records = list(csv.DictReader(file))
+    assert [(r["length"], r["regime"]) for r in records] == [
+        ("4", "typical"), ("4", "near0"), ("8", "typical"), ("8", "near0")
+    ]  # fmt: skip
+    rows = [Row.from_flat(record) for record in records]
+    assert rows[1].underflowing == ("w_log",) and all(row.within_bounds() for row in rows)
+    markdown = (tmp_path / "numerics.md").read_text()
+    assert markdown.count("| v4 | recurrent | float32 |") == 5  # one summary row and four rows
+    (tmp_path / "numerics.md").unlink()
+    assert script.main(["--out", str(tmp_path), "--render", str(tmp_path / "numerics.csv")]) == 0
+    assert (tmp_path / "numerics.md").read_text().split("## Worst")[1] == markdown.split("## Worst")[1]
+
+
+def test_cli_rejects_unknown_names():
+    script = load_compare_numerics()
+    with pytest.raises(SystemExit):
+        script.parse_args(["--out", "x", "--forms", "fast"])
