@@ -21,9 +21,9 @@ for id, but found faster:
 
 Building all this takes one to two seconds, once per process and vocabulary file (cached). Speed against
 TRIE_TOKENIZER (``experiments/bench_tokenizer.py``, CPU time, cache empty at the start): about 5x on
-multilingual prose, 3x on Python source, 1x on random characters from all planes (where almost every piece
-is new and the regex engine, at 200-400 ns a token, is all that is left); on text seen before, 5-7x.
-Threads may encode at once: the cache is a dict whose values are never changed once stored.
+multilingual prose, 3x on Python source, 1.6x on random characters from all planes (almost every piece is
+new: such texts skip the cache and are one regex pass, where ``re`` needs 200-400 ns a token); 5-7x on text
+seen before. Threads may encode at once: the cache is a dict whose values are never changed once stored.
 """
 
 import ast
@@ -44,6 +44,8 @@ EOS_ID = 0
 MAX_CACHED_PIECE_BYTES = 64
 # The cache is emptied when it reaches this many pieces (bounds memory in long-running processes).
 MAX_CACHED_PIECES = 1 << 18
+# Texts whose pieces are shorter than this on average skip the cache (see _Matcher.encode).
+MIN_MEAN_PIECE_BYTES = 3
 # A trie node with more children than this splits them into groups behind a lookahead (see _trie_pattern).
 CHILDREN_PER_GROUP = 32
 
@@ -112,9 +114,14 @@ class _Matcher:
         self.cache: dict[bytes, list[int]] = {}
 
     def encode(self, data: bytes) -> list[int]:
+        bounds = _piece_bounds(data, self.splits)
+        if len(bounds) - 1 > len(data) / MIN_MEAN_PIECE_BYTES:
+            # Pieces this short are about one token each (random characters, byte soup): caching them costs
+            # more than it saves, one regex pass over everything is about twice as fast.
+            return self.tokenize_piece(data)
         ids: list[int] = []
         extend, cache, tokenize = ids.extend, self.cache, self.tokenize_piece
-        for start, end in _pieces(data, self.splits):
+        for start, end in itertools.pairwise(bounds):
             piece = data[start:end]
             piece_ids = cache.get(piece)
             if piece_ids is None:
@@ -133,14 +140,13 @@ class _Matcher:
         return list(map(self.bytes_to_id.__getitem__, self.pattern.findall(piece)))
 
 
-def _pieces(data: bytes, splits: np.ndarray) -> Iterable[tuple[int, int]]:
-    """(start, end) of the pieces of ``data``: cut between every pair of bytes marked in ``splits``."""
+def _piece_bounds(data: bytes, splits: np.ndarray) -> list[int]:
+    """Piece starts and then ``len(data)``: a piece ends between every pair of bytes marked in ``splits``."""
     if len(data) < 2:
-        return [(0, len(data))] if data else []
+        return [0, len(data)] if data else [0]
     arr = np.frombuffer(data, np.uint8)
     pair = (arr[:-1].astype(np.intp) << 8) | arr[1:]
-    bounds = [0, *(np.flatnonzero(splits[pair]) + 1).tolist(), len(data)]
-    return itertools.pairwise(bounds)
+    return [0, *(np.flatnonzero(splits[pair]) + 1).tolist(), len(data)]
 
 
 def _trie(tokens: Iterable[bytes]) -> dict:

@@ -61,7 +61,13 @@ def test_ids_equal_the_reference_and_round_trip(tokenizer, reference, text):
     assert tokenizer.decode(ids) == text
 
 
-def test_random_unicode_from_every_plane(tokenizer, reference):
+@pytest.fixture(params=["cached pieces", "one regex pass"])
+def either_path(request, monkeypatch):
+    """Runs a test twice: forcing the piece cache, then forcing one regex pass over the whole text."""
+    monkeypatch.setattr(world, "MIN_MEAN_PIECE_BYTES", 1e-9 if request.param == "cached pieces" else np.inf)
+
+
+def test_random_unicode_from_every_plane(tokenizer, reference, either_path):
     rng = random.Random(1)
     for n_chars in (1, 2, 3, 7, 30, 300):
         for _ in range(20):
@@ -70,7 +76,7 @@ def test_random_unicode_from_every_plane(tokenizer, reference):
             assert tokenizer.decode(tokenizer.encode(text)) == text
 
 
-def test_random_bytes_including_invalid_utf8(tokenizer, reference):
+def test_random_bytes_including_invalid_utf8(tokenizer, reference, either_path):
     rng = np.random.default_rng(2)
     for length in (1, 2, 5, 50, 2000):
         for alphabet in (256, 8):  # every byte value, and a few values so that long entries repeat
@@ -80,7 +86,7 @@ def test_random_bytes_including_invalid_utf8(tokenizer, reference):
             assert tokenizer.decode_bytes(ids) == data
 
 
-def test_long_mixed_text(tokenizer, reference):
+def test_long_mixed_text(tokenizer, reference, either_path):
     rng = random.Random(3)
     pieces = [*TEXTS, " the", " of the", "  ", "\n\n", "ing", "。", "😀"]
     text = "".join(rng.choice(pieces) for _ in range(3000)) + random_text(rng, 2000)
@@ -90,9 +96,10 @@ def test_long_mixed_text(tokenizer, reference):
 
 def test_cache_stays_bounded_and_correct(tokenizer, reference, monkeypatch):
     monkeypatch.setattr(world, "MAX_CACHED_PIECES", 50)
+    monkeypatch.setattr(world, "MIN_MEAN_PIECE_BYTES", 1e-9)  # always through the cache
     text = " ".join(f"word{i} {i * 7919}" for i in range(500))
     assert tokenizer.encode(text) == reference.encode(text)
-    assert len(tokenizer._matcher.cache) <= 50
+    assert 0 < len(tokenizer._matcher.cache) <= 50
 
 
 def test_decode_of_a_split_character_follows_errors(tokenizer):
