@@ -96,7 +96,9 @@ def _read_rows(ref, start: Array, count: int, block_t: int, per_row: bool) -> li
     if per_row:
         return [ref[pl.ds(start + i, 1), :].astype(jnp.float32) for i in range(count)]
     chunk = ref[pl.ds(start, block_t), :].astype(jnp.float32)  # aligned: start is a multiple of block_t
-    return [chunk[i : i + 1, :] for i in range(count)]
+    # Pick row i with a masked sublane sum: no unaligned sublane slice for Mosaic to relayout.
+    index = jax.lax.broadcasted_iota(jnp.int32, chunk.shape, 0)
+    return [jnp.sum(jnp.where(index == i, chunk, 0.0), axis=0, keepdims=True) for i in range(count)]
 
 
 def _write_rows(ref, start: Array, rows: Sequence[Array], block_t: int, per_row: bool) -> None:
