@@ -47,6 +47,7 @@ SUB_CHUNK = 16
 DEFAULT_BLOCK_T = 64
 TARGETS = ("tpu", "gpu")
 INPUT_DTYPES = (jnp.float32, jnp.bfloat16)
+LOG_DECAY_FLOOR = -1e4  # w_log is clamped here (see wkv6)
 
 _HIGHEST = (lax.Precision.HIGHEST, lax.Precision.HIGHEST)
 _NN, _NT, _TN = ((1,), (0,)), ((1,), (1,)), ((0,), (0,))  # contracted dims of (lhs, rhs): a@b, a@b.T, a.T@b
@@ -492,7 +493,7 @@ def wkv6(
 
     Args:
       r, k, v: ``[B, T, H, N]`` float32 or bfloat16.
-      w_log: ``[B, T, H, N]`` float32 log decay, ``<= 0``.
+      w_log: ``[B, T, H, N]`` float32 log decay, ``<= 0`` (``-inf`` allowed).
       u: ``[H, N]`` bonus (float32 or bfloat16).
       state: ``[B, H, N, N]`` float32 initial state ``[key, value]``, or None for zeros.
       chunk_size: ``BlockSizes.block_t``, tokens per grid step (a power of 2, >= 16).
@@ -512,6 +513,8 @@ def wkv6(
         state = jnp.zeros((batch, heads, size, size), jnp.float32)
     # Padding with k = 0 and w = 0 (decay 1) leaves the state unchanged; the padded outputs are dropped.
     pad = [(0, 0), (0, -length % chunk_size), (0, 0), (0, 0)]
+    # exp(-1e4) is 0 as exp(-inf) is, but the 0/1 matmuls would turn -inf into 0 * -inf = NaN.
+    w_log = jnp.maximum(w_log, LOG_DECAY_FLOOR)
     r, k, v, w_log = (jnp.swapaxes(jnp.pad(x, pad), 1, 2) for x in (r, k, v, w_log))
     y, final_t = _wkv6_heads_major(call, u.reshape(heads, 1, size), r, k, v, w_log, jnp.swapaxes(state, 2, 3))
     return jnp.swapaxes(y, 1, 2)[:, :length], jnp.swapaxes(final_t, 2, 3)

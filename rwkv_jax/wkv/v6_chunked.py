@@ -39,14 +39,15 @@ import numpy as np
 from rwkv_jax.array_typing import Array
 
 DEFAULT_CHUNK_SIZE = 64
+# Log decays are clamped here: exp(-1e4) is 0 in float32 as exp(-inf) is, but the masked sums multiply w
+# by 0, and 0 * -inf would be NaN. The clamp changes no result (and no gradient: both are 0 there).
+LOG_DECAY_FLOOR = -1e4
 
 
 def _range_sums(w: Array, mask: np.ndarray) -> Array:
-    """``out[..., i, n] = sum_m mask[i, m] w[..., m, n]`` for a 0/1 ``mask`` (leading dims of the mask
-    become output dims). Each output sums only the steps of its own range (all ``<= 0``): no cancellation,
-    unlike a difference of two cumulative sums."""
-    letters = "ijk"[: mask.ndim - 1]
-    return jnp.einsum(f"{letters}m,...mn->...{letters}n", jnp.asarray(mask, w.dtype), w)
+    """``out[..., i, n] = sum_m mask[i, m] w[..., m, n]`` for a 0/1 ``[I, M]`` mask. Each output sums only
+    the steps of its own range (all ``<= 0``): no cancellation, unlike a difference of two cumsums."""
+    return jnp.einsum("im,...mn->...in", jnp.asarray(mask, w.dtype), w)
 
 
 def _before(size: int) -> np.ndarray:
@@ -106,7 +107,7 @@ def wkv6_chunked(
 
     Args:
       r, k, v: ``[B, T, H, N]`` receptance, key, value (any float dtype).
-      w_log: ``[B, T, H, N]`` log of the per-step decay, ``<= 0`` (any finite value).
+      w_log: ``[B, T, H, N]`` log of the per-step decay, ``<= 0`` (``-inf``, a decay of exactly 0, allowed).
       u: ``[H, N]`` bonus of the current token.
       state: ``[B, H, N, N]`` initial state ``[key, value]``, or None for zeros.
       chunk_size: tokens per chunk (the scan over chunks carries the state); a power of 2.
@@ -119,6 +120,7 @@ def wkv6_chunked(
     if state is None:
         state = jnp.zeros((batch, heads, size, size), jnp.float32)
     pad = [(0, 0), (0, -length % chunk_size), (0, 0), (0, 0)]
+    w_log = jnp.maximum(w_log.astype(jnp.float32), LOG_DECAY_FLOOR)
     r_c, k_c, v_c, w_c = (_to_chunks(jnp.pad(x, pad), chunk_size) for x in (r, k, v, w_log))
     u = u.astype(jnp.float32)[:, None, None, :]  # [H, 1, 1, N] against [..., H, chunks, L, N]
 

@@ -17,13 +17,15 @@ STRONGEST, WEAKEST = -float(np.exp(5.0)), -1e-6
 
 
 def make_inputs(seed: int, shape: tuple[int, int, int, int], dtype=jnp.float32) -> tuple:
-    """(r, k, v, w_log, u, state): decays log-uniform over [-exp(5), -1e-6] with a quarter at each extreme."""
+    """(r, k, v, w_log, u, state): decays log-uniform over [-exp(5), -1e-6], a quarter at each extreme, and
+    one in twenty exactly 0 (w_log = -inf)."""
     rng = np.random.default_rng(seed)
     batch, _, heads, size = shape
     r, k, v = (jnp.asarray(rng.normal(size=shape), dtype) for _ in range(3))
     w_log = -np.exp(rng.uniform(np.log(-WEAKEST), 5.0, size=shape))
     extreme = rng.random(shape)
     w_log = np.where(extreme < 0.25, STRONGEST, np.where(extreme > 0.75, WEAKEST, w_log))
+    w_log = np.where(extreme < 0.05, -np.inf, w_log)  # decays of exactly 0 too
     u = jnp.asarray(rng.normal(size=(heads, size)), dtype)
     state = jnp.asarray(rng.normal(size=(batch, heads, size, size)), jnp.float32)
     return r, k, v, jnp.asarray(w_log, jnp.float32), u, state

@@ -28,7 +28,7 @@ def seed_of(request: pytest.FixtureRequest) -> int:
 
 
 def log_decays(rng: np.random.Generator, shape: tuple[int, ...], kind: str) -> np.ndarray:
-    """float32 w_log of the given kind: 'mixed', 'extremes', 'strong_then_weak', 'eagle' or 'weak'."""
+    """float32 w_log of one kind: 'mixed', 'extremes', 'strong_then_weak', 'eagle', 'some_zero' or 'weak'."""
     if kind == "mixed":  # log-uniform over the whole range, independently per element
         return -np.exp(rng.uniform(np.log(-WEAKEST), 5.0, size=shape)).astype(np.float32)
     if kind == "extremes":  # each element either extreme: strong and weak decays mixed within every chunk
@@ -39,6 +39,9 @@ def log_decays(rng: np.random.Generator, shape: tuple[int, ...], kind: str) -> n
     if kind == "eagle":  # constant in time (RWKV-5), one value per channel
         per_channel = -np.exp(rng.uniform(np.log(-WEAKEST), 5.0, size=shape[2:]))
         return np.broadcast_to(per_channel, shape).astype(np.float32)
+    if kind == "some_zero":  # decays of exactly 0 (w_log = -inf) among mixed ones
+        mixed = log_decays(rng, shape, "mixed")
+        return np.where(rng.random(shape) < 0.1, -np.inf, mixed).astype(np.float32)
     if kind == "weak":
         return np.full(shape, WEAKEST, np.float32)
     raise ValueError(kind)
@@ -107,7 +110,7 @@ def scalar_loss(form, seed: int, args: tuple):
 
 
 @pytest.mark.parametrize("form", FORMS)
-@pytest.mark.parametrize("decay", ["mixed", "extremes"])
+@pytest.mark.parametrize("decay", ["mixed", "extremes", "some_zero"])
 def test_float32_gradients_match_reference(request, form, decay):
     seed = seed_of(request)
     args = make_inputs(seed, (1, 45, 2, 16), decay)
