@@ -18,5 +18,17 @@ def tiny_rwkv_dir() -> pathlib.Path:
     """The trained tiny models of ../shared/fixtures/tiny-rwkv; skips when ../shared is absent."""
     path = SHARED_DIR / "fixtures" / "tiny-rwkv"
     if not path.is_dir():
-        pytest.skip(f"needs the project's shared fixtures at {path} (set RWKV_JAX_SHARED to its shared/ folder)")
+        pytest.skip(f"needs the shared fixtures at {path} (set RWKV_JAX_SHARED to the shared/ folder)")
     return path
+
+
+@pytest.fixture
+def blinkdl_rwkv_model(monkeypatch):
+    """BlinkDL's ``rwkv.model`` (the official inference package) on the CPU, without its TorchScript JIT.
+
+    The package reads RWKV_JIT_ON and RWKV_CUDA_ON when it is first imported, so both are set before.
+    """
+    monkeypatch.setenv("RWKV_JIT_ON", "0")
+    monkeypatch.setenv("RWKV_CUDA_ON", "0")
+    reason = "BlinkDL's rwkv package is not installed (pip install rwkv)"
+    return pytest.importorskip("rwkv.model", reason=reason)

@@ -7,13 +7,15 @@ names alone, and nothing is built before the names and shapes are checked. A con
 - ``matches(keys) -> bool``: whether the tensor names are this family's (a cheap signature test).
 - ``layout_keys(keys) -> list[str]``: the names this family's file with as many blocks would hold; used
   to tell a user how an unknown file differs from the closest known layout.
-- ``from_state_dict(tensors, *, dtype, wkv_impl) -> model``: checks names and shapes (raising
+- ``from_state_dict(tensors, *, dtype, wkv_impl, **options) -> model``: checks names and shapes (raising
   :class:`CheckpointLayoutError` that names them) and builds the model.
 - ``to_state_dict(model) -> dict[str, np.ndarray]``: the official tensors in the official order.
 """
 
+import inspect
 import os
 from types import ModuleType
+from typing import Any
 
 from flax import nnx
 
@@ -50,18 +52,30 @@ def detect(keys: list[str]) -> ModuleType:
 
 
 def load_official(
-    path: str | os.PathLike, dtype: str = "float32", wkv_impl: Impl | str = Impl.AUTO
+    path: str | os.PathLike,
+    dtype: str = "float32",
+    wkv_impl: Impl | str = Impl.AUTO,
+    **options: Any,
 ) -> nnx.Module:
     """Reads an official ``.pth`` (never executing code from it) and returns the model it holds.
 
     Args:
       path: the checkpoint file.
-      dtype: compute dtype of the model (``"float32"`` or ``"bfloat16"``); parameters are stored float32.
+      dtype: compute dtype of the model (``"float32"`` or ``"bfloat16"``).
       wkv_impl: the WKV form the model uses.
+      **options: passed to the detected family's ``from_state_dict``: ``param_dtype`` for all families,
+        ``group_norm_eps`` for Eagle/Finch (1e-5 reproduces rwkv.cpp's RWKV-5 logits). An option the
+        detected family does not take is an error naming the options it does take.
     """
     tensors = read_pth(path)
     converter = detect(list(tensors))
-    return converter.from_state_dict(tensors, dtype=dtype, wkv_impl=wkv_impl)
+    accepted = set(inspect.signature(converter.from_state_dict).parameters) - {"tensors", "dtype", "wkv_impl"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise TypeError(
+            f"{converter.FAMILY} checkpoints take no option(s) {unknown}; they take {sorted(accepted)}"
+        )
+    return converter.from_state_dict(tensors, dtype=dtype, wkv_impl=wkv_impl, **options)
 
 
 def save_official(model: nnx.Module, path: str | os.PathLike) -> None:

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from rwkv_jax.array_typing import Array
+from rwkv_jax.array_typing import Array, Tokens
 
 
 def param(value: Array, axes: Sequence[str | None]) -> nnx.Param:
@@ -49,7 +50,7 @@ class LayerNorm(nnx.Module):
 
 
 class Linear(nnx.Module):
-    """Bias-free ``y = x @ kernel`` with ``kernel [in, out]`` (the transpose of torch's ``weight [out, in]``)."""
+    """Bias-free ``y = x @ kernel``, ``kernel [in, out]`` (the transpose of torch's ``weight [out, in]``)."""
 
     def __init__(
         self,
@@ -70,3 +71,36 @@ class Linear(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         return jnp.matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+
+
+def check_token_ids(tokens: Tokens | np.ndarray, vocab_size: int) -> None:
+    """Raises ValueError for tokens that are not ``[B, T]`` integers in ``[0, vocab_size)``.
+
+    Shape and dtype are checked always; the range only for concrete arrays (under ``jit`` the values are
+    unknown: an out-of-range id there gives NaN logits, since the embedding lookup fills with NaN).
+    """
+    traced = isinstance(tokens, jax.core.Tracer)
+    ids = tokens if traced else np.asarray(tokens)
+    if ids.ndim != 2 or ids.shape[1] < 1:
+        raise ValueError(f"tokens must have shape [B, T] with T >= 1, got {ids.shape}")
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise ValueError(f"tokens must be integer ids, got dtype {ids.dtype}")
+    if traced:
+        return
+    bad = (ids < 0) | (ids >= vocab_size)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"token id {int(ids[where])} at position {where} is outside the vocabulary [0, {vocab_size}); "
+            f"{int(bad.sum())} id(s) out of range"
+        )
+
+
+class Embedding(nnx.Module):
+    """Token embedding ``weight [V, C]``; an out-of-range id (possible only under jit) gives NaN rows."""
+
+    def __init__(self, weight: Array):
+        self.weight = param(weight, ("vocab", "embed"))
+
+    def __call__(self, tokens: Tokens) -> Array:
+        return jnp.take(self.weight[...], tokens, axis=0, mode="fill")

@@ -22,7 +22,7 @@ from flax import nnx
 
 from rwkv_jax.array_typing import Array, Tokens
 from rwkv_jax.models import init
-from rwkv_jax.models.common import LayerNorm, Linear, param, token_shift
+from rwkv_jax.models.common import Embedding, LayerNorm, Linear, check_token_ids, param, token_shift
 from rwkv_jax.wkv.impl import Impl
 from rwkv_jax.wkv.v4 import WKV4State, wkv4
 
@@ -182,39 +182,6 @@ class Block(nnx.Module):
         x = x + update
         update, ffn_x = self.ffn(self.ln2(x), state.ffn_x)
         return x + update, RWKV4LayerState(att_x, wkv_state, ffn_x)
-
-
-def check_token_ids(tokens: Tokens | np.ndarray, vocab_size: int) -> None:
-    """Raises ValueError for tokens that are not ``[B, T]`` integers in ``[0, vocab_size)``.
-
-    Shape and dtype are checked always; the range only for concrete arrays (under ``jit`` the values are
-    unknown: an out-of-range id there gives NaN logits, since the embedding lookup fills with NaN).
-    """
-    traced = isinstance(tokens, jax.core.Tracer)
-    ids = tokens if traced else np.asarray(tokens)
-    if ids.ndim != 2 or ids.shape[1] < 1:
-        raise ValueError(f"tokens must have shape [B, T] with T >= 1, got {ids.shape}")
-    if not jnp.issubdtype(ids.dtype, jnp.integer):
-        raise ValueError(f"tokens must be integer ids, got dtype {ids.dtype}")
-    if traced:
-        return
-    bad = (ids < 0) | (ids >= vocab_size)
-    if bad.any():
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"token id {int(ids[where])} at position {where} is outside the vocabulary [0, {vocab_size}); "
-            f"{int(bad.sum())} id(s) out of range"
-        )
-
-
-class Embedding(nnx.Module):
-    """Token embedding ``weight [V, C]``; an out-of-range id (possible only under jit) gives NaN rows."""
-
-    def __init__(self, weight: Array):
-        self.weight = param(weight, ("vocab", "embed"))
-
-    def __call__(self, tokens: Tokens) -> Array:
-        return jnp.take(self.weight[...], tokens, axis=0, mode="fill")
 
 
 class RWKV4(nnx.Module):

@@ -22,8 +22,7 @@ from flax import nnx
 
 from rwkv_jax.array_typing import Array, Tokens
 from rwkv_jax.models import rwkv6_init as official
-from rwkv_jax.models.common import LayerNorm, Linear, token_shift
-from rwkv_jax.models.rwkv4 import Embedding, check_token_ids
+from rwkv_jax.models.common import Embedding, LayerNorm, Linear, check_token_ids, token_shift
 from rwkv_jax.models.rwkv6_layers import (
     Bonus,
     ChannelMix,

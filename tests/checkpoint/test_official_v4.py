@@ -72,13 +72,10 @@ def test_save_then_load_is_exact_and_keeps_the_official_layout(checkpoint, model
         np.testing.assert_array_equal(a, b)
 
 
-def test_blinkdl_rwkv_package_loads_saved_file_and_agrees(model, tmp_path, monkeypatch):
-    monkeypatch.setenv("RWKV_JIT_ON", "0")
-    monkeypatch.setenv("RWKV_CUDA_ON", "0")
-    rwkv_model = pytest.importorskip("rwkv.model", reason="BlinkDL's rwkv package is not installed")
+def test_blinkdl_rwkv_package_loads_saved_file_and_agrees(model, tmp_path, blinkdl_rwkv_model):
     path = tmp_path / "saved.pth"
     save_official(model, path)
-    reference = rwkv_model.RWKV(str(path), strategy="cpu fp32", verbose=False)
+    reference = blinkdl_rwkv_model.RWKV(str(path), strategy="cpu fp32", verbose=False)
     expected, _ = reference.forward(PROMPT, None)
     logits, _ = jitted(model)([PROMPT])
     assert np.abs(np.asarray(logits[0, -1]) - expected.numpy()).max() <= 1e-4

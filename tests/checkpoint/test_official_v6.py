@@ -129,14 +129,12 @@ def test_missing_or_misshapen_tensors_are_named_before_anything_is_built(tiny_rw
         convert_v6.from_state_dict(gated_5_1)
 
 
-def test_blinkdl_rwkv_package_runs_our_saved_finch_file_to_the_same_logits(tmp_path, monkeypatch):
-    monkeypatch.setenv("RWKV_JIT_ON", "0")  # read when rwkv.model is first imported
-    rwkv_model = pytest.importorskip("rwkv.model", reason="BlinkDL's rwkv package is not installed")
+def test_blinkdl_rwkv_package_runs_our_saved_finch_file_to_the_same_logits(tmp_path, blinkdl_rwkv_model):
     model = randomize(RWKV6(tiny_config("6"), rngs=nnx.Rngs(0)), 0)
     path = tmp_path / "tiny-finch.pth"
     write_pth(path, convert_v6.to_state_dict(model))
     tokens = [3, 17, 42, 5, 63]
-    theirs, _ = rwkv_model.RWKV(str(path), strategy="cpu fp32").forward(tokens, None)
+    theirs, _ = blinkdl_rwkv_model.RWKV(str(path), strategy="cpu fp32").forward(tokens, None)
     ours, _ = model(jnp.array([tokens], jnp.int32))
     theirs, ours = theirs.numpy().astype(np.float64), np.asarray(ours[0, -1], np.float64)
     assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) < 1e-5
