@@ -12,7 +12,7 @@ The public API, importable from the top level:
 """
 
 from rwkv_jax.checkpoint.official import load_official, save_official
-from rwkv_jax.generation import GenerationResult, generate
+from rwkv_jax.generation import GenerationResult, generate, sample_logits
 from rwkv_jax.models.rwkv4 import RWKV4, RWKV4Config
 from rwkv_jax.models.rwkv6 import RWKV6, RWKV6Config
 from rwkv_jax.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, WorldTokenizer, get_tokenizer
@@ -32,6 +32,7 @@ __all__ = [
     "generate",
     "get_tokenizer",
     "load_official",
+    "sample_logits",
     "save_official",
 ]
 __version__ = "0.1.0"
