@@ -45,9 +45,10 @@ INPUT_NAMES = {
     "v4": ("w_log", "u", "k", "v", "state.num", "state.den", "state.max_exp"),
     "v6": ("r", "k", "v", "w_log", "u", "state"),
 }
-# A reference gradient whose every element is below this is not representable in float32 (only as 0 or
-# a subnormal): its relative error says nothing about the form.
-FLOAT32_UNDERFLOW = float(np.finfo(np.float32).tiny)
+# A reference gradient of smaller norm (inputs are O(1)) is made of factors e^w below float32's smallest
+# normal number (1.2e-38; near0 has e^w ~ e^-148) times sums of O(1..1e3): float32 flushes those factors to
+# zero, so the forms give 0 and the relative error (1.0) says nothing about them. The WKV tests' threshold.
+NEGLIGIBLE_GRADIENT = 1e-30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,8 +190,9 @@ class Row:
     """One comparison: a form at one dtype, length and regime against the float64 reference.
 
     y, state: relative errors of the outputs; gradients: relative error per input name (NaN when the form
-    did not run). underflowing: inputs whose reference gradient is below float32 range everywhere (its
-    relative error says nothing; listed, but left out of :meth:`worst_gradient`). note: why a form was
+    did not run). underflowing: inputs whose reference gradient underflows float32 (norm below
+    :data:`NEGLIGIBLE_GRADIENT`; its relative error says nothing; listed, but left out of
+    :meth:`worst_gradient`). note: why a form was
     skipped (``skipped``), or which gradients underflow.
     """
 
@@ -318,7 +320,8 @@ def compare_forms(
       chunk_size: chunk of the chunked and Pallas forms of v6.
       max_lengths: per form, the longest T to run (e.g. ``{"pallas": 256}`` for the slow interpreter on
         CPU); longer lengths give a row with NaN errors and a note saying so.
-      seed: the inputs of (length, regime, dtype) come from a seed derived from it.
+      seed: the inputs of (length, regime, dtype) come from a seed derived from it (the same inputs whatever
+        else is requested).
       progress: called with each row as it is made.
 
     Returns:
@@ -336,9 +339,9 @@ def compare_forms(
     max_lengths = max_lengths or {}
     rows = []
     for length in lengths:
-        for regime_index, regime in enumerate(regimes):
-            for dtype_index, dtype in enumerate(dtypes):
-                case_seed = seed + 1000 * length + 10 * regime_index + dtype_index
+        for regime in regimes:
+            for dtype in dtypes:
+                case_seed = seed + 1000 * length + 10 * REGIMES[family].index(regime) + DTYPES.index(dtype)
                 shape = dict(batch=batch, length=length, heads=heads, size=size)
                 inputs = make_inputs(family, **shape, dtype=dtype, regime=regime, seed=case_seed)
                 label = dict(
@@ -362,7 +365,7 @@ def _case_rows(family, forms, inputs, label, seed, chunk_size, max_lengths) -> I
     underflowing = tuple(
         name
         for name, g in zip(INPUT_NAMES[family], reference[2], strict=True)
-        if np.max(np.abs(g), initial=0.0) < FLOAT32_UNDERFLOW
+        if np.linalg.norm(g) < NEGLIGIBLE_GRADIENT
     )
     for form in forms:
         row = _row(family, form, inputs, reference, weights, chunk_size, max_lengths, {**label, "form": form})
@@ -378,7 +381,8 @@ def _shape_label(family: str, batch: int, length: int, heads: int, size: int) ->
 def _note(note: str, underflowing: tuple[str, ...]) -> str:
     if not underflowing:
         return note
-    extra = f"reference grad of {', '.join(underflowing)} below float32 range (not counted)"
+    names = ", ".join(underflowing)
+    extra = f"reference grad of {names} below float32 range, norm < {NEGLIGIBLE_GRADIENT:g} (not counted)"
     return f"{note}; {extra}" if note else extra
 
 
