@@ -3,8 +3,9 @@
     python experiments/bench_wkv6.py                       # B=1, H=8, N=64, T=4096 on this machine
     python experiments/bench_wkv6.py --length 1024 --chunk-sizes 32,64
 
-Each timing is the median of ``--repeats`` runs of a jitted ``jax.grad`` of a scalar loss with respect to
-all six inputs (r, k, v, w_log, u, state), after one warm-up run (compilation excluded).
+Each timing is the median of ``--repeats`` runs of a jitted ``jax.value_and_grad`` of a scalar loss with
+respect to all six inputs (r, k, v, w_log, u, state), after one warm-up run (compilation excluded); the
+forms take turns within each repeat.
 """
 
 import argparse
@@ -30,21 +31,28 @@ def make_inputs(batch: int, length: int, heads: int, size: int) -> tuple[jax.Arr
     return r, k, v, w_log, u, state
 
 
-def forward_backward_seconds(form, args: tuple[jax.Array, ...], repeats: int) -> float:
-    """Median wall time of one jitted value-and-gradient call of ``sum(y^2) + sum(state^2)``."""
+def forward_backward_step(form):
+    """A jitted value-and-gradient of ``sum(y^2) + sum(state^2)`` with respect to all six inputs."""
 
     def loss(*inputs):
         y, state = form(*inputs)
         return jnp.sum(jnp.square(y)) + jnp.sum(jnp.square(state))
 
-    step = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(args)))))
-    jax.block_until_ready(step(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    return jax.jit(jax.value_and_grad(loss, argnums=tuple(range(6))))
+
+
+def interleaved_seconds(steps: dict, args: tuple[jax.Array, ...], repeats: int) -> dict[str, float]:
+    """Median wall time of each step after a warm-up call. The forms take turns within each repeat, so
+    that a shared machine's changing load hits them alike."""
+    for step in steps.values():
         jax.block_until_ready(step(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            jax.block_until_ready(step(*args))
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -56,21 +64,23 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-size", type=int, default=64)
     parser.add_argument("--chunk-sizes", default="16,32,64,128")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
 
     inputs = make_inputs(args.batch, args.length, args.heads, args.head_size)
     print(
         f"WKV-6 forward+backward, B={args.batch} T={args.length} H={args.heads} N={args.head_size}, "
-        f"{jax.default_backend()}, median of {args.repeats}"
+        f"{jax.default_backend()}, median of {args.repeats} interleaved runs"
     )
-    scan_s = forward_backward_seconds(wkv6_recurrent, inputs, args.repeats)
-    print(f"{'form':<16}{'seconds':>10}{'speed-up vs scan':>20}")
-    print(f"{'lax.scan':<16}{scan_s:>10.4f}{1.0:>20.1f}")
+    steps = {"lax.scan": forward_backward_step(wkv6_recurrent)}
     for chunk_size in (int(c) for c in args.chunk_sizes.split(",")):
-        form = functools.partial(wkv6_chunked, chunk_size=chunk_size)
-        chunked_s = forward_backward_seconds(form, inputs, args.repeats)
-        print(f"{f'chunked {chunk_size}':<16}{chunked_s:>10.4f}{scan_s / chunked_s:>20.1f}")
+        steps[f"chunked {chunk_size}"] = forward_backward_step(
+            functools.partial(wkv6_chunked, chunk_size=chunk_size)
+        )
+    seconds = interleaved_seconds(steps, inputs, args.repeats)
+    print(f"{'form':<16}{'seconds':>10}{'speed-up vs scan':>20}")
+    for name, value in seconds.items():
+        print(f"{name:<16}{value:>10.4f}{seconds['lax.scan'] / value:>20.1f}")
 
 
 if __name__ == "__main__":
