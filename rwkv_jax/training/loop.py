@@ -18,12 +18,11 @@ from rwkv_jax.sharding import batch_sharding, make_mesh, tree_shardings
 from rwkv_jax.training import shakespeare
 from rwkv_jax.training.checkpointing import Checkpoints
 from rwkv_jax.training.config import ConfigDict
-from rwkv_jax.training.data import BatchOrder, encode_text, eval_batches, load_stream
+from rwkv_jax.training.data import END_OF_DOCUMENT, BatchOrder, encode_text, eval_batches, load_stream
 from rwkv_jax.training.evaluate import evaluate_batches, token_byte_lengths
 from rwkv_jax.training.metrics import MetricWriter, Progress
 from rwkv_jax.training.model import ModelFns, build_model
 from rwkv_jax.training.optim import make_optimizer, weight_decay_mask
-from rwkv_jax.training.sample import sample_tokens
 from rwkv_jax.training.step import (
     jit_eval_step,
     jit_train_step,
@@ -162,12 +161,20 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
 
 
 def sample_text(config: ConfigDict, fns: ModelFns, params: Any, step: int) -> str:
-    """A generated continuation of ``config.eval.sample_prompt``, decoded to text."""
-    prompt = encode_text(config.eval.sample_prompt, config.data.tokenizer)
-    ids = sample_tokens(fns, params, prompt, config.eval.sample_tokens, config.eval.temperature, seed=step)
+    """A continuation of ``config.eval.sample_prompt`` (rwkv_jax.generation.generate), decoded to text."""
+    from rwkv_jax.generation import generate
     from rwkv_jax.tokenizers import get_tokenizer
 
-    return get_tokenizer(config.data.tokenizer).decode([int(i) for i in ids])
+    prompt = encode_text(config.eval.sample_prompt, config.data.tokenizer).tolist()
+    result = generate(
+        fns.module(params),
+        [prompt],
+        config.eval.sample_tokens,
+        temperature=config.eval.temperature,
+        seed=step,
+        stop_tokens=(END_OF_DOCUMENT,),
+    )
+    return get_tokenizer(config.data.tokenizer).decode(result.tokens[0])
 
 
 def _check_vocab(batch: np.ndarray, vocab_size: int, step: int) -> None:
