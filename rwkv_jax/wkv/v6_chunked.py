@@ -14,8 +14,8 @@ channel. The products ``r . (exp(W) * k)`` are per channel, so a matmul needs th
 Keeping every exponent bounded. ``w`` can be as low as ``-exp(5) ~ -148`` per step, so ``W`` over a chunk
 can reach ``-148 * L``: any factorisation ``exp(a) * exp(-b)`` against one reference point per chunk
 overflows. Here every factor is ``exp`` of a sum of log decays over a range of steps, hence ``<= 1``, and
-each range is summed directly (a 0/1-masked sum of that range only, never a difference of two long cumsums,
-which would lose ``eps * |cumsum|`` of absolute accuracy when a strong decay precedes weak ones):
+each range is summed from its own steps only (a tree of block sums, never a difference of two long
+cumsums, which would lose ``eps * |cumsum|`` of absolute accuracy when a strong decay precedes weak ones):
 
 - inter-chunk: ``exp(W[0, t))`` and ``exp(W(s, L))``: both ``<= 1``.
 - intra-chunk, by halving (``L`` a power of 2): cut the chunk in segments of 2m tokens, m = L/2, ..., 1.
@@ -34,49 +34,59 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rwkv_jax.array_typing import Array
 
 DEFAULT_CHUNK_SIZE = 64
-# Log decays are clamped here: exp(-1e4) is 0 in float32 as exp(-inf) is, but the masked sums multiply w
-# by 0, and 0 * -inf would be NaN. The clamp changes no result (and no gradient: both are 0 there).
-LOG_DECAY_FLOOR = -1e4
 
 
-def _range_sums(w: Array, mask: np.ndarray) -> Array:
-    """``out[..., i, n] = sum_m mask[i, m] w[..., m, n]`` for a 0/1 ``[I, M]`` mask. Each output sums only
-    the steps of its own range (all ``<= 0``): no cancellation, unlike a difference of two cumsums."""
-    return jnp.einsum("im,...mn->...in", jnp.asarray(mask, w.dtype), w)
+def _block_sums(w: Array) -> list[tuple[Array, Array]]:
+    """Exclusive prefix and suffix sums of ``w [..., L, N]`` within aligned blocks of m = 1, 2, ..., L steps.
+
+    Returns ``[(prefix_m, suffix_m)]`` (each ``[..., L, N]``), index log2(m): ``prefix_m[t]`` sums the steps
+    of t's block before t, ``suffix_m[s]`` those after s. Built as a tree: doubling the block adds the total
+    of the left half to the prefixes of the right half and vice versa. Every value is a sum of steps of its
+    own range only (all ``<= 0``): no cancellation, unlike a difference of two cumulative sums.
+    """
+    *lead, length, size = w.shape
+    prefix = suffix = jnp.zeros_like(w)
+    totals = w  # per block of m steps: [..., L / m, N]
+    sums, m = [(prefix, suffix)], 1
+    while m < length:
+        halves = totals.reshape(*lead, length // (2 * m), 2, 1, size)
+        zero = jnp.zeros_like(halves[..., :1, :, :])
+        from_left = jnp.concatenate([zero, halves[..., :1, :, :]], axis=-3)
+        from_right = jnp.concatenate([halves[..., 1:, :, :], zero], axis=-3)
+        blocks = (*lead, length // (2 * m), 2, m, size)
+        prefix = (prefix.reshape(blocks) + from_left).reshape(w.shape)
+        suffix = (suffix.reshape(blocks) + from_right).reshape(w.shape)
+        totals = jnp.sum(halves, axis=(-3, -2))
+        sums.append((prefix, suffix))
+        m *= 2
+    return sums
 
 
-def _before(size: int) -> np.ndarray:
-    """``[size, size]``: ``(m < t)`` at ``[t, m]``; its transpose selects ``m > s``."""
-    idx = np.arange(size)
-    return idx[None, :] < idx[:, None]
-
-
-def _intra_chunk(r: Array, k: Array, v: Array, w: Array, u: Array) -> Array:
-    """Outputs from the tokens of the same chunk, by halving: r, k, v, w ``[..., L, N]`` -> ``[..., L, N]``.
+def _intra_chunk(r: Array, k: Array, v: Array, u: Array, sums: list[tuple[Array, Array]]) -> Array:
+    """Outputs from the tokens of the same chunk, by halving: r, k, v ``[..., L, N]`` -> ``[..., L, N]``.
 
     At each level the chunk is cut in segments of 2m tokens; the pairs (s in the left half, t in the right
     half) of every segment form one matmul with the split at the last left step p:
-    ``exp(W(s, t)) = exp(W(s, p]) * exp(W(p, t))``, both factors ``<= 1``. Levels m = L/2, ..., 1 cover
-    every pair s < t exactly once; the pair t == s is the bonus.
+    ``exp(W(s, t)) = exp(W(s, p]) * exp(W(p, t))``, both factors ``<= 1`` (the suffix of s and the prefix
+    of t within their m-blocks, from :func:`_block_sums`). Levels m = L/2, ..., 1 cover every pair s < t
+    exactly once; the pair t == s is the bonus.
     """
-    *lead, length, size = w.shape
+    *lead, length, size = r.shape
     y = jnp.sum(r * u * k, axis=-1, keepdims=True) * v
-    half = length // 2
+    half, level = length // 2, len(sums) - 2
     while half:
+        prefix, suffix = sums[level]
         segments = (*lead, length // (2 * half), 2, half, size)
-        rs, ks, vs, ws = (x.reshape(segments) for x in (r, k, v, w))
-        before = _before(half)
-        rows = rs[..., 1, :, :] * jnp.exp(_range_sums(ws[..., 1, :, :], before))  # r_t exp(W(p, t))
-        cols = ks[..., 0, :, :] * jnp.exp(_range_sums(ws[..., 0, :, :], before.T))  # k_s exp(W(s, p])
+        rows = (r * jnp.exp(prefix)).reshape(segments)[..., 1, :, :]  # r_t exp(W(p, t))
+        cols = (k * jnp.exp(suffix)).reshape(segments)[..., 0, :, :]  # k_s exp(W(s, p])
         scores = jnp.einsum("...tn,...sn->...ts", rows, cols)
-        from_left = jnp.einsum("...ts,...sj->...tj", scores, vs[..., 0, :, :])
+        from_left = jnp.einsum("...ts,...sj->...tj", scores, v.reshape(segments)[..., 0, :, :])
         y = y.reshape(segments).at[..., 1, :, :].add(from_left).reshape(y.shape)
-        half //= 2
+        half, level = half // 2, level - 1
     return y
 
 
@@ -120,14 +130,14 @@ def wkv6_chunked(
     if state is None:
         state = jnp.zeros((batch, heads, size, size), jnp.float32)
     pad = [(0, 0), (0, -length % chunk_size), (0, 0), (0, 0)]
-    w_log = jnp.maximum(w_log.astype(jnp.float32), LOG_DECAY_FLOOR)
     r_c, k_c, v_c, w_c = (_to_chunks(jnp.pad(x, pad), chunk_size) for x in (r, k, v, w_log))
     u = u.astype(jnp.float32)[:, None, None, :]  # [H, 1, 1, N] against [..., H, chunks, L, N]
 
-    y = _intra_chunk(r_c, k_c, v_c, w_c, u)
+    sums = _block_sums(w_c)
+    y = _intra_chunk(r_c, k_c, v_c, u, sums)
     # Per chunk: what it adds to the state, and its total decay (exponents <= 0, see the module docstring).
-    before = _before(chunk_size)
-    to_chunk_end = k_c * jnp.exp(_range_sums(w_c, before.T))
+    from_start, to_chunk_end = sums[-1]
+    to_chunk_end = k_c * jnp.exp(to_chunk_end)
     chunk_kv = jnp.einsum("bhcsi,bhcsj->cbhij", to_chunk_end, v_c)
     chunk_decay = jnp.exp(jnp.sum(w_c, axis=-2)).transpose(2, 0, 1, 3)  # [chunks, B, H, N]
 
@@ -136,7 +146,7 @@ def wkv6_chunked(
         return decay[..., None] * s + kv, s
 
     final, starts = jax.lax.scan(carry_state, state.astype(jnp.float32), (chunk_decay, chunk_kv))
-    from_start = r_c * jnp.exp(_range_sums(w_c, before))
+    from_start = r_c * jnp.exp(from_start)
     y = y + jnp.einsum("bhcti,cbhij->bhctj", from_start, starts)
     y = y.transpose(0, 2, 3, 1, 4).reshape(batch, -1, heads, size)[:, :length]
     return y.astype(v.dtype), final
