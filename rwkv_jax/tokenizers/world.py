@@ -5,49 +5,45 @@ The vocabulary (``data/rwkv_vocab_v20230424.txt``, from BlinkDL's ``rwkv`` packa
 65530..65535 are unused rows of the 65,536-row embedding. Encoding takes the UTF-8 bytes of the text and
 repeatedly cuts off the longest vocabulary entry that starts the rest, which is what the reference
 ``rwkv.rwkv_tokenizer.TRIE_TOKENIZER`` does with a byte trie walked in Python. The result here is the same, id
-for id, but found faster:
+for id, but found with a few dozen numpy passes over whole arrays instead of Python code per byte:
 
-1. Split points. Call a byte pair (a, b) *joinable* when some vocabulary entry contains a followed by b. Where
-   two neighbouring bytes of the text are not joinable, no entry can cover both, so every tokenization cuts
+1. Pieces. Call a byte pair (a, b) *joinable* when some vocabulary entry contains a followed by b. Where two
+   neighbouring bytes of the text are not joinable, no entry can cover both, so every tokenization cuts
    there, and the greedy tokenization of the text is the concatenation of the greedy tokenizations of the
    pieces between such points (the longest entry starting inside a piece cannot reach past its end). The
    points come from one numpy lookup in a 256 x 256 table; the vocabulary was built from pre-split text (an
    entry never holds a letter followed by a space, for one), so in prose a piece is about a word.
-2. Pieces repeat (words do), so each piece's ids are cached.
-3. A new piece is matched by Python's ``re`` engine against one pattern: the vocabulary as a trie written as
-   nested alternations, ``(?:a(?:b(?:c|)|d)|...)``, where every node tries its children first and the empty
-   alternative (the node's own entry) last. ``re`` takes the first alternative that leads to a match, so at
-   each node the deeper entry wins: the longest match, as greedy tokenization needs.
+2. Pieces repeat (words do): the ids of every piece of up to 23 bytes are kept in a cache, a numpy hash table
+   keyed by the piece's exact bytes (``world_fast.PieceCache``), looked up for all pieces at once.
+3. New pieces, and the longer ones, are matched together: every byte position walks down the vocabulary's
+   trie (a double-array trie, ``world_fast.DoubleArrayTrie``) in one numpy pass per depth, which gives the
+   longest entry starting there; the greedy path then goes from each piece's start through those matches,
+   one token of every piece per pass.
 
-Building all this takes one to two seconds, once per process and vocabulary file (cached). Speed against
-TRIE_TOKENIZER (``experiments/bench_tokenizer.py``, CPU time, cache empty at the start): about 5x on
-multilingual prose, 3x on Python source, 1.6x on random characters from all planes (almost every piece is
-new: such texts skip the cache and are one regex pass, where ``re`` needs 200-400 ns a token); 5-7x on text
-seen before. Threads may encode at once: the cache is a dict whose values are never changed once stored.
+Texts under SHORT_TEXT_BYTES walk the same trie in Python instead (about 2x TRIE_TOKENIZER), since numpy's
+fixed cost per call is about 0.2 ms. Building takes one to two seconds, once per process and vocabulary file.
+Speeds: see ``experiments/bench_tokenizer.py``. Threads may encode at once (a lock guards the cache).
 """
 
 import ast
 import functools
 import itertools
 import pathlib
-import re
+import threading
 from collections.abc import Iterable
 
 import numpy as np
 
+from rwkv_jax.tokenizers import world_fast
 from rwkv_jax.tokenizers.base import Tokenizer, as_id_list, bad_id_error, require_str
 
 VOCAB_FILE = pathlib.Path(__file__).resolve().parent / "data" / "rwkv_vocab_v20230424.txt"
 VOCAB_SIZE = 65536
 EOS_ID = 0
-# Pieces up to this many bytes are cached; longer ones rarely repeat.
-MAX_CACHED_PIECE_BYTES = 64
-# The cache is emptied when it reaches this many pieces (bounds memory in long-running processes).
+# Texts shorter than this are walked in Python: numpy's fixed cost per call (~0.2 ms) would be more.
+SHORT_TEXT_BYTES = 4096
+# The piece cache is emptied when it holds more pieces than this (bounds memory in long-running processes).
 MAX_CACHED_PIECES = 1 << 18
-# Texts whose pieces are shorter than this on average skip the cache (see _Matcher.encode).
-MIN_MEAN_PIECE_BYTES = 3
-# A trie node with more children than this splits them into groups behind a lookahead (see _trie_pattern).
-CHILDREN_PER_GROUP = 32
 
 
 def read_vocab(path: str | pathlib.Path = VOCAB_FILE) -> dict[int, bytes]:
@@ -100,91 +96,60 @@ class _Matcher:
         # id -> bytes; None for the unused ids.
         self.id_to_bytes: list[bytes | None] = [vocab.get(i) for i in range(VOCAB_SIZE)]
         self.id_to_bytes[EOS_ID] = b""
-        self.bytes_to_id = {token: token_id for token_id, token in vocab.items()}
-        missing = [bytes([b]) for b in range(256) if bytes([b]) not in self.bytes_to_id]
+        missing = sorted(set(range(256)) - {token[0] for token in vocab.values() if len(token) == 1})
         if missing:
             raise ValueError(
-                f"the vocabulary lacks the single bytes {missing[:8]}: not every text can be encoded"
+                f"the vocabulary lacks the single bytes {[bytes([b]) for b in missing[:8]]}: "
+                "not every text can be encoded"
             )
         joinable = {(a << 8) | b for token in vocab.values() for a, b in itertools.pairwise(token)}
         # [256 * 256] bool, index (a << 8) | b: True where a piece must end between the bytes a and b.
         self.splits = np.ones(256 * 256, bool)
         self.splits[list(joinable)] = False
-        self.pattern = re.compile(_trie_pattern(_trie(vocab.values()))[0])
-        self.cache: dict[bytes, list[int]] = {}
+        self.trie = world_fast.DoubleArrayTrie.build(vocab)
+        self.cache = world_fast.PieceCache()
+        self.lock = threading.Lock()
 
     def encode(self, data: bytes) -> list[int]:
-        bounds = _piece_bounds(data, self.splits)
-        if len(bounds) - 1 > len(data) / MIN_MEAN_PIECE_BYTES:
-            # Pieces this short are about one token each (random characters, byte soup): caching them costs
-            # more than it saves, one regex pass over everything is about twice as fast.
-            return self.tokenize_piece(data)
-        ids: list[int] = []
-        extend, cache, tokenize = ids.extend, self.cache, self.tokenize_piece
-        for start, end in itertools.pairwise(bounds):
-            piece = data[start:end]
-            piece_ids = cache.get(piece)
-            if piece_ids is None:
-                piece_ids = tokenize(piece)
-                if end - start <= MAX_CACHED_PIECE_BYTES:
-                    if len(cache) >= MAX_CACHED_PIECES:
-                        cache.clear()
-                    cache[piece] = piece_ids
-            extend(piece_ids)
-        return ids
+        if len(data) < SHORT_TEXT_BYTES:
+            return world_fast.greedy_walk(self.trie, data)
+        text = np.frombuffer(data, np.uint8)
+        cuts = self.splits[(text[:-1].astype(np.intp) << 8) | text[1:]]
+        starts = np.flatnonzero(np.concatenate([[True], cuts]))
+        lengths = np.diff(starts, append=len(data))
+        short = lengths <= world_fast.MAX_KEY_BYTES
+        keys = world_fast.piece_keys(
+            data + bytes(world_fast.MAX_KEY_BYTES + 1), starts[short], lengths[short]
+        )
+        with self.lock:  # the cache's arrays change below
+            if self.cache.size > MAX_CACHED_PIECES:
+                self.cache.clear()
+            entries, new = self.cache.intern(keys)
+            new_pieces = np.flatnonzero(short)[new]
+            ids, counts = self._match_segments(
+                text, np.concatenate([starts[new_pieces], starts[~short]]),
+                np.concatenate([lengths[new_pieces], lengths[~short]]),
+            )  # fmt: skip
+            n_new_ids = int(counts[: len(new_pieces)].sum())
+            self.cache.store(entries[new], ids[:n_new_ids], counts[: len(new_pieces)])
+            # Every piece's ids are a run of the cache's pool: cached pieces where stored, long ones (never
+            # cached) in scratch space after the pool's end.
+            offsets, piece_counts = np.empty(len(starts), np.int64), np.empty(len(starts), np.int64)
+            offsets[short], piece_counts[short] = self.cache.offsets[entries], self.cache.counts[entries]
+            long_counts = counts[len(new_pieces) :]
+            offsets[~short] = self.cache.scratch(ids[n_new_ids:]) + np.cumsum(long_counts) - long_counts
+            piece_counts[~short] = long_counts
+            return self.cache.pool[world_fast.ranges(offsets, piece_counts)].tolist()
 
-    def tokenize_piece(self, piece: bytes) -> list[int]:
-        token_id = self.bytes_to_id.get(piece)
-        if token_id is not None:  # a whole piece is often one entry (a word): no need to match
-            return [token_id]
-        return list(map(self.bytes_to_id.__getitem__, self.pattern.findall(piece)))
-
-
-def _piece_bounds(data: bytes, splits: np.ndarray) -> list[int]:
-    """Piece starts and then ``len(data)``: a piece ends between every pair of bytes marked in ``splits``."""
-    if len(data) < 2:
-        return [0, len(data)] if data else [0]
-    arr = np.frombuffer(data, np.uint8)
-    pair = (arr[:-1].astype(np.intp) << 8) | arr[1:]
-    return [0, *(np.flatnonzero(splits[pair]) + 1).tolist(), len(data)]
-
-
-def _trie(tokens: Iterable[bytes]) -> dict:
-    """A byte trie of nested dicts {byte: child}; the key None marks a node that is itself an entry."""
-    root: dict = {}
-    for token in tokens:
-        node = root
-        for byte in token:
-            node = node.setdefault(byte, {})
-        node[None] = True
-    return root
-
-
-def _trie_pattern(node: dict) -> tuple[bytes, int]:
-    """(regex source matching the longest entry below ``node``, number of entries below it).
-
-    A branch over the children, each child's byte followed by its own pattern, with the empty alternative
-    last when the node is itself an entry. Only one child can match the next byte, so their order changes
-    speed, not the result. ``re`` tries the alternatives of a branch one by one, so the most populous go
-    first, and a node with many children puts them in groups of ``CHILDREN_PER_GROUP``, each behind a
-    lookahead for its bytes: one failed lookahead skips a whole group (about 1.5x faster on prose, 2x on
-    random characters, than one flat branch).
-    """
-    edges = [(byte, child) for byte, child in node.items() if byte is not None]
-    children = sorted(((b, *_trie_pattern(child)) for b, child in edges), key=lambda c: -c[2])
-    count = (None in node) + sum(c[2] for c in children)
-    alternatives = [re.escape(bytes([b])) + pattern for b, pattern, _ in children]
-    if len(children) > CHILDREN_PER_GROUP:
-        alternatives = [
-            b"(?=[" + re.escape(bytes(sorted(b for b, _, _ in children[i : i + CHILDREN_PER_GROUP]))) + b"])"
-            + b"(?:" + b"|".join(alternatives[i : i + CHILDREN_PER_GROUP]) + b")"
-            for i in range(0, len(children), CHILDREN_PER_GROUP)
-        ]  # fmt: skip
-    if None in node and alternatives:
-        alternatives.append(b"")
-    if len(alternatives) <= 1:
-        return (alternatives[0] if alternatives else b""), count
-    return b"(?:" + b"|".join(alternatives) + b")", count
+    def _match_segments(self, text: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple:
+        """(ids of all segments ``text[start:start + length]`` one after another, [K] ids per segment)."""
+        symbols, positions, segment_starts = world_fast.concatenate_segments(text, starts, lengths)
+        final = np.zeros(len(symbols), np.int32)  # per byte position: the trie node its longest match ends at
+        final[positions] = world_fast.longest_matches(self.trie, symbols, positions)
+        next_start = np.arange(len(symbols)) + self.trie.match_len[final]
+        tokens = world_fast.greedy_tokens(symbols, next_start, segment_starts)
+        counts = np.diff(np.searchsorted(tokens, np.append(segment_starts, len(symbols))))
+        return self.trie.match_id[final[tokens]], counts
 
 
 @functools.cache

@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from rwkv_jax.tokenizers import world
+from rwkv_jax.tokenizers import world, world_fast
 from rwkv_jax.tokenizers.world import WorldTokenizer, read_vocab
 
 # (first, last) code points of ranges with assigned characters, across the planes; surrogates excluded.
@@ -61,10 +61,12 @@ def test_ids_equal_the_reference_and_round_trip(tokenizer, reference, text):
     assert tokenizer.decode(ids) == text
 
 
-@pytest.fixture(params=["cached pieces", "one regex pass"])
+@pytest.fixture(params=["python walk", "numpy", "numpy, segments walked in python"])
 def either_path(request, monkeypatch):
-    """Runs a test twice: forcing the piece cache, then forcing one regex pass over the whole text."""
-    monkeypatch.setattr(world, "MIN_MEAN_PIECE_BYTES", 1e-9 if request.param == "cached pieces" else np.inf)
+    """Runs a test on each way of encoding: the Python trie walk of short texts, and the numpy path (pieces
+    matched by numpy passes, or their greedy paths walked in Python, as for the few longest segments)."""
+    monkeypatch.setattr(world, "SHORT_TEXT_BYTES", np.inf if request.param == "python walk" else 0)
+    monkeypatch.setattr(world_fast, "FEW_SEGMENTS", np.inf if "segments" in request.param else 0)
 
 
 def test_random_unicode_from_every_plane(tokenizer, reference, either_path):
@@ -94,12 +96,26 @@ def test_long_mixed_text(tokenizer, reference, either_path):
     assert tokenizer.encode(text) == reference.encode(text)  # again, from the filled piece cache
 
 
-def test_cache_stays_bounded_and_correct(tokenizer, reference, monkeypatch):
+def test_cache_is_emptied_when_full_and_stays_correct(tokenizer, reference, monkeypatch):
     monkeypatch.setattr(world, "MAX_CACHED_PIECES", 50)
-    monkeypatch.setattr(world, "MIN_MEAN_PIECE_BYTES", 1e-9)  # always through the cache
-    text = " ".join(f"word{i} {i * 7919}" for i in range(500))
-    assert tokenizer.encode(text) == reference.encode(text)
-    assert 0 < len(tokenizer._matcher.cache) <= 50
+    monkeypatch.setattr(world, "SHORT_TEXT_BYTES", 0)
+    cache = tokenizer._matcher.cache
+    many = " ".join(f"word{i} {i * 7919}" for i in range(500))
+    assert tokenizer.encode(many) == reference.encode(many)
+    assert cache.size > 50
+    few = "a few words, a few words again"
+    assert tokenizer.encode(few) == reference.encode(few)
+    assert 0 < cache.size <= 50
+
+
+def test_cache_is_exact_when_every_key_hashes_to_one_slot(tokenizer, reference, monkeypatch):
+    monkeypatch.setattr(world, "SHORT_TEXT_BYTES", 0)
+    monkeypatch.setattr(world_fast.PieceCache, "_home", lambda self, keys: np.zeros(keys.shape[1], np.int64))
+    tokenizer._matcher.cache.clear()
+    text = " ".join(f"w{i % 97} x{i % 13}" for i in range(400)) + " 中文 " * 20
+    for _ in range(2):  # an empty cache, then a filled one
+        assert tokenizer.encode(text) == reference.encode(text)
+    tokenizer._matcher.cache.clear()
 
 
 def test_decode_of_a_split_character_follows_errors(tokenizer):
@@ -158,7 +174,7 @@ def greedy_reference(vocab: dict[int, bytes], data: bytes) -> list[int]:
     return ids
 
 
-def test_custom_vocabulary_matches_brute_force_longest_match(tmp_path):
+def test_custom_vocabulary_matches_brute_force_longest_match(tmp_path, either_path):
     # Overlapping entries make greedy choices matter: "abc" then "d" (not "ab" "cd"), " a" vs "a b", ...
     entries = [b"ab", b"abc", b"bcd", b"cd", b"abcab", b" a", b"a b", b"\n\n", b" \n", b"\xe4\xb8", b"ba"]
     path = tmp_path / "vocab.txt"

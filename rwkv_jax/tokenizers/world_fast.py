@@ -1,0 +1,305 @@
+"""Greedy longest match of bytes over a vocabulary, vectorised with numpy (the engine of WorldTokenizer).
+
+Three parts, each a handful of numpy passes over whole arrays, so that no Python code runs per byte or token:
+
+* :class:`DoubleArrayTrie`: the vocabulary as a byte trie in two int32 arrays. The child of node ``u`` by
+  byte ``b`` is the slot ``base[u] + b`` when ``check[base[u] + b] == u``. :func:`longest_matches` walks every
+  start position down the trie at once, one depth per numpy pass over the positions still inside the trie
+  (1-4 steps per byte in all on text).
+* :func:`greedy_tokens`: the greedy path through the longest matches of every segment of a text, one token per
+  segment per pass (segments are short: the pieces of the text).
+* :class:`PieceCache`: the token ids of pieces seen before, in an open-addressing hash table of numpy arrays
+  keyed by the piece's bytes (exact keys, no hash collisions can change an id).
+"""
+
+import dataclasses
+
+import numpy as np
+
+# A symbol that follows every segment: no trie node has it as a child, so every walk stops there.
+SENTINEL = 256
+# Pieces up to this many bytes are cached; their bytes and length are the key, three 64-bit words.
+MAX_KEY_BYTES = 23
+# Below this many segments still being walked, a numpy pass costs more than walking them in Python.
+FEW_SEGMENTS = 64
+_WORD_MASKS = np.array([(1 << (8 * k)) - 1 for k in range(9)], np.uint64)
+_HASH_MULTIPLIERS = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9], np.uint64)
+
+
+@dataclasses.dataclass(frozen=True)
+class DoubleArrayTrie:
+    """A byte trie of a vocabulary in double-array form; S slots, slot 0 is the root.
+
+    Attributes:
+      base: [S] int32, the children of node u sit at ``base[u] + byte`` (0 for a leaf).
+      check: [S] int32, the parent of the node in each slot; -1 for a free slot.
+      match_len: [S] int32, bytes of the longest entry that is a prefix of the node's string (0 at the root).
+      match_id: [S] int32, the id of that entry.
+    """
+
+    base: np.ndarray
+    check: np.ndarray
+    match_len: np.ndarray
+    match_id: np.ndarray
+
+    @classmethod
+    def build(cls, vocab: dict[int, bytes]) -> "DoubleArrayTrie":
+        """The trie of ``{id: bytes}``; it must hold all 256 single bytes (every byte starts a match)."""
+        prefixes = sorted(
+            {token[:k] for token in vocab.values() for k in range(len(token) + 1)}, key=_by_depth
+        )
+        children: dict[bytes, list[int]] = {prefix: [] for prefix in prefixes}
+        for prefix in prefixes[1:]:  # sorted, so each node's child bytes come in increasing order
+            children[prefix[:-1]].append(prefix[-1])
+        slot_of = {b"": 0}
+        used = bytearray(2 * len(prefixes) + 4 * SENTINEL)  # 1 for the slots taken
+        used[0] = 1
+        base = np.zeros(len(used), np.int32)
+        check = np.full(len(used), -1, np.int32)
+        first_free = branching_from = 1
+        for prefix in prefixes:
+            kids = children[prefix]
+            if not kids:
+                continue
+            first_free = used.find(0, first_free)
+            if len(kids) == 1:  # most nodes: the first free slot
+                node_base = used.find(0, max(first_free, kids[0])) - kids[0]
+            else:  # searched from where the last one went: the slots below are mostly taken
+                node_base = _first_fit(used, kids, max(first_free, branching_from))
+                branching_from = node_base + kids[0]
+            if node_base + 2 * SENTINEL > len(used):
+                raise AssertionError("double-array trie: slot arrays sized too small")
+            base[slot_of[prefix]] = node_base
+            for kid in kids:
+                used[node_base + kid] = 1
+                check[node_base + kid] = slot_of[prefix]
+                slot_of[prefix + bytes([kid])] = node_base + kid
+        size = max(slot_of.values()) + SENTINEL + 1  # base + SENTINEL stays inside the arrays
+        match_len = np.zeros(size, np.int32)
+        match_id = np.zeros(size, np.int32)
+        bytes_to_id = {token: token_id for token_id, token in vocab.items()}
+        for prefix in prefixes[1:]:  # parents first: a node inherits its parent's match unless it is an entry
+            slot, parent = slot_of[prefix], slot_of[prefix[:-1]]
+            if prefix in bytes_to_id:
+                match_len[slot], match_id[slot] = len(prefix), bytes_to_id[prefix]
+            else:
+                match_len[slot], match_id[slot] = match_len[parent], match_id[parent]
+        return cls(base[:size], check[:size], match_len, match_id)
+
+
+def _by_depth(prefix: bytes) -> tuple[int, bytes]:
+    return len(prefix), prefix
+
+
+def _first_fit(used: bytearray, kids: list[int], start: int) -> int:
+    """The lowest base >= start - kids[0], >= 0, where every slot ``base + kid`` is free (``used`` 0)."""
+    taken = np.frombuffer(used, np.uint8)
+    offsets = np.array(kids[1:]) - kids[0]
+    low, window = max(start, kids[0]), 64  # candidate slots for the first kid: low, low + 1, ...
+    while low + offsets[-1] < len(used):
+        candidates = np.arange(low, min(low + window, len(used) - offsets[-1]))
+        fits = taken[candidates] == 0
+        for offset in offsets:
+            fits &= taken[candidates + offset] == 0
+        if fits.any():
+            return low + int(np.argmax(fits)) - kids[0]
+        low, window = low + window, 2 * window
+    raise AssertionError("double-array trie: slot arrays sized too small")
+
+
+def longest_matches(trie: DoubleArrayTrie, symbols: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The trie node where the walk from each start ends: its ``match_len`` / ``match_id`` are the match.
+
+    Args:
+      symbols: [N] int32 byte values, every segment followed by SENTINEL.
+      starts: [M] int positions of bytes (not SENTINEL) in ``symbols``.
+    Returns:
+      [M] int32 slots of the deepest trie node that each start's bytes reach.
+    """
+    final = np.empty(len(starts), np.int32)
+    lanes = np.arange(len(starts))
+    positions = np.asarray(starts)
+    nodes = trie.base[0] + symbols[positions]  # depth 1: every byte is a child of the root
+    depth = 1
+    while len(lanes):
+        final[lanes] = nodes
+        children = trie.base[nodes] + symbols[positions + depth]
+        inside = trie.check[children] == nodes
+        lanes, positions, nodes = lanes[inside], positions[inside], children[inside]
+        depth += 1
+    return final
+
+
+def greedy_walk(trie: DoubleArrayTrie, data: bytes) -> list[int]:
+    """The ids of ``data`` by walking the trie in Python, byte by byte: for short texts, where the fixed cost
+    of numpy calls (tens of microseconds) would exceed the walk."""
+    base, check, match_len, match_id = map(memoryview, (trie.base, trie.check, trie.match_len, trie.match_id))
+    root, ids, start, end = base[0], [], 0, len(data)
+    while start < end:
+        node, position = root + data[start], start + 1
+        while position < end and check[base[node] + data[position]] == node:
+            node, position = base[node] + data[position], position + 1
+        ids.append(match_id[node])
+        start += match_len[node]
+    return ids
+
+
+def greedy_tokens(symbols: np.ndarray, next_start: np.ndarray, segment_starts: np.ndarray) -> np.ndarray:
+    """Positions where tokens start: the greedy paths from each segment start to its SENTINEL.
+
+    Args:
+      symbols: [N] int32 as for :func:`longest_matches`.
+      next_start: [N] int, for each byte position the start of the next token (position + match length).
+      segment_starts: [K] int, the first position of every segment.
+    Returns:
+      [T] int64 token start positions, increasing (so grouped by segment, in order).
+    """
+    on_path = np.zeros(len(symbols), bool)
+    current = np.asarray(segment_starts)
+    while len(current) > FEW_SEGMENTS:
+        on_path[current] = True
+        current = next_start[current]
+        current = current[symbols[current] != SENTINEL]
+    symbol_at, next_at = symbols.item, next_start.item
+    for position in current.tolist():  # the few longest segments: cheaper per token in Python
+        while symbol_at(position) != SENTINEL:
+            on_path[position] = True
+            position = next_at(position)
+    return np.flatnonzero(on_path)
+
+
+def concatenate_segments(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple:
+    """The segments ``data[start:start + length]`` one after another as int32, each followed by SENTINEL.
+
+    Returns (symbols [sum(lengths) + K], byte positions in symbols [sum(lengths)], segment starts [K]).
+    """
+    segment_starts = np.cumsum(lengths + 1) - (lengths + 1)
+    symbols = np.full(int(lengths.sum()) + len(lengths), SENTINEL, np.int32)
+    positions = ranges(segment_starts, lengths)
+    symbols[positions] = data[ranges(starts, lengths)]
+    return symbols, positions, segment_starts
+
+
+def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + n) for s, n in zip(starts, lengths)])`` without a Python loop."""
+    total = int(lengths.sum())
+    offsets = np.cumsum(lengths) - lengths
+    return np.repeat(np.asarray(starts, np.int64) - offsets, lengths) + np.arange(total)
+
+
+def piece_keys(padded: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """[3, P] uint64 exact keys of pieces of at most MAX_KEY_BYTES bytes: their bytes, then their length.
+
+    ``padded`` is the text followed by at least MAX_KEY_BYTES + 1 zero bytes.
+    """
+    words = np.ndarray((len(padded) - 7,), "<u8", padded, strides=(1,))  # the 8 bytes at every offset
+    keys = np.empty((3, len(starts)), np.uint64)
+    for k in range(3):
+        keys[k] = words[starts + 8 * k] & _WORD_MASKS[np.clip(lengths - 8 * k, 0, 8)]
+    keys[2] |= lengths.astype(np.uint64) << np.uint64(56)  # the third word holds at most 7 bytes
+    return keys
+
+
+class PieceCache:
+    """Token ids of pieces (at most MAX_KEY_BYTES bytes), in numpy arrays, looked up many at a time.
+
+    Entries live in growing arrays: key, and offset and count of the entry's ids in ``pool``. An
+    open-addressing table of 2^b slots (linear probing, at most half full) maps a key's hash to its entry.
+    """
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.size = 0
+        self.keys = np.zeros((3, 1024), np.uint64)
+        self.offsets = np.zeros(1024, np.int64)
+        self.counts = np.zeros(1024, np.int64)
+        self.pool = np.zeros(4096, np.int32)
+        self.pool_size = 0
+        self.slots = np.full(2048, -1, np.int64)
+
+    def intern(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(entry of each of the [3, P] keys, [P] bool: the key made a new entry, one per distinct new key).
+
+        New entries have no ids yet: give them with :meth:`store` before the next lookup.
+        """
+        most = self.size + keys.shape[1]
+        self._reserve(most, self.pool_size)
+        if 2 * most > len(self.slots):
+            self._rehash(1 << (4 * most - 1).bit_length())  # then at most a quarter full
+        mask = len(self.slots) - 1
+        slot = self._home(keys)
+        entries = np.full(keys.shape[1], -1, np.int64)
+        new = np.zeros(keys.shape[1], bool)
+        pending = np.arange(keys.shape[1])
+        while len(pending):
+            occupant = self.slots[slot[pending]]
+            free = occupant < 0
+            same = ~free & _equal_columns(self.keys, occupant, keys, pending)
+            entries[pending[same]] = occupant[same]
+            # Keys that reach the same free slot: whichever write lands wins it, the others look again.
+            claimants = pending[free]
+            self.slots[slot[claimants]] = -2 - claimants
+            winners = claimants[self.slots[slot[claimants]] == -2 - claimants]
+            created = np.arange(self.size, self.size + len(winners))
+            self.slots[slot[winners]] = created
+            self.keys[:, created] = keys[:, winners]
+            self.size += len(winners)
+            entries[winners], new[winners] = created, True
+            moving = pending[~free & ~same]
+            slot[moving] = (slot[moving] + 1) & mask
+            pending = np.concatenate([moving, claimants[entries[claimants] < 0]])
+        return entries, new
+
+    def store(self, entries: np.ndarray, ids: np.ndarray, counts: np.ndarray) -> None:
+        """Gives new ``entries`` their ids: ``counts`` of them each, one entry after another in ``ids``."""
+        self._reserve(self.size, self.pool_size + len(ids))
+        self.counts[entries] = counts
+        self.offsets[entries] = self.pool_size + np.cumsum(counts) - counts
+        self.pool[self.pool_size : self.pool_size + len(ids)] = ids
+        self.pool_size += len(ids)
+
+    def scratch(self, ids: np.ndarray) -> int:
+        """Writes ``ids`` after the pool's end, not kept (valid until the next store); their offset."""
+        self._reserve(self.size, self.pool_size + len(ids))
+        self.pool[self.pool_size : self.pool_size + len(ids)] = ids
+        return self.pool_size
+
+    def _rehash(self, n_slots: int) -> None:
+        keys, offsets, counts = (
+            self.keys[:, : self.size].copy(),
+            self.offsets[: self.size],
+            self.counts[: self.size],
+        )
+        self.slots, self.size = np.full(n_slots, -1, np.int64), 0
+        entries, _ = self.intern(keys)
+        self.offsets[entries], self.counts[entries] = offsets.copy(), counts.copy()
+
+    def _home(self, keys: np.ndarray) -> np.ndarray:
+        mixed = (
+            keys[0] * _HASH_MULTIPLIERS[0] + keys[1] * _HASH_MULTIPLIERS[1] + keys[2] * _HASH_MULTIPLIERS[2]
+        )
+        mixed ^= mixed >> np.uint64(29)
+        shift = np.uint64(64 - (len(self.slots).bit_length() - 1))
+        return ((mixed * _HASH_MULTIPLIERS[0]) >> shift).astype(np.int64)
+
+    def _reserve(self, n_entries: int, n_ids: int) -> None:
+        if n_entries > self.keys.shape[1]:
+            grow = max(n_entries, 2 * self.keys.shape[1])
+            self.keys = np.concatenate(
+                [self.keys, np.zeros((3, grow - self.keys.shape[1]), np.uint64)], axis=1
+            )
+            self.offsets, self.counts = np.resize(self.offsets, grow), np.resize(self.counts, grow)
+        if n_ids > len(self.pool):
+            self.pool = np.resize(self.pool, max(n_ids, 2 * len(self.pool)))
+
+
+def _equal_columns(
+    table: np.ndarray, columns: np.ndarray, keys: np.ndarray, key_columns: np.ndarray
+) -> np.ndarray:
+    """``table[:, columns] == keys[:, key_columns]`` in every row, one bool per column."""
+    equal = table[0, columns] == keys[0, key_columns]
+    for row in range(1, len(table)):
+        equal &= table[row, columns] == keys[row, key_columns]
+    return equal
