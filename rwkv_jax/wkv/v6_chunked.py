@@ -91,10 +91,11 @@ def _intra_chunk(r: Array, k: Array, v: Array, u: Array, sums: list[tuple[Array,
 
 
 def _to_chunks(x: Array, chunk_size: int) -> Array:
-    """``[B, T, H, N]`` (T a multiple of chunk_size) -> ``[B, H, T / L, L, N]`` float32."""
+    """``[B, T, H, N]`` (T a multiple of chunk_size) -> ``[T / L, B, H, L, N]`` float32 (chunks leading, as
+    ``lax.scan`` stacks them)."""
     batch, length, heads, size = x.shape
     x = x.astype(jnp.float32).reshape(batch, length // chunk_size, chunk_size, heads, size)
-    return x.transpose(0, 3, 1, 2, 4)
+    return x.transpose(1, 0, 3, 2, 4)
 
 
 def _validate_chunk_size(chunk_size: int) -> None:
@@ -131,15 +132,15 @@ def wkv6_chunked(
         state = jnp.zeros((batch, heads, size, size), jnp.float32)
     pad = [(0, 0), (0, -length % chunk_size), (0, 0), (0, 0)]
     r_c, k_c, v_c, w_c = (_to_chunks(jnp.pad(x, pad), chunk_size) for x in (r, k, v, w_log))
-    u = u.astype(jnp.float32)[:, None, None, :]  # [H, 1, 1, N] against [..., H, chunks, L, N]
+    u = u.astype(jnp.float32)[:, None, :]  # [H, 1, N] against [chunks, B, H, L, N]
 
     sums = _block_sums(w_c)
     y = _intra_chunk(r_c, k_c, v_c, u, sums)
     # Per chunk: what it adds to the state, and its total decay (exponents <= 0, see the module docstring).
     from_start, to_chunk_end = sums[-1]
     to_chunk_end = k_c * jnp.exp(to_chunk_end)
-    chunk_kv = jnp.einsum("bhcsi,bhcsj->cbhij", to_chunk_end, v_c)
-    chunk_decay = jnp.exp(jnp.sum(w_c, axis=-2)).transpose(2, 0, 1, 3)  # [chunks, B, H, N]
+    chunk_kv = jnp.einsum("cbhsi,cbhsj->cbhij", to_chunk_end, v_c)
+    chunk_decay = jnp.exp(jnp.sum(w_c, axis=-2))  # [chunks, B, H, N]
 
     def carry_state(s: Array, chunk: tuple[Array, Array]) -> tuple[Array, Array]:
         decay, kv = chunk
@@ -147,6 +148,6 @@ def wkv6_chunked(
 
     final, starts = jax.lax.scan(carry_state, state.astype(jnp.float32), (chunk_decay, chunk_kv))
     from_start = r_c * jnp.exp(from_start)
-    y = y + jnp.einsum("bhcti,cbhij->bhctj", from_start, starts)
-    y = y.transpose(0, 2, 3, 1, 4).reshape(batch, -1, heads, size)[:, :length]
+    y = y + jnp.einsum("cbhti,cbhij->cbhtj", from_start, starts)
+    y = y.transpose(1, 0, 3, 2, 4).reshape(batch, -1, heads, size)[:, :length]
     return y.astype(v.dtype), final
