@@ -3,20 +3,25 @@
     python experiments/bench_tokenizer.py                  # about 3 MB of mixed text
     python experiments/bench_tokenizer.py --megabytes 1 --repeats 1
 
-The text is built here, deterministically (seed 0), from three parts:
-  prose   sentences in fourteen languages and scripts (written for this script), shuffled into paragraphs
-          with random numbers between them;
-  code    the Python standard library's own source files (English-like identifiers, comments, indentation);
-  random  code points drawn from every Unicode plane that has characters (emoji, CJK extensions, symbols,
-          combining marks, control characters), a worst case with almost no repetition.
-Each part, "text" (prose then code: natural text) and "all" are encoded by both tokenizers; the ids must
-agree. Throughput is MB of UTF-8 per second of CPU time of this process (both tokenizers run on one thread;
-CPU time is steadier than wall time on a shared machine), the best of ``--repeats`` runs. "World" starts
+The text is built here, deterministically (seed 0), from five parts:
+  prose      sentences in fourteen languages and scripts (written for this script), shuffled into
+             paragraphs with random numbers between them (repetitive: few distinct words);
+  docs       the docstrings and comments of the Python standard library (real English prose);
+  generated  made-up words of nine scripts (Latin with accents, Cyrillic, Greek, Arabic, Hebrew, Devanagari,
+             Hangul, CJK, kana), drawn with Zipf frequencies from a lexicon of 20,000 per script, in
+             sentences (CJK and kana without spaces): many distinct words, as in a large corpus;
+  code       the Python standard library's own source files (English-like identifiers, indentation);
+  random     code points drawn from every Unicode plane that has characters (emoji, CJK extensions,
+             symbols, combining marks, control characters), a worst case with almost no repetition.
+Each part, "text" (all but random) and "all" are encoded by both tokenizers; the ids must agree. Throughput
+is MB of UTF-8 per second of CPU time of this process (both tokenizers run on one thread; CPU time is steadier
+than wall time on a shared machine; wall time is printed too), the best of ``--repeats`` runs. "World" starts
 every run with an empty piece cache; "warm" encodes the same text again with the cache filled by the first
 run. Building either tokenizer is timed separately and not counted.
 """
 
 import argparse
+import ast
 import glob
 import os
 import random
@@ -75,6 +80,62 @@ def code(n_bytes: int) -> str:
     return "".join(parts)
 
 
+def docs(n_bytes: int) -> str:
+    """Docstrings and comments of the standard library's modules, in file order."""
+    parts, size = [], 0
+    for path in sorted(
+        glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "**", "*.py"), recursive=True)
+    ):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            source = f.read()
+        try:
+            nodes = list(ast.walk(ast.parse(source)))
+        except (SyntaxError, ValueError):
+            continue
+        strings = [ast.get_docstring(node) for node in nodes if isinstance(node, DOCUMENTED)]
+        comments = [line.strip()[1:].strip() for line in source.splitlines() if line.strip().startswith("#")]
+        for text in [*filter(None, strings), " ".join(comments)]:
+            parts.append(text + "\n\n")
+            size += len(parts[-1].encode())
+        if size >= n_bytes:
+            break
+    return "".join(parts)
+
+
+DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+# (letters, whether words are separated by spaces) of the scripts of the generated part.
+SCRIPTS = [
+    ("abcdefghijklmnopqrstuvwxyzéèàçüöäßñõ", True),
+    ("абвгдеёжзийклмнопрстуфхцчшщъыьэюя", True),
+    ("αβγδεζηθικλμνξοπρστυφχψωάέήίόύώ", True),
+    ("ابتثجحخدذرزسشصضطظعغفقكلمنهوي", True),
+    ("אבגדהוזחטיכלמנסעפצקרשת", True),
+    ("कखगघचछजझटठडढणतथदधनपफबभमयरलवशसह", True),
+    ("".join(map(chr, range(0xAC00, 0xAC00 + 11172, 37))), True),
+    ("".join(map(chr, range(0x4E00, 0x4E00 + 6000, 2))), False),
+    ("".join(map(chr, range(0x3041, 0x3097))) + "".join(map(chr, range(0x30A1, 0x30FB))), False),
+]
+
+
+def generated(rng: random.Random, n_bytes: int, lexicon_size: int = 20000) -> str:
+    """Sentences of made-up words, Zipf-distributed, in the scripts of SCRIPTS (one script per paragraph)."""
+    lexicons = [
+        ["".join(rng.choice(letters) for _ in range(rng.randint(1, 4 if spaced else 3) + spaced * 2))
+         for _ in range(lexicon_size)]
+        for letters, spaced in SCRIPTS
+    ]  # fmt: skip
+    zipf = [1 / rank for rank in range(1, lexicon_size + 1)]
+    parts, size = [], 0
+    while size < n_bytes:
+        script = rng.randrange(len(SCRIPTS))
+        words = rng.choices(lexicons[script], zipf, k=rng.randint(20, 120))
+        separator = " " if SCRIPTS[script][1] else ""
+        sentences = [separator.join(words[i : i + 12]) for i in range(0, len(words), 12)]
+        parts.append(". ".join(sentences) + ".\n\n")
+        size += len(parts[-1].encode())
+    return "".join(parts)
+
+
 def random_unicode(rng: random.Random, n_bytes: int) -> str:
     chars, size = [], 0
     while size < n_bytes:
@@ -84,13 +145,13 @@ def random_unicode(rng: random.Random, n_bytes: int) -> str:
     return "".join(chars)
 
 
-def best_time(fn, repeats: int) -> float:
-    """Least CPU time of this process over ``repeats`` calls (the machine is shared: wall time is noisy)."""
+def best_time(fn, repeats: int) -> tuple[float, float]:
+    """(CPU seconds of this process, wall seconds) of the run with the least CPU time of ``repeats``."""
     times = []
     for _ in range(repeats):
-        start = time.process_time()
+        cpu, wall = time.process_time(), time.perf_counter()
         fn()
-        times.append(time.process_time() - start)
+        times.append((time.process_time() - cpu, time.perf_counter() - wall))
     return min(times)
 
 
@@ -106,11 +167,13 @@ def main(argv: list[str] | None = None) -> None:
     rng = random.Random(0)
     total = int(args.megabytes * 1e6)
     parts = {
-        "prose": prose(rng, int(0.55 * total)),
-        "code": code(int(0.35 * total)),
+        "prose": prose(rng, int(0.25 * total)),
+        "docs": docs(int(0.20 * total)),
+        "generated": generated(rng, int(0.20 * total)),
+        "code": code(int(0.25 * total)),
         "random": random_unicode(rng, int(0.10 * total)),
     }
-    parts["text"] = parts["prose"] + parts["code"]
+    parts["text"] = "".join(parts[name] for name in ("prose", "docs", "generated", "code"))
     parts["all"] = parts["text"] + parts["random"]
 
     start = time.perf_counter()
@@ -126,17 +189,22 @@ def main(argv: list[str] | None = None) -> None:
         tokenizer._matcher.cache.clear()
         return tokenizer.encode(text)
 
-    print(f"{'part':>7} {'MB':>6} {'tokens':>9} {'TRIE MB/s':>10} {'World MB/s':>11} {'ratio':>6}", end="")
-    print(f" {'warm MB/s':>10} {'ratio':>6}  ids agree")
+    print("MB/s of CPU time (ratio to TRIE_TOKENIZER); wall-time ratios in the last columns")
+    header = ["part", "MB", "tokens", "TRIE", "World", "ratio", "warm", "ratio", "wall", "warm"]
+    print(
+        f"{header[0]:>9} {header[1]:>5} {header[2]:>8}" + "".join(f" {h:>6}" for h in header[3:]), "ids agree"
+    )
     for name, text in parts.items():
         megabytes = len(text.encode()) / 1e6
         expected, ids = reference.encode(text), encode_cold(text)
-        t_ref = best_time(lambda text=text: reference.encode(text), args.repeats)
-        t_world = best_time(lambda text=text: encode_cold(text), args.repeats)
-        t_warm = best_time(lambda text=text: tokenizer.encode(text), args.repeats)
+        ref_cpu, ref_wall = best_time(lambda text=text: reference.encode(text), args.repeats)
+        cold_cpu, cold_wall = best_time(lambda text=text: encode_cold(text), args.repeats)
+        warm_cpu, warm_wall = best_time(lambda text=text: tokenizer.encode(text), args.repeats)
+        figures = [megabytes / ref_cpu, megabytes / cold_cpu, ref_cpu / cold_cpu, megabytes / warm_cpu]
+        figures += [ref_cpu / warm_cpu, ref_wall / cold_wall, ref_wall / warm_wall]
         print(
-            f"{name:>7} {megabytes:6.2f} {len(ids):9d} {megabytes / t_ref:10.2f} {megabytes / t_world:11.2f} "
-            f"{t_ref / t_world:6.1f} {megabytes / t_warm:10.2f} {t_ref / t_warm:6.1f}  {ids == expected}"
+            f"{name:>9} {megabytes:5.2f} {len(ids):8d}" + "".join(f" {x:6.1f}" for x in figures),
+            ids == expected,
         )
         if ids != expected:
             raise SystemExit(f"ids differ on the {name} part")

@@ -114,8 +114,8 @@ class _Matcher:
         if len(data) < SHORT_TEXT_BYTES:
             return world_fast.greedy_walk(self.trie, data)
         text = np.frombuffer(data, np.uint8)
-        cuts = self.splits[(text[:-1].astype(np.intp) << 8) | text[1:]]
-        starts = np.flatnonzero(np.concatenate([[True], cuts]))
+        pairs = np.ndarray((len(data) - 1,), ">u2", data, strides=(1,))  # (a << 8) | b of neighbours a, b
+        starts = np.flatnonzero(np.concatenate([[True], self.splits[pairs]]))
         lengths = np.diff(starts, append=len(data))
         short = lengths <= world_fast.MAX_KEY_BYTES
         keys = world_fast.piece_keys(

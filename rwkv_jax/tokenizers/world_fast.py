@@ -18,12 +18,17 @@ import numpy as np
 
 # A symbol that follows every segment: no trie node has it as a child, so every walk stops there.
 SENTINEL = 256
-# Pieces up to this many bytes are cached; their bytes and length are the key, three 64-bit words.
-MAX_KEY_BYTES = 23
+# Pieces up to MAX_KEY_BYTES are cached; the key is their bytes and length in KEY_WORDS 64-bit words.
+KEY_WORDS = 4
+MAX_KEY_BYTES = 8 * KEY_WORDS - 1
 # Below this many segments still being walked, a numpy pass costs more than walking them in Python.
 FEW_SEGMENTS = 64
+# PieceCache.intern takes this many keys at a time.
+INTERN_BATCH = 1 << 16
 _WORD_MASKS = np.array([(1 << (8 * k)) - 1 for k in range(9)], np.uint64)
-_HASH_MULTIPLIERS = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9], np.uint64)
+_HASH_MULTIPLIERS = np.array(
+    [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93], np.uint64
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,12 +40,15 @@ class DoubleArrayTrie:
       check: [S] int32, the parent of the node in each slot; -1 for a free slot.
       match_len: [S] int32, bytes of the longest entry that is a prefix of the node's string (0 at the root).
       match_id: [S] int32, the id of that entry.
+      pair_node: [257 * 257] int32, the node of the two symbols a, b (SENTINEL included) at a * 257 + b; -1
+        where no entry starts with them.
     """
 
     base: np.ndarray
     check: np.ndarray
     match_len: np.ndarray
     match_id: np.ndarray
+    pair_node: np.ndarray
 
     @classmethod
     def build(cls, vocab: dict[int, bytes]) -> "DoubleArrayTrie":
@@ -84,7 +92,11 @@ class DoubleArrayTrie:
                 match_len[slot], match_id[slot] = len(prefix), bytes_to_id[prefix]
             else:
                 match_len[slot], match_id[slot] = match_len[parent], match_id[parent]
-        return cls(base[:size], check[:size], match_len, match_id)
+        pair_node = np.full(257 * 257, -1, np.int32)
+        for prefix in prefixes:
+            if len(prefix) == 2:
+                pair_node[prefix[0] * 257 + prefix[1]] = slot_of[prefix]
+        return cls(base[:size], check[:size], match_len, match_id, pair_node)
 
 
 def _by_depth(prefix: bytes) -> tuple[int, bytes]:
@@ -116,16 +128,17 @@ def longest_matches(trie: DoubleArrayTrie, symbols: np.ndarray, starts: np.ndarr
     Returns:
       [M] int32 slots of the deepest trie node that each start's bytes reach.
     """
-    final = np.empty(len(starts), np.int32)
-    lanes = np.arange(len(starts))
-    positions = np.asarray(starts)
-    nodes = trie.base[0] + symbols[positions]  # depth 1: every byte is a child of the root
-    depth = 1
+    first, second = symbols[starts], symbols[np.asarray(starts) + 1]
+    pair = trie.pair_node[first * 257 + second]  # depths 1 and 2 in one lookup
+    final = np.where(pair >= 0, pair, trie.base[0] + first)  # every byte is a child of the root
+    lanes = np.flatnonzero(pair >= 0)
+    positions, nodes = np.asarray(starts)[lanes], pair[lanes]
+    depth = 2
     while len(lanes):
-        final[lanes] = nodes
         children = trie.base[nodes] + symbols[positions + depth]
         inside = trie.check[children] == nodes
         lanes, positions, nodes = lanes[inside], positions[inside], children[inside]
+        final[lanes] = nodes
         depth += 1
     return final
 
@@ -188,15 +201,17 @@ def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def piece_keys(padded: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """[3, P] uint64 exact keys of pieces of at most MAX_KEY_BYTES bytes: their bytes, then their length.
+    """[KEY_WORDS, P] uint64 exact keys of pieces of at most MAX_KEY_BYTES bytes: their bytes and length.
 
     ``padded`` is the text followed by at least MAX_KEY_BYTES + 1 zero bytes.
     """
     words = np.ndarray((len(padded) - 7,), "<u8", padded, strides=(1,))  # the 8 bytes at every offset
-    keys = np.empty((3, len(starts)), np.uint64)
-    for k in range(3):
-        keys[k] = words[starts + 8 * k] & _WORD_MASKS[np.clip(lengths - 8 * k, 0, 8)]
-    keys[2] |= lengths.astype(np.uint64) << np.uint64(56)  # the third word holds at most 7 bytes
+    keys = np.zeros((KEY_WORDS, len(starts)), np.uint64)
+    keys[0] = words[starts] & _WORD_MASKS[np.minimum(lengths, 8)]
+    for k in range(1, KEY_WORDS):  # most pieces fit in one word: the later words only for the longer ones
+        longer = np.flatnonzero(lengths > 8 * k)
+        keys[k, longer] = words[starts[longer] + 8 * k] & _WORD_MASKS[np.minimum(lengths[longer] - 8 * k, 8)]
+    keys[-1] |= lengths.astype(np.uint64) << np.uint64(56)  # the last word holds at most 7 bytes
     return keys
 
 
@@ -212,18 +227,26 @@ class PieceCache:
 
     def clear(self) -> None:
         self.size = 0
-        self.keys = np.zeros((3, 1024), np.uint64)
+        self.keys = np.zeros((KEY_WORDS, 1024), np.uint64)
         self.offsets = np.zeros(1024, np.int64)
         self.counts = np.zeros(1024, np.int64)
         self.pool = np.zeros(4096, np.int32)
         self.pool_size = 0
-        self.slots = np.full(2048, -1, np.int64)
+        self.slots = np.full(2048, -1, np.int32)
 
     def intern(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(entry of each of the [3, P] keys, [P] bool: the key made a new entry, one per distinct new key).
+        """(entry of each [KEY_WORDS, P] key, [P] bool: the key made a new entry, one per distinct new key).
 
         New entries have no ids yet: give them with :meth:`store` before the next lookup.
         """
+        # In batches, so that the table grows with the distinct keys (few in text) rather than with all.
+        batches = [
+            self._intern_batch(keys[:, i : i + INTERN_BATCH]) for i in range(0, keys.shape[1], INTERN_BATCH)
+        ]
+        entries = np.concatenate([np.zeros(0, np.int64), *(batch[0] for batch in batches)])
+        return entries, np.concatenate([np.zeros(0, bool), *(batch[1] for batch in batches)])
+
+    def _intern_batch(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         most = self.size + keys.shape[1]
         self._reserve(most, self.pool_size)
         if 2 * most > len(self.slots):
@@ -235,21 +258,23 @@ class PieceCache:
         pending = np.arange(keys.shape[1])
         while len(pending):
             occupant = self.slots[slot[pending]]
-            free = occupant < 0
-            same = ~free & _equal_columns(self.keys, occupant, keys, pending)
-            entries[pending[same]] = occupant[same]
+            taken = occupant >= 0
+            compared, occupant = pending[taken], occupant[taken]
+            same = _equal_columns(self.keys, occupant, keys, compared)
+            entries[compared[same]] = occupant[same]
+            moving = compared[~same]  # another key sits there: probe the next slot
+            slot[moving] = (slot[moving] + 1) & mask
             # Keys that reach the same free slot: whichever write lands wins it, the others look again.
-            claimants = pending[free]
+            claimants = pending[~taken]
             self.slots[slot[claimants]] = -2 - claimants
-            winners = claimants[self.slots[slot[claimants]] == -2 - claimants]
+            won = self.slots[slot[claimants]] == -2 - claimants
+            winners = claimants[won]
             created = np.arange(self.size, self.size + len(winners))
             self.slots[slot[winners]] = created
             self.keys[:, created] = keys[:, winners]
             self.size += len(winners)
             entries[winners], new[winners] = created, True
-            moving = pending[~free & ~same]
-            slot[moving] = (slot[moving] + 1) & mask
-            pending = np.concatenate([moving, claimants[entries[claimants] < 0]])
+            pending = np.concatenate([moving, claimants[~won]])
         return entries, new
 
     def store(self, entries: np.ndarray, ids: np.ndarray, counts: np.ndarray) -> None:
@@ -272,13 +297,13 @@ class PieceCache:
             self.offsets[: self.size],
             self.counts[: self.size],
         )
-        self.slots, self.size = np.full(n_slots, -1, np.int64), 0
+        self.slots, self.size = np.full(n_slots, -1, np.int32), 0
         entries, _ = self.intern(keys)
         self.offsets[entries], self.counts[entries] = offsets.copy(), counts.copy()
 
     def _home(self, keys: np.ndarray) -> np.ndarray:
         mixed = (
-            keys[0] * _HASH_MULTIPLIERS[0] + keys[1] * _HASH_MULTIPLIERS[1] + keys[2] * _HASH_MULTIPLIERS[2]
+            sum(keys[k] * _HASH_MULTIPLIERS[k] for k in range(1, KEY_WORDS)) + keys[0] * _HASH_MULTIPLIERS[0]
         )
         mixed ^= mixed >> np.uint64(29)
         shift = np.uint64(64 - (len(self.slots).bit_length() - 1))
@@ -288,7 +313,7 @@ class PieceCache:
         if n_entries > self.keys.shape[1]:
             grow = max(n_entries, 2 * self.keys.shape[1])
             self.keys = np.concatenate(
-                [self.keys, np.zeros((3, grow - self.keys.shape[1]), np.uint64)], axis=1
+                [self.keys, np.zeros((KEY_WORDS, grow - self.keys.shape[1]), np.uint64)], axis=1
             )
             self.offsets, self.counts = np.resize(self.offsets, grow), np.resize(self.counts, grow)
         if n_ids > len(self.pool):
