@@ -125,19 +125,19 @@ class _Matcher:
             if self.cache.size > MAX_CACHED_PIECES:
                 self.cache.clear()
             entries, new = self.cache.intern(keys)
+            # New pieces (stored in the cache) and long ones (never cached) are matched together.
             new_pieces = np.flatnonzero(short)[new]
             ids, counts = self._match_segments(
                 text, np.concatenate([starts[new_pieces], starts[~short]]),
                 np.concatenate([lengths[new_pieces], lengths[~short]]),
             )  # fmt: skip
-            n_new_ids = int(counts[: len(new_pieces)].sum())
-            self.cache.store(entries[new], ids[:n_new_ids], counts[: len(new_pieces)])
-            # Every piece's ids are a run of the cache's pool: cached pieces where stored, long ones (never
-            # cached) in scratch space after the pool's end.
+            new_counts, long_counts = counts[: len(new_pieces)], counts[len(new_pieces) :]
+            self.cache.store(entries[new], ids[: new_counts.sum()], new_counts)
+            # Every piece's ids are a run of the cache's pool: long pieces' in scratch space after its end.
             offsets, piece_counts = np.empty(len(starts), np.int64), np.empty(len(starts), np.int64)
             offsets[short], piece_counts[short] = self.cache.offsets[entries], self.cache.counts[entries]
-            long_counts = counts[len(new_pieces) :]
-            offsets[~short] = self.cache.scratch(ids[n_new_ids:]) + np.cumsum(long_counts) - long_counts
+            long_ids = ids[new_counts.sum() :]
+            offsets[~short] = self.cache.scratch(long_ids) + np.cumsum(long_counts) - long_counts
             piece_counts[~short] = long_counts
             return self.cache.pool[world_fast.ranges(offsets, piece_counts)].tolist()
 
