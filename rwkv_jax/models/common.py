@@ -5,7 +5,9 @@ as the ``logical_axes`` metadata of ``nnx.Param``; only a sharding config maps t
 are stored in ``param_dtype`` (float32 by default) and cast to the compute ``dtype`` where they are used.
 """
 
+import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -104,3 +106,19 @@ class Embedding(nnx.Module):
 
     def __call__(self, tokens: Tokens) -> Array:
         return jnp.take(self.weight[...], tokens, axis=0, mode="fill")
+
+
+def with_config(model: nnx.Module, **changes: Any) -> nnx.Module:
+    """The same parameters in a model built with ``dataclasses.replace(model.config, **changes)``.
+
+    For settings that do not change parameter shapes: the WKV form (``wkv_impl``), its ``chunk_size``, the
+    compute ``dtype``, norm epsilons. E.g. ``with_config(model, wkv_impl="pallas")`` to compare forms.
+    """
+    config = dataclasses.replace(model.config, **changes)
+    twin = nnx.eval_shape(lambda: type(model)(config, rngs=nnx.Rngs(0)))
+    ours, theirs = nnx.state(model, nnx.Param), nnx.state(twin, nnx.Param)
+    shapes = jax.tree.map(lambda a: a.shape, ours), jax.tree.map(lambda a: a.shape, theirs)
+    if shapes[0] != shapes[1]:
+        raise ValueError(f"with_config would change parameter shapes ({sorted(changes)}); build a new model")
+    nnx.update(twin, ours)
+    return twin
