@@ -18,9 +18,11 @@ import numpy as np
 
 # A symbol that follows every segment: no trie node has it as a child, so every walk stops there.
 SENTINEL = 256
-# Pieces up to MAX_KEY_BYTES are cached; the key is their bytes and length in KEY_WORDS 64-bit words.
+# Pieces up to MAX_KEY_BYTES are cached; the key is their bytes and length in KEY_WORDS 64-bit words: the
+# length and 7 bytes, then 8 bytes a word (so that the first word alone is the key of most pieces).
 KEY_WORDS = 4
 MAX_KEY_BYTES = 8 * KEY_WORDS - 1
+_LENGTH_SHIFT = np.uint64(56)
 # Below this many segments still being walked, a numpy pass costs more than walking them in Python.
 FEW_SEGMENTS = 64
 # PieceCache.intern takes this many keys at a time.
@@ -207,11 +209,11 @@ def piece_keys(padded: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.nda
     """
     words = np.ndarray((len(padded) - 7,), "<u8", padded, strides=(1,))  # the 8 bytes at every offset
     keys = np.zeros((KEY_WORDS, len(starts)), np.uint64)
-    keys[0] = words[starts] & _WORD_MASKS[np.minimum(lengths, 8)]
-    for k in range(1, KEY_WORDS):  # most pieces fit in one word: the later words only for the longer ones
-        longer = np.flatnonzero(lengths > 8 * k)
-        keys[k, longer] = words[starts[longer] + 8 * k] & _WORD_MASKS[np.minimum(lengths[longer] - 8 * k, 8)]
-    keys[-1] |= lengths.astype(np.uint64) << np.uint64(56)  # the last word holds at most 7 bytes
+    keys[0] = words[starts] & _WORD_MASKS[np.minimum(lengths, 7)] | lengths.astype(np.uint64) << _LENGTH_SHIFT
+    for k in range(1, KEY_WORDS):  # the later words only for the longer pieces
+        longer = np.flatnonzero(lengths > 8 * k - 1)
+        in_word = np.minimum(lengths[longer] - (8 * k - 1), 8)
+        keys[k, longer] = words[starts[longer] + 8 * k - 1] & _WORD_MASKS[in_word]
     return keys
 
 
@@ -324,7 +326,9 @@ def _equal_columns(
     table: np.ndarray, columns: np.ndarray, keys: np.ndarray, key_columns: np.ndarray
 ) -> np.ndarray:
     """``table[:, columns] == keys[:, key_columns]`` in every row, one bool per column."""
-    equal = table[0, columns] == keys[0, key_columns]
+    first = keys[0, key_columns]
+    equal = table[0, columns] == first
+    longer = np.flatnonzero(equal & (first >= np.uint64(8) << _LENGTH_SHIFT))  # pieces of 8 or more bytes
     for row in range(1, len(table)):
-        equal &= table[row, columns] == keys[row, key_columns]
+        equal[longer] &= table[row, columns[longer]] == keys[row, key_columns[longer]]
     return equal
