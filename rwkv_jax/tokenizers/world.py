@@ -143,13 +143,10 @@ class _Matcher:
 
     def _match_segments(self, text: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple:
         """(ids of all segments ``text[start:start + length]`` one after another, [K] ids per segment)."""
-        symbols, positions, segment_starts = world_fast.concatenate_segments(text, starts, lengths)
-        final = np.zeros(len(symbols), np.int32)  # per byte position: the trie node its longest match ends at
-        final[positions] = world_fast.longest_matches(self.trie, symbols, positions)
-        next_start = np.arange(len(symbols)) + self.trie.match_len[final]
-        tokens = world_fast.greedy_tokens(symbols, next_start, segment_starts)
+        symbols, segment_starts = world_fast.concatenate_segments(text, starts, lengths)
+        tokens, nodes = world_fast.greedy_tokens(self.trie, symbols, segment_starts, segment_starts + lengths)
         counts = np.diff(np.searchsorted(tokens, np.append(segment_starts, len(symbols))))
-        return self.trie.match_id[final[tokens]], counts
+        return self.trie.match_id[nodes], counts
 
 
 @functools.cache

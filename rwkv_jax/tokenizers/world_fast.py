@@ -159,18 +159,39 @@ def greedy_walk(trie: DoubleArrayTrie, data: bytes) -> list[int]:
     return ids
 
 
-def greedy_tokens(symbols: np.ndarray, next_start: np.ndarray, segment_starts: np.ndarray) -> np.ndarray:
-    """Positions where tokens start: the greedy paths from each segment start to its SENTINEL.
+def greedy_tokens(
+    trie: DoubleArrayTrie, symbols: np.ndarray, starts: np.ndarray, ends: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The greedy tokens of the segments ``symbols[start:end]`` (each followed by SENTINEL).
 
-    Args:
-      symbols: [N] int32 as for :func:`longest_matches`.
-      next_start: [N] int, for each byte position the start of the next token (position + match length).
-      segment_starts: [K] int, the first position of every segment.
+    While many segments remain, one token of each per round: its longest match at the segment's current
+    position only. The few longest segments left then get the longest match at all their positions at once,
+    and their paths follow those (see :func:`_paths`).
+
     Returns:
-      [T] int64 token start positions, increasing (so grouped by segment, in order).
+      ([T] int64 token start positions, increasing; [T] int32 their trie nodes, as from longest_matches).
     """
+    node_at = np.zeros(len(symbols), np.int32)
     on_path = np.zeros(len(symbols), bool)
-    current = np.asarray(segment_starts)
+    current, ends = np.asarray(starts), np.asarray(ends)
+    while len(current) > FEW_SEGMENTS:
+        nodes = longest_matches(trie, symbols, current)
+        on_path[current], node_at[current] = True, nodes
+        current = current + trie.match_len[nodes]
+        going = current < ends
+        current, ends = current[going], ends[going]
+    positions = ranges(current, ends - current)
+    node_at[positions] = longest_matches(trie, symbols, positions)
+    next_start = np.zeros(len(symbols), np.int64)
+    next_start[positions] = positions + trie.match_len[node_at[positions]]
+    _paths(symbols, next_start, current, on_path)
+    tokens = np.flatnonzero(on_path)
+    return tokens, node_at[tokens]
+
+
+def _paths(symbols: np.ndarray, next_start: np.ndarray, starts: np.ndarray, on_path: np.ndarray) -> None:
+    """Marks in ``on_path`` the positions of the paths from ``starts`` through ``next_start`` to SENTINEL."""
+    current = starts
     while len(current) > FEW_SEGMENTS:
         on_path[current] = True
         current = next_start[current]
@@ -180,19 +201,17 @@ def greedy_tokens(symbols: np.ndarray, next_start: np.ndarray, segment_starts: n
         while symbol_at(position) != SENTINEL:
             on_path[position] = True
             position = next_at(position)
-    return np.flatnonzero(on_path)
 
 
 def concatenate_segments(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple:
     """The segments ``data[start:start + length]`` one after another as int32, each followed by SENTINEL.
 
-    Returns (symbols [sum(lengths) + K], byte positions in symbols [sum(lengths)], segment starts [K]).
+    Returns (symbols [sum(lengths) + K], segment starts in symbols [K]).
     """
     segment_starts = np.cumsum(lengths + 1) - (lengths + 1)
     symbols = np.full(int(lengths.sum()) + len(lengths), SENTINEL, np.int32)
-    positions = ranges(segment_starts, lengths)
-    symbols[positions] = data[ranges(starts, lengths)]
-    return symbols, positions, segment_starts
+    symbols[ranges(segment_starts, lengths)] = data[ranges(starts, lengths)]
+    return symbols, segment_starts
 
 
 def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
