@@ -13,12 +13,11 @@ for id, but found with a few dozen numpy passes over whole arrays instead of Pyt
    pieces between such points (the longest entry starting inside a piece cannot reach past its end). The
    points come from one numpy lookup in a 256 x 256 table; the vocabulary was built from pre-split text (an
    entry never holds a letter followed by a space, for one), so in prose a piece is about a word.
-2. Pieces repeat (words do): the ids of every piece of up to 23 bytes are kept in a cache, a numpy hash table
+2. Pieces repeat (words do): the ids of every piece of up to 31 bytes are kept in a cache, a numpy hash table
    keyed by the piece's exact bytes (``world_fast.PieceCache``), looked up for all pieces at once.
-3. New pieces, and the longer ones, are matched together: every byte position walks down the vocabulary's
-   trie (a double-array trie, ``world_fast.DoubleArrayTrie``) in one numpy pass per depth, which gives the
-   longest entry starting there; the greedy path then goes from each piece's start through those matches,
-   one token of every piece per pass.
+3. New pieces, and the longer ones, are matched together, walking down the vocabulary's trie (a double-array
+   trie, ``world_fast.DoubleArrayTrie``) one byte per numpy pass for all of them at once: each round finds the
+   longest entry at every piece's current position, which is the piece's next token.
 
 Texts under SHORT_TEXT_BYTES walk the same trie in Python instead (about 2x TRIE_TOKENIZER), since numpy's
 fixed cost per call is about 0.2 ms. Building takes one to two seconds, once per process and vocabulary file.

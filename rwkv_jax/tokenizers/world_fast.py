@@ -1,15 +1,16 @@
 """Greedy longest match of bytes over a vocabulary, vectorised with numpy (the engine of WorldTokenizer).
 
-Three parts, each a handful of numpy passes over whole arrays, so that no Python code runs per byte or token:
+Numpy passes over whole arrays, so that no Python code runs per byte or token of a long text:
 
 * :class:`DoubleArrayTrie`: the vocabulary as a byte trie in two int32 arrays. The child of node ``u`` by
-  byte ``b`` is the slot ``base[u] + b`` when ``check[base[u] + b] == u``. :func:`longest_matches` walks every
-  start position down the trie at once, one depth per numpy pass over the positions still inside the trie
-  (1-4 steps per byte in all on text).
-* :func:`greedy_tokens`: the greedy path through the longest matches of every segment of a text, one token per
-  segment per pass (segments are short: the pieces of the text).
+  byte ``b`` is the slot ``base[u] + b`` when ``check[base[u] + b] == u``. :func:`longest_matches` walks many
+  start positions down the trie at once, one depth per numpy pass over those still inside the trie.
+* :func:`greedy_tokens`: the greedy tokens of many segments (pieces of a text, each followed by SENTINEL), one
+  token of every segment per round; the few longest segments left finish on the longest matches at all
+  their positions.
 * :class:`PieceCache`: the token ids of pieces seen before, in an open-addressing hash table of numpy arrays
-  keyed by the piece's bytes (exact keys, no hash collisions can change an id).
+  keyed by the piece's bytes (exact keys: no hash collision can change an id).
+* :func:`greedy_walk`: the same greedy match in plain Python, for short texts.
 """
 
 import dataclasses

@@ -112,7 +112,11 @@ def test_cache_is_exact_when_every_key_hashes_to_one_slot(tokenizer, reference, 
     monkeypatch.setattr(world, "SHORT_TEXT_BYTES", 0)
     monkeypatch.setattr(world_fast.PieceCache, "_home", lambda self, keys: np.zeros(keys.shape[1], np.int64))
     tokenizer._matcher.cache.clear()
-    text = " ".join(f"w{i % 97} x{i % 13}" for i in range(400)) + " 中文 " * 20
+    # Pieces of one to four key words, many sharing their first bytes; some too long to be cached.
+    words = [
+        f"w{i % 97} sharedprefix{i % 31} {'internationalisation' * (1 + i % 2)}{i % 7}" for i in range(300)
+    ]
+    text = " ".join(words) + " 中文 " * 20
     for _ in range(2):  # an empty cache, then a filled one
         assert tokenizer.encode(text) == reference.encode(text)
     tokenizer._matcher.cache.clear()
