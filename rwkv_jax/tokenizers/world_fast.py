@@ -147,17 +147,25 @@ def longest_matches(trie: DoubleArrayTrie, symbols: np.ndarray, starts: np.ndarr
 
 
 def greedy_walk(trie: DoubleArrayTrie, data: bytes) -> list[int]:
-    """The ids of ``data`` by walking the trie in Python, byte by byte: for short texts, where the fixed cost
-    of numpy calls (tens of microseconds) would exceed the walk."""
-    base, check, match_len, match_id = map(memoryview, (trie.base, trie.check, trie.match_len, trie.match_id))
-    root, ids, start, end = base[0], [], 0, len(data)
+    """The ids of ``data``, the trie walked in Python byte by byte: for short texts, where the fixed cost of
+    numpy calls (tens of microseconds) would exceed the walk."""
+    _, nodes = _walk(trie, data, 0, len(data))
+    match_id = memoryview(trie.match_id)
+    return [match_id[node] for node in nodes]
+
+
+def _walk(trie: DoubleArrayTrie, data, start: int, end: int) -> tuple[list[int], list[int]]:
+    """(token starts, their trie nodes) of ``data[start:end]`` (bytes or int array), walked in Python."""
+    base, check, match_len = map(memoryview, (trie.base, trie.check, trie.match_len))
+    root, starts, nodes = base[0], [], []
     while start < end:
         node, position = root + data[start], start + 1
         while position < end and check[base[node] + data[position]] == node:
             node, position = base[node] + data[position], position + 1
-        ids.append(match_id[node])
+        starts.append(start)
+        nodes.append(node)
         start += match_len[node]
-    return ids
+    return starts, nodes
 
 
 def greedy_tokens(
@@ -165,9 +173,10 @@ def greedy_tokens(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The greedy tokens of the segments ``symbols[start:end]`` (each followed by SENTINEL).
 
-    While many segments remain, one token of each per round: its longest match at the segment's current
-    position only. The few longest segments left then get the longest match at all their positions at once,
-    and their paths follow those (see :func:`_paths`).
+    One token of every segment per round: the longest match at each segment's current position. The last
+    FEW_SEGMENTS segments (the ones with the most tokens) are walked in Python: a round for a handful of
+    segments costs more than that, and walking every position of them in numpy costs up to the longest
+    entry (64 spaces) a byte.
 
     Returns:
       ([T] int64 token start positions, increasing; [T] int32 their trie nodes, as from longest_matches).
@@ -181,27 +190,12 @@ def greedy_tokens(
         current = current + trie.match_len[nodes]
         going = current < ends
         current, ends = current[going], ends[going]
-    positions = ranges(current, ends - current)
-    node_at[positions] = longest_matches(trie, symbols, positions)
-    next_start = np.zeros(len(symbols), np.int64)
-    next_start[positions] = positions + trie.match_len[node_at[positions]]
-    _paths(symbols, next_start, current, on_path)
+    symbol_view = memoryview(symbols)
+    for start, end in zip(current.tolist(), ends.tolist(), strict=True):
+        positions, nodes = _walk(trie, symbol_view, start, end)
+        on_path[positions], node_at[positions] = True, nodes
     tokens = np.flatnonzero(on_path)
     return tokens, node_at[tokens]
-
-
-def _paths(symbols: np.ndarray, next_start: np.ndarray, starts: np.ndarray, on_path: np.ndarray) -> None:
-    """Marks in ``on_path`` the positions of the paths from ``starts`` through ``next_start`` to SENTINEL."""
-    current = starts
-    while len(current) > FEW_SEGMENTS:
-        on_path[current] = True
-        current = next_start[current]
-        current = current[symbols[current] != SENTINEL]
-    symbol_at, next_at = symbols.item, next_start.item
-    for position in current.tolist():  # the few longest segments: cheaper per token in Python
-        while symbol_at(position) != SENTINEL:
-            on_path[position] = True
-            position = next_at(position)
 
 
 def concatenate_segments(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple:
