@@ -1,5 +1,7 @@
 """Installs rwkv_jax (the library) and pallas_kernels (the WKV kernels, a leaf package)."""
 
+import pathlib
+
 from setuptools import find_packages, setup
 
 CORE = [
@@ -34,8 +36,8 @@ NOTEBOOKS = ["jupyterlab>=4", "ipykernel>=6", "nbclient>=0.10"]
 setup(
     name="rwkv-jax",
     version="0.1.0",
-    description="RWKV-4/5/6 (and next 7) in JAX/Flax NNX, with Pallas WKV kernels and official-checkpoint I/O.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    description="RWKV-4/5/6 in JAX/Flax NNX, with Pallas WKV kernels and official-checkpoint I/O.",
+    long_description=pathlib.Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["rwkv_jax", "rwkv_jax.*", "pallas_kernels", "pallas_kernels.*"]),
