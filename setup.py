@@ -28,7 +28,10 @@ TEST = [
     "torch==2.13.0",
     "transformers>=4.45,<6",
     "rwkv==0.8.32",
-    "nbmake>=1.5,<2",
+    # The notebooks are executed headless by tests/test_notebooks.py.
+    "nbclient>=0.10,<1",
+    "nbformat>=5.9,<6",
+    "ipykernel>=6,<8",
 ]
 
 NOTEBOOKS = ["jupyterlab>=4", "ipykernel>=6", "nbclient>=0.10"]
