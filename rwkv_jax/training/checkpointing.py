@@ -9,6 +9,7 @@ at most a temporary or incomplete directory, which resuming ignores.
 
 import os
 import pathlib
+import shutil
 from typing import Any
 
 import jax
@@ -46,9 +47,13 @@ class Checkpoints:
         return steps[-1] if steps else None
 
     def save(self, step: int, params: Any, opt_state: Any) -> None:
-        """Writes the checkpoint of ``step`` (replacing nothing: a step is saved once)."""
-        if step in self._manager.all_steps():
+        """Writes the checkpoint of ``step`` unless a complete one exists (an incomplete one is replaced)."""
+        if step in self.complete_steps():
             return
+        leftover = self.directory / str(step)
+        if leftover.exists():  # an incomplete directory of this step, left by a run killed mid-save
+            shutil.rmtree(leftover)
+            self._manager.reload()
         items = ocp.args.Composite(
             params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state)
         )

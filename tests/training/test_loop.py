@@ -61,6 +61,7 @@ def test_interrupted_during_a_save_resumes_bit_for_bit(corpus, finished_run, wor
 
     results = loop.train_and_evaluate(tiny_config(corpus), workdir)
     assert results["start_step"] == 2
+    assert Checkpoints(workdir / "checkpoints").complete_steps() == [2, 4, 6]
     assert losses(workdir) == losses(finished_run)  # exact float equality, every step
     _, resumed, _, _ = load_run(workdir)
     _, uninterrupted, _, _ = load_run(finished_run)
