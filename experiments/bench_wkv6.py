@@ -5,7 +5,9 @@
 
 Each timing is the median of ``--repeats`` runs of a jitted ``jax.value_and_grad`` of a scalar loss with
 respect to all six inputs (r, k, v, w_log, u, state), after one warm-up run (compilation excluded); the
-forms take turns within each repeat.
+forms take turns within each repeat. Two clocks: wall time, and this process's CPU time (summed over XLA's
+threads), which moves less when other processes load the machine; its ratio understates a form that uses
+several cores.
 """
 
 import argparse
@@ -41,18 +43,22 @@ def forward_backward_step(form):
     return jax.jit(jax.value_and_grad(loss, argnums=tuple(range(6))))
 
 
-def interleaved_seconds(steps: dict, args: tuple[jax.Array, ...], repeats: int) -> dict[str, float]:
-    """Median wall time of each step after a warm-up call. The forms take turns within each repeat, so
-    that a shared machine's changing load hits them alike."""
+def interleaved_seconds(
+    steps: dict, args: tuple[jax.Array, ...], repeats: int
+) -> dict[str, tuple[float, float]]:
+    """Median (wall, CPU) seconds of each step after a warm-up call. The forms take turns within each
+    repeat, so that a shared machine's changing load hits them alike."""
     for step in steps.values():
         jax.block_until_ready(step(*args))
     times = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             jax.block_until_ready(step(*args))
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+            times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+    return {
+        name: tuple(statistics.median(column) for column in zip(*t, strict=True)) for name, t in times.items()
+    }
 
 
 def main() -> None:
@@ -78,9 +84,10 @@ def main() -> None:
             functools.partial(wkv6_chunked, chunk_size=chunk_size)
         )
     seconds = interleaved_seconds(steps, inputs, args.repeats)
-    print(f"{'form':<16}{'seconds':>10}{'speed-up vs scan':>20}")
-    for name, value in seconds.items():
-        print(f"{name:<16}{value:>10.4f}{seconds['lax.scan'] / value:>20.1f}")
+    print(f"{'form':<16}{'wall s':>10}{'speed-up':>10}{'CPU s':>10}{'speed-up':>10}")
+    scan_wall, scan_cpu = seconds["lax.scan"]
+    for name, (wall, cpu) in seconds.items():
+        print(f"{name:<16}{wall:>10.4f}{scan_wall / wall:>10.1f}{cpu:>10.4f}{scan_cpu / cpu:>10.1f}")
 
 
 if __name__ == "__main__":
