@@ -20,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rwkv_jax.array_typing import Array, Tokens
+from rwkv_jax.array_typing import Array
 from rwkv_jax.models import init
-from rwkv_jax.models.common import Embedding, LayerNorm, Linear, check_token_ids, param, token_shift
+from rwkv_jax.models.common import Embedding, LayerNorm, Linear, param, token_shift
+from rwkv_jax.models.language_model import LanguageModel
 from rwkv_jax.wkv.impl import Impl
 from rwkv_jax.wkv.v4 import WKV4State, wkv4
 
@@ -184,7 +185,7 @@ class Block(nnx.Module):
         return x + update, RWKV4LayerState(att_x, wkv_state, ffn_x)
 
 
-class RWKV4(nnx.Module):
+class RWKV4(LanguageModel):
     """The RWKV-4 language model: emb -> blocks -> ln_out -> head."""
 
     def __init__(self, config: RWKV4Config, *, rngs: nnx.Rngs):
@@ -197,37 +198,6 @@ class RWKV4(nnx.Module):
         head = init.orthogonal_kernel(rngs.params(), C, V, init.HEAD_INIT_SCALE)
         self.head = Linear(C, V, ("embed", "vocab"), kernel=head, dtype=config.dtype, param_dtype=pdt)
 
-    def init_state(self, batch_size: int) -> RWKV4State:
-        """The empty state: zero token shifts and the empty WKV state, for ``batch_size`` sequences."""
-        _require_positive_int("batch_size", batch_size)
-        layer_state = RWKV4LayerState.zeros(batch_size, self.config.n_embd)
-        return (layer_state,) * self.config.n_layer
-
-    def __call__(self, tokens: Tokens, state: RWKV4State | None = None) -> tuple[Array, RWKV4State]:
-        """tokens ``[B, T]`` int -> logits ``[B, T, V]`` float32 and the state after the last token.
-
-        ``state=None`` starts from :meth:`init_state`. Ids outside ``[0, V)`` raise ValueError when ``tokens``
-        is concrete; under ``jit`` they cannot be checked and give NaN logits at their positions.
-        """
-        check_token_ids(tokens, self.config.vocab_size)
-        tokens = jnp.asarray(tokens)
-        if state is None:
-            state = self.init_state(tokens.shape[0])
-        self._check_state(state, tokens.shape[0])
-        x = self.emb(tokens).astype(self.config.dtype)
-        new_state = []
-        for block, layer_state in zip(self.blocks, state, strict=True):
-            x, layer_state = block(x, layer_state)
-            new_state.append(layer_state)
-        logits = self.head(self.ln_out(x)).astype(jnp.float32)
-        return logits, tuple(new_state)
-
-    def _check_state(self, state: RWKV4State, batch_size: int) -> None:
-        expected = (batch_size, self.config.n_embd)
-        if len(state) != self.config.n_layer:
-            raise ValueError(f"state has {len(state)} layers, the model has {self.config.n_layer}")
-        for i, layer_state in enumerate(state):
-            leaves = jax.tree.leaves(layer_state)
-            for name, leaf in zip(("att_x", "num", "den", "max_exp", "ffn_x"), leaves, strict=True):
-                if leaf.shape != expected:
-                    raise ValueError(f"state[{i}].{name} has shape {leaf.shape}, expected {expected}")
+    def empty_layer_state(self, batch_size: int) -> RWKV4LayerState:
+        """Zero token shifts and the empty WKV state (running maximum at -1e38)."""
+        return RWKV4LayerState.zeros(batch_size, self.config.n_embd)

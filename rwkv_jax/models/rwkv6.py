@@ -20,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rwkv_jax.array_typing import Array, Tokens
+from rwkv_jax.array_typing import Array
 from rwkv_jax.models import rwkv6_init as official
-from rwkv_jax.models.common import Embedding, LayerNorm, Linear, check_token_ids, token_shift
+from rwkv_jax.models.common import Embedding, LayerNorm, Linear, token_shift
+from rwkv_jax.models.language_model import LanguageModel
 from rwkv_jax.models.rwkv6_layers import (
     Bonus,
     ChannelMix,
@@ -242,7 +243,7 @@ class Block(nnx.Module):
         return x, RWKV6LayerState(att_x.astype(jnp.float32), wkv, ffn_x.astype(jnp.float32))
 
 
-class RWKV6(nnx.Module):
+class RWKV6(LanguageModel):
     """Eagle / Finch language model: ``model(tokens[B, T], state) -> (logits[B, T, V] float32, state)``.
 
     Parameters are initialised as BlinkDL/RWKV-LM does (see ``rwkv6_init``); official checkpoints load with
@@ -274,43 +275,9 @@ class RWKV6(nnx.Module):
         c = self.config
         return LayerNorm(c.n_embd, eps=c.layer_norm_eps, param_dtype=c.param_dtype)
 
-    def _layer_state_shapes(self, batch_size: int) -> RWKV6LayerState:
+    def empty_layer_state(self, batch_size: int) -> RWKV6LayerState:
+        """Zero token shifts and a zero WKV state, float32."""
         c = self.config
-        return RWKV6LayerState(
-            (batch_size, c.n_embd), (batch_size, c.n_head, c.head_size, c.head_size), (batch_size, c.n_embd)
-        )
-
-    def init_state(self, batch_size: int) -> RWKV6State:
-        """The zero state for ``batch_size`` sequences: one :class:`RWKV6LayerState` per layer, float32."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        shapes = self._layer_state_shapes(batch_size)
-        layer_state = RWKV6LayerState(*(jnp.zeros(shape, jnp.float32) for shape in shapes))
-        return (layer_state,) * self.config.n_layer
-
-    def __call__(self, tokens: Tokens, state: RWKV6State | None = None) -> tuple[Array, RWKV6State]:
-        """``tokens [B, T]`` int -> logits ``[B, T, V]`` float32 and the state after the last token.
-
-        ``state`` None starts from zeros.
-        """
-        tokens = jnp.asarray(tokens)
-        check_token_ids(tokens, self.config.vocab_size)
-        if state is None:
-            state = self.init_state(tokens.shape[0])
-        self._check_state(state, tokens.shape[0])
-        x = self.emb(tokens).astype(self.config.dtype)
-        new_state = []
-        for block, layer_state in zip(self.blocks, state, strict=True):
-            x, layer_state = block(x, RWKV6LayerState(*layer_state))
-            new_state.append(layer_state)
-        logits = self.head(self.ln_out(x)).astype(jnp.float32)
-        return logits, tuple(new_state)
-
-    def _check_state(self, state: RWKV6State, batch_size: int) -> None:
-        if len(state) != self.config.n_layer:
-            raise ValueError(f"state has {len(state)} layers, the model has {self.config.n_layer}")
-        expected = self._layer_state_shapes(batch_size)
-        for i, layer_state in enumerate(state):
-            for name, want, leaf in zip(RWKV6LayerState._fields, expected, layer_state, strict=True):
-                if leaf.shape != want:
-                    raise ValueError(f"state[{i}].{name} has shape {leaf.shape}, expected {want}")
+        token = jnp.zeros((batch_size, c.n_embd), jnp.float32)
+        wkv = jnp.zeros((batch_size, c.n_head, c.head_size, c.head_size), jnp.float32)
+        return RWKV6LayerState(token, wkv, token)

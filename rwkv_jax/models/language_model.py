@@ -1,0 +1,70 @@
+"""The part every RWKV version shares: ``emb -> blocks -> ln_out -> head`` with a per-layer recurrent state.
+
+A version subclasses :class:`LanguageModel`, sets ``config``, ``emb``, ``blocks``, ``ln_out`` and ``head`` in
+its ``__init__``, and defines :meth:`LanguageModel.empty_layer_state`. Each block is called as
+``block(x [B, T, C], layer_state) -> (x, layer_state)``.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rwkv_jax.array_typing import Array, Tokens
+from rwkv_jax.models.common import check_token_ids
+
+
+class LanguageModel(nnx.Module):
+    """One call for prefill, decode and training: ``(tokens [B, T], state) -> (logits [B, T, V], state)``."""
+
+    def empty_layer_state(self, batch_size: int) -> Any:
+        """The state of one block before any token (a NamedTuple of float32 arrays, batch on axis 0)."""
+        raise NotImplementedError(f"{type(self).__name__} must define empty_layer_state")
+
+    def init_state(self, batch_size: int) -> tuple[Any, ...]:
+        """The empty state for ``batch_size`` sequences: one layer state per block."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        return (self.empty_layer_state(int(batch_size)),) * self.config.n_layer
+
+    def __call__(self, tokens: Tokens, state: tuple[Any, ...] | None = None) -> tuple[Array, tuple[Any, ...]]:
+        """tokens ``[B, T]`` int -> logits ``[B, T, V]`` float32 and the state after the last token.
+
+        ``state=None`` starts from :meth:`init_state`. Ids outside ``[0, V)`` raise ValueError when ``tokens``
+        is concrete; under ``jit`` they cannot be checked and give NaN logits at their positions.
+        """
+        check_token_ids(tokens, self.config.vocab_size)  # on the host array, before any transfer
+        tokens = jnp.asarray(tokens)
+        state = self._checked_state(state, tokens.shape[0])
+        x = self.emb(tokens).astype(self.config.dtype)
+        new_state = []
+        for block, layer_state in zip(self.blocks, state, strict=True):
+            x, layer_state = block(x, layer_state)
+            new_state.append(layer_state)
+        logits = self.head(self.ln_out(x)).astype(jnp.float32)
+        return logits, tuple(new_state)
+
+    def _checked_state(self, state: tuple[Any, ...] | None, batch_size: int) -> tuple[Any, ...]:
+        """``state``, each layer rebuilt in the model's state type (a restored state may hold plain lists).
+
+        Raises ValueError naming the first layer and field whose shape differs from the empty state's.
+        """
+        if state is None:
+            return self.init_state(batch_size)
+        if len(state) != self.config.n_layer:
+            raise ValueError(f"state has {len(state)} layers, the model has {self.config.n_layer}")
+        expected = jax.eval_shape(lambda: self.empty_layer_state(batch_size))
+        fields, treedef = jax.tree_util.tree_flatten_with_path(expected)
+        checked = []
+        for i, layer_state in enumerate(state):
+            leaves = jax.tree.leaves(layer_state)
+            if len(leaves) != len(fields):
+                raise ValueError(f"state[{i}] has {len(leaves)} arrays, expected {len(fields)}")
+            for (path, want), leaf in zip(fields, leaves, strict=True):
+                if leaf.shape != want.shape:
+                    name = jax.tree_util.keystr(path, simple=True, separator=".")
+                    raise ValueError(f"state[{i}].{name} has shape {leaf.shape}, expected {want.shape}")
+            checked.append(jax.tree.unflatten(treedef, leaves))
+        return tuple(checked)
