@@ -81,8 +81,9 @@ def _intra_chunk(r: Array, k: Array, v: Array, u: Array, sums: list[tuple[Array,
     while half:
         prefix, suffix = sums[level]
         segments = (*lead, length // (2 * half), 2, half, size)
-        rows = (r * jnp.exp(prefix)).reshape(segments)[..., 1, :, :]  # r_t exp(W(p, t))
-        cols = (k * jnp.exp(suffix)).reshape(segments)[..., 0, :, :]  # k_s exp(W(s, p])
+        # Only the right halves' rows and the left halves' columns are used: slice before exp.
+        rows = r.reshape(segments)[..., 1, :, :] * jnp.exp(prefix.reshape(segments)[..., 1, :, :])
+        cols = k.reshape(segments)[..., 0, :, :] * jnp.exp(suffix.reshape(segments)[..., 0, :, :])
         scores = jnp.einsum("...tn,...sn->...ts", rows, cols)
         from_left = jnp.einsum("...ts,...sj->...tj", scores, v.reshape(segments)[..., 0, :, :])
         y = y.reshape(segments).at[..., 1, :, :].add(from_left).reshape(y.shape)
