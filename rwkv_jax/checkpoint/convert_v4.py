@@ -24,11 +24,11 @@ Hugging Face's ``RwkvForCausalLM`` uses the same tensors under other names: :fun
 
 from collections.abc import Iterable, Mapping
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from rwkv_jax.checkpoint.layout import CheckpointLayoutError, block_count, check_keys, check_tensors
+from rwkv_jax.checkpoint.transfer import fill_model, official_tensors
 from rwkv_jax.models.rwkv4 import RWKV4, RWKV4Config
 from rwkv_jax.wkv.impl import Impl
 
@@ -127,22 +127,6 @@ def _is_linear(name: str) -> bool:
     return parts[-1] == "weight" and parts[-2] in LINEAR_MODULES
 
 
-def _to_model_layout(name: str, tensor: np.ndarray) -> np.ndarray:
-    if _is_linear(name):
-        return tensor.T
-    if ".time_mix_" in name:
-        return tensor.reshape(-1)
-    return tensor
-
-
-def _to_official_layout(name: str, value: np.ndarray) -> np.ndarray:
-    if _is_linear(name):
-        return value.T
-    if ".time_mix_" in name:
-        return value.reshape(1, 1, -1)
-    return value
-
-
 def from_state_dict(
     tensors: Mapping[str, np.ndarray],
     *,
@@ -158,24 +142,12 @@ def from_state_dict(
     config = config_from_state_dict(tensors, dtype=dtype, param_dtype=param_dtype, wkv_impl=wkv_impl)
     check_tensors(tensors, expected_shapes(config), FAMILY)
     abstract = nnx.eval_shape(lambda: RWKV4(config, rngs=nnx.Rngs(0)))
-    graphdef, params = nnx.split(abstract)
-    for path, variable in nnx.to_flat_state(params):
-        name = official_name(path)
-        variable.set_value(jnp.asarray(_to_model_layout(name, np.asarray(tensors[name])), config.param_dtype))
-    return nnx.merge(graphdef, params)
+    return fill_model(abstract, tensors, official_name, _is_linear, config.param_dtype)
 
 
 def to_state_dict(model: RWKV4, dtype: np.dtype | str | None = np.float32) -> dict[str, np.ndarray]:
     """Official state dict of ``model``, official order; ``dtype=None`` keeps the parameter dtype."""
-    params = {
-        official_name(path): np.asarray(variable.get_value())
-        for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param))
-    }
-    tensors = {}
-    for name in official_names(model.config.n_layer):
-        tensor = np.ascontiguousarray(_to_official_layout(name, params[name]))
-        tensors[name] = tensor if dtype is None else tensor.astype(dtype)
-    return tensors
+    return official_tensors(model, official_name, _is_linear, expected_shapes(model.config), dtype)
 
 
 # Hugging Face RwkvForCausalLM names, part by part (everything but head.weight sits under "rwkv.").

@@ -28,11 +28,11 @@ conversion transposes Linear weights and reshapes ``(1, 1, n)`` vectors to ``[n]
 
 from collections.abc import Iterable, Mapping
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from rwkv_jax.checkpoint.layout import CheckpointLayoutError, block_count, check_keys, check_tensors
+from rwkv_jax.checkpoint.transfer import fill_model, official_tensors
 from rwkv_jax.models.rwkv6 import RWKV6, RWKV6Config
 from rwkv_jax.wkv.impl import Impl
 
@@ -241,24 +241,9 @@ def from_state_dict(
     )
     check_tensors(tensors, expected_shapes(config), FAMILY)
     abstract = nnx.eval_shape(lambda: RWKV6(config, rngs=nnx.Rngs(0)))
-    graphdef, params = nnx.split(abstract)
-    for path, variable in nnx.to_flat_state(params):
-        name = official_name(path)
-        tensor = np.asarray(tensors[name])
-        tensor = tensor.T if _is_linear(name) else tensor.reshape(variable.get_value().shape)
-        variable.set_value(jnp.asarray(tensor, config.param_dtype))
-    return nnx.merge(graphdef, params)
+    return fill_model(abstract, tensors, official_name, _is_linear, config.param_dtype)
 
 
 def to_state_dict(model: RWKV6, dtype: np.dtype | str | None = np.float32) -> dict[str, np.ndarray]:
     """Official state dict of ``model`` in the official order; ``dtype=None`` keeps the parameter dtype."""
-    params = {
-        official_name(path): np.asarray(variable.get_value())
-        for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param))
-    }
-    tensors = {}
-    for name, shape in expected_shapes(model.config).items():
-        value = params[name]
-        tensor = np.ascontiguousarray(value.T if _is_linear(name) else value.reshape(shape))
-        tensors[name] = tensor if dtype is None else tensor.astype(dtype)
-    return tensors
+    return official_tensors(model, official_name, _is_linear, expected_shapes(model.config), dtype)
