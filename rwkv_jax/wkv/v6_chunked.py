@@ -26,11 +26,25 @@ cumsums, which would lose ``eps * |cumsum|`` of absolute accuracy when a strong 
   ``[L, L, N]`` tensor; the product of the two factors underflows only where the exact value is below the
   smallest float anyway. Cost per token: ``log2(L)`` levels of ``O(N)`` elementwise work plus matmuls.
 
+Execution. A loop over chunks runs forward and, in a hand-written backward (``jax.custom_vjp``), in
+reverse, carrying the state and its gradient. One chunk of all batch rows and heads (``[B, H, L, N]``) is
+small enough to stay in the CPU's caches through the dozens of elementwise steps of the levels; done over
+the whole sequence at once, each step would stream the full tensors through memory, and autodiff would
+store every level's intermediates. The backward keeps only the chunk-start states and recomputes the
+factors per chunk.
+
+Gradient of the log decays. A step ``w_j`` scales every pair ``s < j < t`` that it lies between. With
+``X(s, t)`` the pair's term of ``d loss`` per channel, ``r_t * dr_t = sum_{s<t} X(s, t)`` and
+``k_s * dk_s = sum_{t>s} X(s, t)`` (each over the pairs that make up the gradient), so
+``dw_j = sum_{t>j} r_t dr_t - sum_{s>=j} k_s dk_s``: cumulative sums within the chunk of quantities that
+the backward has anyway (the state terms add one-sided sums of the same kind, see :func:`_decay_grad`).
+
 T need not be a multiple of L: the tail is padded with ``w = 0`` (decay 1) and ``k = 0``, which leave the
 state unchanged, and the padded outputs are sliced off.
 """
 
 import functools
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -66,37 +80,179 @@ def _block_sums(w: Array) -> list[tuple[Array, Array]]:
     return sums
 
 
-def _intra_chunk(r: Array, k: Array, v: Array, u: Array, sums: list[tuple[Array, Array]]) -> Array:
-    """Outputs from the tokens of the same chunk, by halving: r, k, v ``[..., L, N]`` -> ``[..., L, N]``.
+def _half(x: Array, half: int, side: int) -> Array:
+    """The left (side 0) or right (side 1) halves of the segments of 2 * half tokens of ``x [..., L, N]``:
+    ``[..., L / (2 half), half, N]``."""
+    *lead, length, size = x.shape
+    return x.reshape(*lead, length // (2 * half), 2, half, size)[..., side, :, :]
 
-    At each level the chunk is cut in segments of 2m tokens; the pairs (s in the left half, t in the right
-    half) of every segment form one matmul with the split at the last left step p:
-    ``exp(W(s, t)) = exp(W(s, p]) * exp(W(p, t))``, both factors ``<= 1`` (the suffix of s and the prefix
-    of t within their m-blocks, from :func:`_block_sums`). Levels m = L/2, ..., 1 cover every pair s < t
-    exactly once; the pair t == s is the bonus.
+
+def _add_to_half(x: Array, half: int, side: int, update: Array) -> Array:
+    """``x`` with ``update`` (shaped as :func:`_half`'s result) added to the halves on ``side``."""
+    *lead, length, size = x.shape
+    segments = x.reshape(*lead, length // (2 * half), 2, half, size)
+    return segments.at[..., side, :, :].add(update).reshape(x.shape)
+
+
+def _levels(
+    r: Array, k: Array, sums: list[tuple[Array, Array]]
+) -> Iterator[tuple[int, Array, Array, Array, Array]]:
+    """The halving levels of a chunk, largest first: ``(half, rows, cols, row_decay, col_decay)``.
+
+    For segments of ``2 * half`` tokens split at their last left step p: ``row_decay = exp(W(p, t))`` for
+    the right halves' tokens t and ``col_decay = exp(W(s, p])`` for the left halves' tokens s (both
+    ``<= 1``, from :func:`_block_sums`), ``rows = r * row_decay``, ``cols = k * col_decay``; each
+    ``[..., L / (2 half), half, N]``. Only the halves a level uses are exponentiated.
     """
-    *lead, length, size = r.shape
-    y = jnp.sum(r * u * k, axis=-1, keepdims=True) * v
-    half, level = length // 2, len(sums) - 2
+    half, level = r.shape[-2] // 2, len(sums) - 2
     while half:
         prefix, suffix = sums[level]
-        segments = (*lead, length // (2 * half), 2, half, size)
-        # Only the right halves' rows and the left halves' columns are used: slice before exp.
-        rows = r.reshape(segments)[..., 1, :, :] * jnp.exp(prefix.reshape(segments)[..., 1, :, :])
-        cols = k.reshape(segments)[..., 0, :, :] * jnp.exp(suffix.reshape(segments)[..., 0, :, :])
-        scores = jnp.einsum("...tn,...sn->...ts", rows, cols)
-        from_left = jnp.einsum("...ts,...sj->...tj", scores, v.reshape(segments)[..., 0, :, :])
-        y = y.reshape(segments).at[..., 1, :, :].add(from_left).reshape(y.shape)
+        row_decay, col_decay = jnp.exp(_half(prefix, half, 1)), jnp.exp(_half(suffix, half, 0))
+        yield half, _half(r, half, 1) * row_decay, _half(k, half, 0) * col_decay, row_decay, col_decay
         half, level = half // 2, level - 1
-    return y
 
 
-def _to_chunks(x: Array, chunk_size: int) -> Array:
-    """``[B, T, H, N]`` (T a multiple of chunk_size) -> ``[T / L, B, H, L, N]`` float32 (chunks leading, as
-    ``lax.scan`` stacks them)."""
-    batch, length, heads, size = x.shape
-    x = x.astype(jnp.float32).reshape(batch, length // chunk_size, chunk_size, heads, size)
-    return x.transpose(1, 0, 3, 2, 4)
+def _chunk_forward(r: Array, k: Array, v: Array, w: Array, u: Array, state: Array) -> tuple[Array, Array]:
+    """One chunk: r, k, v, w ``[B, H, L, N]``, u ``[H, 1, N]``, state ``[B, H, N, N]`` (all float32) ->
+    ``y [B, H, L, N]`` and the state after the chunk."""
+    sums = _block_sums(w)
+    y = _row_sums(r * u * k) * v
+    for half, rows, cols, _, _ in _levels(r, k, sums):
+        scores = jnp.einsum("...tn,...sn->...ts", rows, cols)
+        y = _add_to_half(y, half, 1, jnp.einsum("...ts,...sj->...tj", scores, _half(v, half, 0)))
+    from_start, to_end = sums[-1]
+    y = y + jnp.einsum("...ti,...ij->...tj", r * jnp.exp(from_start), state)
+    added = jnp.einsum("...si,...sj->...ij", k * jnp.exp(to_end), v)
+    return y, jnp.swapaxes(jnp.exp(_column_sums(w)), -1, -2) * state + added
+
+
+def _row_sums(x: Array) -> Array:
+    """``x [..., N]`` summed over its last axis, ``[..., 1]``. A mat-vec: XLA:CPU (jax 0.10.2) reduces the
+    minor axis of these small tensors about six times slower."""
+    return x @ jnp.ones((x.shape[-1], 1), x.dtype)
+
+
+def _column_sums(x: Array) -> Array:
+    """``x [..., L, N]`` summed over L, ``[..., 1, N]`` (a mat-vec, as :func:`_row_sums`)."""
+    return jnp.ones((1, x.shape[-2]), x.dtype) @ x
+
+
+def _decay_grad(r_dr: Array, k_dk_intra: Array, k_dk_end: Array) -> Array:
+    """Gradient of the chunk's log decays ``[..., L, N]`` from the pairs they lie between (module docstring).
+
+    ``r_dr``: ``r * dr`` from the intra-chunk pairs and the start state (every pair ending at t);
+    ``k_dk_intra``: ``k * dk`` from the intra-chunk pairs (every pair starting at s); ``k_dk_end``:
+    ``k * dk`` from the pairs reaching the end state. Step j lies inside an intra pair (s, t) iff
+    s < j < t, after the start-state path of t iff j < t, and before the end-state path of s iff s < j::
+
+        dw_j = sum_{t>j} r_dr_t - sum_{s>=j} k_dk_intra_s + sum_{s<j} k_dk_end_s
+             = sum_{t>j} (r_dr - k_dk_intra - k_dk_end)_t - (k_dk_intra + k_dk_end)_j + sum_s k_dk_end_s
+
+    one matmul with a strictly triangular 0/1 matrix.
+    """
+    steps = jnp.arange(r_dr.shape[-2])
+    after = (steps[None, :] > steps[:, None]).astype(r_dr.dtype)  # [j, t]: t > j
+    from_k = k_dk_intra + k_dk_end
+    return after @ (r_dr - from_k) - from_k + _column_sums(k_dk_end)
+
+
+def _chunk_backward(
+    r: Array, k: Array, v: Array, w: Array, u: Array, state: Array, dy: Array, d_next: Array
+) -> tuple[Array, ...]:
+    """Gradients of one chunk (shapes as :func:`_chunk_forward`) given ``dy`` and the gradient of the state
+    after the chunk: ``(dr, dk, dv, dw, du [H, 1, N] summed over B and L, d_state)``."""
+    sums = _block_sums(w)
+    from_start, to_end = (jnp.exp(x) for x in sums[-1])
+    total = jnp.swapaxes(jnp.exp(_column_sums(w)), -1, -2)  # [B, H, N, 1]
+    # Through the states: y += (r * from_start) @ state; next = total * state + (k * to_end)^T @ v.
+    d_state = total * d_next + jnp.einsum("...ti,...tj->...ij", r * from_start, dy)
+    d_total = _row_sums(d_next * state) * total
+    dr = jnp.einsum("...tj,...ij->...ti", dy, state) * from_start
+    dk_end = jnp.einsum("...sj,...ij->...si", v, d_next) * to_end
+    dv = jnp.einsum("...si,...ij->...sj", k * to_end, d_next)
+    dk_intra = jnp.zeros_like(k)
+    for half, rows, cols, row_decay, col_decay in _levels(r, k, sums):
+        dy_right, v_left = _half(dy, half, 1), _half(v, half, 0)
+        scores = jnp.einsum("...tn,...sn->...ts", rows, cols)
+        d_scores = jnp.einsum("...tj,...sj->...ts", dy_right, v_left)
+        dv = _add_to_half(dv, half, 0, jnp.einsum("...ts,...tj->...sj", scores, dy_right))
+        dr = _add_to_half(dr, half, 1, jnp.einsum("...ts,...sn->...tn", d_scores, cols) * row_decay)
+        d_cols = jnp.einsum("...ts,...tn->...sn", d_scores, rows)
+        dk_intra = _add_to_half(dk_intra, half, 0, d_cols * col_decay)
+    dw = _decay_grad(r * dr, k * dk_intra, k * dk_end) + jnp.swapaxes(d_total, -1, -2)
+    # The bonus term (r . (u * k)) v, which no decay touches.
+    bonus, d_bonus = _row_sums(r * u * k), _row_sums(dy * v)
+    dr = dr + d_bonus * u * k
+    dk = dk_intra + dk_end + d_bonus * u * r
+    du = jnp.sum(_column_sums(d_bonus * r * k), axis=0)
+    return dr, dk, dv + bonus * dy, dw, du, d_state
+
+
+def _chunk(x: Array, index: Array, chunk_size: int) -> Array:
+    """Chunk ``index`` of ``x [B, T, H, N]`` as ``[B, H, L, N]``."""
+    return jax.lax.dynamic_slice_in_dim(x, index * chunk_size, chunk_size, axis=1).transpose(0, 2, 1, 3)
+
+
+def _put_chunk(x: Array, index: Array, chunk_size: int, value: Array) -> Array:
+    """``x [B, T, H, N]`` with chunk ``index`` replaced by ``value [B, H, L, N]``."""
+    return jax.lax.dynamic_update_slice_in_dim(x, value.transpose(0, 2, 1, 3), index * chunk_size, axis=1)
+
+
+def _forward_pass(
+    r: Array, k: Array, v: Array, w: Array, u: Array, state: Array, chunk_size: int
+) -> tuple[Array, Array, Array]:
+    """y ``[B, T, H, N]``, the final state and the states at every chunk start ``[T / L, B, H, N, N]``."""
+
+    def chunk_step(index: Array, carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+        y, starts, s = carry
+        inputs = (_chunk(x, index, chunk_size) for x in (r, k, v, w))
+        y_chunk, s_next = _chunk_forward(*inputs, u, s)
+        return _put_chunk(y, index, chunk_size, y_chunk), starts.at[index].set(s), s_next
+
+    starts = jnp.zeros((r.shape[1] // chunk_size, *state.shape), state.dtype)
+    y, starts, final = jax.lax.fori_loop(0, starts.shape[0], chunk_step, (jnp.zeros_like(v), starts, state))
+    return y, final, starts
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _wkv_chunks(
+    r: Array, k: Array, v: Array, w: Array, u: Array, state: Array, chunk_size: int
+) -> tuple[Array, Array]:
+    """The chunk loop: r, k, v, w ``[B, T, H, N]`` (T a multiple of chunk_size), u ``[H, 1, N]``, state
+    ``[B, H, N, N]``, all float32 -> (y, final state). Differentiated by :func:`_wkv_chunks_backward`."""
+    y, final, _ = _forward_pass(r, k, v, w, u, state, chunk_size)
+    return y, final
+
+
+def _wkv_chunks_forward(
+    r: Array, k: Array, v: Array, w: Array, u: Array, state: Array, chunk_size: int
+) -> tuple[tuple[Array, Array], tuple[Array, ...]]:
+    y, final, starts = _forward_pass(r, k, v, w, u, state, chunk_size)
+    return (y, final), (r, k, v, w, u, starts)
+
+
+def _wkv_chunks_backward(
+    chunk_size: int, saved: tuple[Array, ...], cotangents: tuple[Array, Array]
+) -> tuple[Array, ...]:
+    """The chunks in reverse, carrying the gradient of the state: recomputes each chunk's decay factors from
+    the saved inputs and the chunk's start state (nothing per level is stored by the forward)."""
+    r, k, v, w, u, starts = saved
+    dy, d_final = cotangents
+    last = starts.shape[0] - 1
+
+    def chunk_step(step: Array, carry: tuple[Array, ...]) -> tuple[Array, ...]:
+        index = last - step
+        du, d_state = carry[4:]
+        r_c, k_c, v_c, w_c, dy_c = (_chunk(x, index, chunk_size) for x in (r, k, v, w, dy))
+        *chunk_grads, chunk_du, d_state = _chunk_backward(r_c, k_c, v_c, w_c, u, starts[index], dy_c, d_state)
+        grads = (_put_chunk(g, index, chunk_size, c) for g, c in zip(carry[:4], chunk_grads, strict=True))
+        return (*grads, du + chunk_du, d_state)
+
+    initial = (*(jnp.zeros_like(x) for x in (r, k, v, w)), jnp.zeros_like(u), d_final)
+    return jax.lax.fori_loop(0, starts.shape[0], chunk_step, initial)
+
+
+_wkv_chunks.defvjp(_wkv_chunks_forward, _wkv_chunks_backward)
 
 
 def _validate_chunk_size(chunk_size: int) -> None:
@@ -115,14 +271,14 @@ def wkv6_chunked(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[Array, Array]:
-    """Chunk-wise parallel WKV-5/6, float32 accumulation.
+    """Chunk-wise parallel WKV-5/6, float32 accumulation, with a hand-written backward.
 
     Args:
       r, k, v: ``[B, T, H, N]`` receptance, key, value (any float dtype).
       w_log: ``[B, T, H, N]`` log of the per-step decay, ``<= 0`` (``-inf``, a decay of exactly 0, allowed).
       u: ``[H, N]`` bonus of the current token.
       state: ``[B, H, N, N]`` initial state ``[key, value]``, or None for zeros.
-      chunk_size: tokens per chunk (the scan over chunks carries the state); a power of 2.
+      chunk_size: tokens per chunk (the loop over chunks carries the state); a power of 2.
 
     Returns:
       ``y [B, T, H, N]`` in ``v.dtype`` and the final float32 state ``[B, H, N, N]``.
@@ -132,23 +288,7 @@ def wkv6_chunked(
     if state is None:
         state = jnp.zeros((batch, heads, size, size), jnp.float32)
     pad = [(0, 0), (0, -length % chunk_size), (0, 0), (0, 0)]
-    r_c, k_c, v_c, w_c = (_to_chunks(jnp.pad(x, pad), chunk_size) for x in (r, k, v, w_log))
-    u = u.astype(jnp.float32)[:, None, :]  # [H, 1, N] against [chunks, B, H, L, N]
-
-    sums = _block_sums(w_c)
-    y = _intra_chunk(r_c, k_c, v_c, u, sums)
-    # Per chunk: what it adds to the state, and its total decay (exponents <= 0, see the module docstring).
-    from_start, to_chunk_end = sums[-1]
-    to_chunk_end = k_c * jnp.exp(to_chunk_end)
-    chunk_kv = jnp.einsum("cbhsi,cbhsj->cbhij", to_chunk_end, v_c)
-    chunk_decay = jnp.exp(jnp.sum(w_c, axis=-2))  # [chunks, B, H, N]
-
-    def carry_state(s: Array, chunk: tuple[Array, Array]) -> tuple[Array, Array]:
-        decay, kv = chunk
-        return decay[..., None] * s + kv, s
-
-    final, starts = jax.lax.scan(carry_state, state.astype(jnp.float32), (chunk_decay, chunk_kv))
-    from_start = r_c * jnp.exp(from_start)
-    y = y + jnp.einsum("cbhti,cbhij->cbhtj", from_start, starts)
-    y = y.transpose(1, 0, 3, 2, 4).reshape(batch, -1, heads, size)[:, :length]
-    return y.astype(v.dtype), final
+    r_p, k_p, v_p, w_p = (jnp.pad(x.astype(jnp.float32), pad) for x in (r, k, v, w_log))
+    u = u.astype(jnp.float32)[:, None, :]  # [H, 1, N] against a chunk's [B, H, L, N]
+    y, final = _wkv_chunks(r_p, k_p, v_p, w_p, u, state.astype(jnp.float32), chunk_size)
+    return y[:, :length].astype(v.dtype), final
