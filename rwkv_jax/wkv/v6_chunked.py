@@ -282,6 +282,9 @@ def wkv6_chunked(
 
     Returns:
       ``y [B, T, H, N]`` in ``v.dtype`` and the final float32 state ``[B, H, N, N]``.
+
+    Reverse-mode only (``jax.grad``, ``jax.vjp``): the backward is hand-written, so forward-mode
+    (``jax.jvp``) is not defined; use :func:`~rwkv_jax.wkv.v6.wkv6_scan` for that.
     """
     _validate_chunk_size(chunk_size)
     batch, length, heads, size = r.shape
