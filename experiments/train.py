@@ -3,6 +3,11 @@ r"""Trains an RWKV model from a config file, resuming from the workdir's newest 
     python experiments/train.py --config configs/shakespeare_finch.py[:ARG] --workdir DIR \
         [--config.a.b=VALUE ...]
 
+    # one of N processes (run the same command in each, with its own process_id):
+    python experiments/train.py --config ... --workdir SHARED_DIR --config.distributed.initialize=True \
+        --config.distributed.coordinator_address=HOST0:1234 --config.distributed.num_processes=N \
+        --config.distributed.process_id=I
+
 Writes DIR/config.json, DIR/metrics.jsonl, DIR/tensorboard/, DIR/checkpoints/ and DIR/final_metrics.json,
 then prints the final validation loss and a sample.
 """
@@ -32,9 +37,15 @@ def main(argv: list[str]) -> int:
             f"unrecognised arguments: {' '.join(unknown)} (overrides look like --config.optim.lr=1e-3)"
         )
 
-    from rwkv_jax.training.loop import train_and_evaluate  # after argument checks: importing JAX takes time
+    # After the argument checks: importing JAX takes time. Connecting the processes of a multi-process run
+    # comes before anything asks JAX for its devices.
+    from rwkv_jax.training import distributed
+    from rwkv_jax.training.loop import train_and_evaluate
 
+    distributed.initialize(config.distributed)
     results = train_and_evaluate(config, args.workdir)
+    if not distributed.is_primary():
+        return 0
     r = results
     print(f"trained steps {r['start_step']} -> {r['final_step']} in {r['train_seconds']:.0f} s")
     if "val_loss" in r:

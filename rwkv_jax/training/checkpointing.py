@@ -2,9 +2,10 @@
 
 A checkpoint holds ``{"params", "opt_state"}`` at a step (the number of micro-batches already trained on);
 the data order is a pure function of (seed, step), so nothing else is needed to continue a run exactly.
-Saves are synchronous. orbax writes each step into a temporary directory and renames it when complete, and
-only directories that carry orbax's metadata file count as checkpoints: a run killed during a save leaves
-at most a temporary or incomplete directory, which resuming ignores.
+Saves are synchronous and, in a multi-process run, made by every process into one directory on storage that
+all of them share. orbax writes each step into a temporary directory and renames it when complete, and only
+directories that carry orbax's metadata file count as checkpoints: a run killed during a save leaves at
+most a temporary or incomplete directory, which resuming ignores.
 """
 
 import os
@@ -14,6 +15,8 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from rwkv_jax.training import distributed
 
 _COMPLETE_MARKER = "_CHECKPOINT_METADATA"
 
@@ -48,11 +51,15 @@ class Checkpoints:
 
     def save(self, step: int, params: Any, opt_state: Any) -> None:
         """Writes the checkpoint of ``step`` unless a complete one exists (an incomplete one is replaced)."""
+        # Every process of a multi-process run decides on the same view of the directory.
+        distributed.barrier(f"checkpoint {step}: look")
         if step in self.complete_steps():
             return
         leftover = self.directory / str(step)
         if leftover.exists():  # an incomplete directory of this step, left by a run killed mid-save
-            shutil.rmtree(leftover)
+            if distributed.is_primary():
+                shutil.rmtree(leftover)
+            distributed.barrier(f"checkpoint {step}: leftover removed")
             self._manager.reload()
         items = ocp.args.Composite(
             params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state)

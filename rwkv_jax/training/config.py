@@ -100,6 +100,15 @@ def default_config() -> ConfigDict:
         ("head_dim", None),
         ("lora", None),
     )
+
+    # Multi-process runs (rwkv_jax.training.distributed): every process runs the same command and config,
+    # with its own process_id. An empty coordinator address lets JAX find the cluster (TPU pod, Slurm, ...).
+    c.distributed = ConfigDict()
+    c.distributed.initialize = False  # False: one process
+    c.distributed.coordinator_address = ""  # "host:port" of process 0
+    c.distributed.num_processes = 1
+    c.distributed.process_id = 0
+    c.distributed.local_device_count = 0  # CPU only: devices this process exposes (0: JAX's default)
     c.lock()
     return c
 

@@ -47,7 +47,7 @@ def evaluate_batches(
     """
     nll_sum, tokens, num_bytes = 0.0, 0, 0
     for batch in batches:
-        nll = np.asarray(eval_step(params, jnp.asarray(batch, jnp.int32)), np.float64)
+        nll = np.asarray(eval_step(params, np.asarray(batch, np.int32)), np.float64)
         nll_sum += float(nll.sum())
         tokens += nll.size
         num_bytes += int(byte_lengths[batch[:, 1:]].sum())

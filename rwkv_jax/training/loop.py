@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from rwkv_jax.sharding import batch_sharding, make_mesh, tree_shardings
-from rwkv_jax.training import shakespeare
+from rwkv_jax.training import distributed, shakespeare
 from rwkv_jax.training.checkpointing import Checkpoints
 from rwkv_jax.training.config import ConfigDict
 from rwkv_jax.training.data import END_OF_DOCUMENT, BatchOrder, encode_text, eval_batches, load_stream
@@ -51,8 +51,10 @@ def data_paths(data: ConfigDict) -> tuple[str, str]:
 def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
     """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the final metrics."""
     workdir = pathlib.Path(workdir)
+    primary = distributed.is_primary()  # the process that writes logs and metrics (checkpoints: all)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json(indent=2), encoding="utf-8")
+    if primary:
+        (workdir / "config.json").write_text(config.to_json(indent=2), encoding="utf-8")
 
     # ---- Mesh -------------------------------------------------------------------------------------------
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
@@ -94,7 +96,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
         l2wrap=config.loss.l2wrap,
     )
     train_step = jit_train_step(step_fn, param_sh, opt_sh, batch_sh)
-    eval_step = jit_eval_step(make_eval_step(fns), param_sh, batch_sh)
+    jitted_eval_step = jit_eval_step(make_eval_step(fns), param_sh, batch_sh)
+
+    def eval_step(params: Any, batch: np.ndarray) -> np.ndarray:
+        return distributed.to_host(jitted_eval_step(params, distributed.global_array(batch, batch_sh)))
+
     byte_lengths = token_byte_lengths(config.data.tokenizer, config.model.vocab_size)
 
     def evaluate(step: int) -> dict[str, Any]:
@@ -111,8 +117,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
 
     # ---- Loop -------------------------------------------------------------------------------------------
     total = config.train.steps
-    writer = MetricWriter(workdir, resume_step=start)
-    progress = Progress(total, start, config.train.progress)
+    writer = MetricWriter(workdir, resume_step=start, enabled=primary)
+    progress = Progress(total, start, bar=config.train.progress, silent=not primary)
     results: dict[str, Any] = {"start_step": start}
     began = window_start = time.perf_counter()
     window_steps, step = 0, start
@@ -120,7 +126,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
         while step < total:
             batch = order.batch(step)
             _check_vocab(batch, config.model.vocab_size, step)
-            params, opt_state, metrics = train_step(params, opt_state, jax.device_put(batch, batch_sh))
+            params, opt_state, metrics = train_step(
+                params, opt_state, distributed.global_array(batch, batch_sh)
+            )
             loss = float(metrics["loss"])
             if not math.isfinite(loss):
                 raise NonFiniteLossError(
@@ -156,7 +164,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
         progress.close()
         writer.close()
         ckpts.close()
-    (workdir / "final_metrics.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    if primary:
+        (workdir / "final_metrics.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     return results
 
 
@@ -165,6 +174,8 @@ def sample_text(config: ConfigDict, fns: ModelFns, params: Any, step: int) -> st
     from rwkv_jax.generation import generate
     from rwkv_jax.tokenizers import get_tokenizer
 
+    if jax.process_count() > 1:  # parameters spanning processes: each process samples from a full copy
+        params = distributed.tree_to_host(params)
     prompt = encode_text(config.eval.sample_prompt, config.data.tokenizer).tolist()
     result = generate(
         fns.module(params),

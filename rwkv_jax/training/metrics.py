@@ -17,10 +17,18 @@ METRICS_FILE = "metrics.jsonl"
 
 
 class MetricWriter:
-    """Appends scalar records to ``workdir/metrics.jsonl`` and TensorBoard (when ``tensorboard``)."""
+    """Appends scalar records to ``workdir/metrics.jsonl`` and TensorBoard (when ``tensorboard``).
 
-    def __init__(self, workdir: str | os.PathLike, resume_step: int = 0, tensorboard: bool = True):
+    Disabled (``enabled=False``: the processes of a multi-process run but the first), it writes nothing.
+    """
+
+    def __init__(
+        self, workdir: str | os.PathLike, resume_step: int = 0, tensorboard: bool = True, enabled: bool = True
+    ):
         self.path = pathlib.Path(workdir) / METRICS_FILE
+        self._enabled = enabled
+        if not enabled:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _drop_records_after(self.path, resume_step)
         self._file = self.path.open("a", encoding="utf-8")
@@ -35,6 +43,8 @@ class MetricWriter:
 
     def write(self, step: int, **scalars: float) -> None:
         """Records ``scalars`` (python floats) at ``step``."""
+        if not self._enabled:
+            return
         record = {"step": int(step), **{k: _json_number(v) for k, v in scalars.items()}}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
@@ -44,6 +54,8 @@ class MetricWriter:
             self._tb.flush()
 
     def close(self) -> None:
+        if not self._enabled:
+            return
         self._file.close()
         if self._tb is not None:
             self._tb.close()
@@ -70,11 +82,16 @@ def _json_number(value: Any) -> float | str:
 
 
 class Progress:
-    """A tqdm bar over the training steps showing loss, tokens/s and (tqdm's own) ETA; silent if disabled."""
+    """A tqdm bar over the training steps showing loss, tokens/s and (tqdm's own) ETA, and lines above it.
 
-    def __init__(self, total: int, initial: int, enabled: bool = True):
+    ``bar=False`` hides the bar but still prints the lines; ``silent=True`` prints nothing at all (the
+    processes of a multi-process run other than the first).
+    """
+
+    def __init__(self, total: int, initial: int, bar: bool = True, silent: bool = False):
+        self._silent = silent
         self._bar = tqdm.tqdm(
-            total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True
+            total=total, initial=initial, disable=silent or not bar, unit="step", dynamic_ncols=True
         )
 
     def update(self, steps: int, loss: float, tokens_per_second: float) -> None:
@@ -83,7 +100,8 @@ class Progress:
 
     def write(self, text: str) -> None:
         """Prints a line above the bar."""
-        self._bar.write(text)
+        if not self._silent:
+            self._bar.write(text)
 
     def close(self) -> None:
         self._bar.close()
