@@ -53,7 +53,7 @@ from rwkv_jax.training import loop
 assert len(jax.devices()) == 4
 results = []
 for data, fsdp, tensor in [(4, 1, 1), (1, 2, 2)]:
-    config = tiny_config(({train!r}, {val!r}))
+    config = tiny_config(({train!r}, {val!r}), family={family!r})
     config.train.steps, config.ckpt.every, config.data.batch_size, config.eval.batches = 1, 0, 4, 1
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = data, fsdp, tensor
     results.append(loop.train_and_evaluate(config, {workdir!r} + f"/{{data}}")["val_loss"])
@@ -62,8 +62,11 @@ np.testing.assert_allclose(results[0], results[1], rtol=1e-4)
 """
 
 
-def test_fsdp_and_tensor_sharded_training_matches_data_parallel(corpus, tmp_path):
-    script = SCRIPT.format(tests=str(REPO / "tests"), train=corpus[0], val=corpus[1], workdir=str(tmp_path))
+@pytest.mark.parametrize("family", ["rwkv4", "rwkv6"])  # rwkv6: the chunked WKV, heads split on tensor
+def test_fsdp_and_tensor_sharded_training_matches_data_parallel(corpus, tmp_path, family):
+    script = SCRIPT.format(
+        tests=str(REPO / "tests"), train=corpus[0], val=corpus[1], workdir=str(tmp_path), family=family
+    )
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     done = subprocess.run(
