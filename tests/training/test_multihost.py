@@ -5,6 +5,7 @@ process with four devices, and one set of logs."""
 import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from rwkv_jax.training.metrics import read_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
-# One process of a run: argv = train, val, workdir, num_processes, process_id, port.
+# One process of a run: argv = train, val, workdir, num_processes, process_id, port, steps.
 RUN = """
 import sys
 
@@ -25,8 +26,9 @@ import jax
 from rwkv_jax.training import distributed, loop
 from tests.training.conftest import tiny_config
 
-train, val, workdir, num_processes, process_id, port = sys.argv[1:]
+train, val, workdir, num_processes, process_id, port, steps = sys.argv[1:]
 config = tiny_config((train, val), family="rwkv6")
+config.train.steps = int(steps)
 config.data.batch_size = 4  # one sequence per device
 config.mesh.data, config.mesh.fsdp = 2, 2
 config.eval.sample_tokens = 8
@@ -39,6 +41,7 @@ else:
 distributed.initialize(config.distributed)
 assert len(jax.devices()) == 4 and len(jax.local_devices()) == 4 // int(num_processes)
 results = loop.train_and_evaluate(config, workdir)
+print("START", results["start_step"])
 print("SAMPLE", repr(results["sample"]))
 """
 
@@ -49,10 +52,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(corpus: tuple[str, str], workdir: pathlib.Path, num_processes: int, process_id: int, port: int):
+def start(
+    corpus: tuple[str, str], workdir: pathlib.Path, num_processes: int, process_id: int, port: int, steps: int
+) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)  # no forced device count from the parent: each process sets its own
-    args = [*corpus, str(workdir), str(num_processes), str(process_id), str(port)]
+    args = [*corpus, str(workdir), str(num_processes), str(process_id), str(port), str(steps)]
     return subprocess.Popen(
         [sys.executable, "-c", RUN, *args],
         cwd=REPO,
@@ -73,14 +78,19 @@ def finish(process: subprocess.Popen) -> str:
     return text
 
 
+def run_both(corpus: tuple[str, str], single: pathlib.Path, multi: pathlib.Path, steps: int) -> list[str]:
+    """Runs the one-process and the two-process run side by side; returns the three processes' outputs."""
+    port = free_port()
+    processes = [start(corpus, single, 1, 0, 0, steps)]
+    processes += [start(corpus, multi, 2, i, port, steps) for i in range(2)]
+    return [finish(p) for p in processes]
+
+
 @pytest.fixture(scope="module")
 def two_runs(corpus, tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path, list[str]]:
     """(workdir of the one-process run, workdir of the two-process run, the processes' outputs)."""
     single, multi = tmp_path_factory.mktemp("one_process"), tmp_path_factory.mktemp("two_processes")
-    port = free_port()
-    processes = [start(corpus, single, 1, 0, 0)] + [start(corpus, multi, 2, i, port) for i in range(2)]
-    outputs = [finish(p) for p in processes]
-    return single, multi, outputs
+    return single, multi, run_both(corpus, single, multi, steps=6)
 
 
 def records(workdir: pathlib.Path) -> list[dict]:
@@ -106,3 +116,14 @@ def test_every_process_draws_the_same_sample_and_only_the_first_logs(two_runs):
     samples = [line for line in samples if line.startswith("SAMPLE")]
     assert len(samples) == 3 and len(set(samples)) == 1, samples
     assert "validation loss" in first_out and "validation loss" not in second_out
+
+
+def test_two_processes_resume_from_their_checkpoint_as_one_process_does(corpus, two_runs, tmp_path):
+    single, multi = (shutil.copytree(run, tmp_path / run.name) for run in two_runs[:2])
+    outputs = run_both(corpus, single, multi, steps=8)
+    assert all("START 6" in out for out in outputs), [out[-500:] for out in outputs]
+    expected = {r["step"]: r["loss"] for r in records(single) if "loss" in r}
+    got = {r["step"]: r["loss"] for r in records(multi) if "loss" in r}
+    assert sorted(got) == list(range(1, 9))
+    for step in (7, 8):
+        assert got[step] == pytest.approx(expected[step], rel=1e-5), step
