@@ -1,0 +1,166 @@
+"""WKV-7: the generalised delta rule of RWKV-7 "Goose" (arXiv 2503.14456).
+
+Per head, with receptance r, key k, value v, in-context "removal" vector a and "replacement" vector b
+(``[N]`` each at step t), log decay ``w_t <= 0`` per key channel and state ``S [N, N]`` indexed
+``[value, key]`` (the orientation of RWKV-LM's v7 kernels)::
+
+    S_t = S_{t-1} (diag(exp(w_t)) + a_t b_t^T) + v_t k_t^T
+    y_t = S_t r_t
+
+Unlike WKV-5/6, the output reads the state *after* the token's update and there is no bonus term (RWKV-7
+adds its own ``(r . k) v`` term in the model). The model passes ``a = -kk`` and ``b = kk * iclr`` (``kk`` the
+normalised key): the state forgets along ``kk`` before writing ``v k^T``.
+
+Every form has the signature ``(r, k, v, w_log, a, b, state=None) -> (y, state)``:
+
+- ``wkv7_reference``: float64 ``lax.scan``; the ground truth of the tests (differentiable).
+- ``wkv7_recurrent``: the same step in float32; the inference form and, for now, the training form.
+- ``wkv7_scan``: ``lax.associative_scan`` over the per-token affine maps ``S -> S A_t + B_t``; composing two
+  maps multiplies their ``N x N`` transitions, so it holds two ``N x N`` matrices per token and head
+  (``2 B T H N^2`` float32, more under ``jax.grad``): an independent parallel form for moderate sizes.
+
+A chunk-wise form and Pallas kernels are not written yet (``Impl.CHUNKED`` / ``PALLAS`` raise).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rwkv_jax.array_typing import Array
+from rwkv_jax.wkv.impl import Impl, resolve
+
+__all__ = ["wkv7", "wkv7_recurrent", "wkv7_reference", "wkv7_scan"]
+
+NAMES = ("r", "k", "v", "w_log", "a", "b")
+
+
+def _initial_state(state: Array | None, r: Array, dtype: jnp.dtype) -> Array:
+    """The given state cast to ``dtype``, or zeros ``[B, H, N, N]``."""
+    batch, _, heads, size = r.shape
+    if state is None:
+        return jnp.zeros((batch, heads, size, size), dtype)
+    return state.astype(dtype)
+
+
+def _scan_steps(inputs: tuple[Array, ...], state: Array) -> tuple[Array, Array]:
+    """One ``lax.scan`` step per token in the dtype of ``state``: ``inputs`` = (r, k, v, w_log, a, b), each
+    ``[B, T, H, N]``; returns ``y [B, T, H, N]`` and the final state."""
+
+    def step(s: Array, token: tuple[Array, ...]) -> tuple[Array, Array]:
+        r_t, k_t, v_t, w_t, a_t, b_t = token  # [B, H, N] each
+        s_a = jnp.einsum("bhvk,bhk->bhv", s, a_t)
+        s = s * jnp.exp(w_t)[..., None, :] + s_a[..., :, None] * b_t[..., None, :]
+        s = s + v_t[..., :, None] * k_t[..., None, :]
+        return s, jnp.einsum("bhvk,bhk->bhv", s, r_t)
+
+    time_major = tuple(jnp.swapaxes(x, 0, 1).astype(state.dtype) for x in inputs)
+    final, ys = jax.lax.scan(step, state, time_major)
+    return jnp.swapaxes(ys, 0, 1), final
+
+
+@jax.jit
+def wkv7_reference(
+    r: Array, k: Array, v: Array, w_log: Array, a: Array, b: Array, state: Array | None = None
+) -> tuple[Array, Array]:
+    """Float64 ground truth: the recurrence step by step. Needs ``jax_enable_x64``.
+
+    Args:
+      r, k, v: ``[B, T, H, N]`` receptance, key, value (any float dtype).
+      w_log: ``[B, T, H, N]`` log of the per-step decay, ``<= 0``.
+      a, b: ``[B, T, H, N]`` the state's rank-one update ``S a b^T`` (the model's ``-kk`` and ``kk * iclr``).
+      state: ``[B, H, N, N]`` initial state ``[value, key]``, or None for zeros.
+
+    Returns:
+      ``y [B, T, H, N]`` and the final state ``[B, H, N, N]``, both float64.
+    """
+    if not jax.config.jax_enable_x64:
+        raise RuntimeError("wkv7_reference computes in float64: enable it with jax_enable_x64 first")
+    return _scan_steps((r, k, v, w_log, a, b), _initial_state(state, r, jnp.float64))
+
+
+@jax.jit
+def wkv7_recurrent(
+    r: Array, k: Array, v: Array, w_log: Array, a: Array, b: Array, state: Array | None = None
+) -> tuple[Array, Array]:
+    """One ``lax.scan`` step per token, float32 state and accumulation.
+
+    Shapes as in :func:`wkv7_reference`; returns ``y`` in ``v.dtype`` and the float32 final state.
+    """
+    y, final = _scan_steps((r, k, v, w_log, a, b), _initial_state(state, r, jnp.float32))
+    return y.astype(v.dtype), final
+
+
+@jax.jit
+def wkv7_scan(
+    r: Array, k: Array, v: Array, w_log: Array, a: Array, b: Array, state: Array | None = None
+) -> tuple[Array, Array]:
+    """Parallel form: ``lax.associative_scan`` over the per-token maps ``S -> S A_t + B_t``.
+
+    ``A_t = diag(exp(w_t)) + a_t b_t^T`` (``[key, key]``) and ``B_t = v_t k_t^T`` (``[value, key]``);
+    "a then b" is ``(A_a A_b, B_a A_b + B_b)``. The initial state is folded into the first token's ``B``.
+    Memory ``2 B T H N^2`` float32 (see the module docstring). Shapes as in :func:`wkv7_reference`; returns
+    ``y`` in ``v.dtype`` and the float32 final state.
+    """
+    f32, out_dtype = jnp.float32, v.dtype
+    r, k, v, w_log, a, b = (x.astype(f32) for x in (r, k, v, w_log, a, b))
+    state = _initial_state(state, r, f32)
+    size = r.shape[-1]
+    transition = jnp.exp(w_log)[..., None] * jnp.eye(size, dtype=f32) + a[..., :, None] * b[..., None, :]
+    written = v[..., :, None] * k[..., None, :]  # [B, T, H, value, key]
+    written = written.at[:, 0].add(state @ transition[:, 0])
+
+    def compose(first: tuple[Array, Array], then: tuple[Array, Array]) -> tuple[Array, Array]:
+        (a_1, b_1), (a_2, b_2) = first, then
+        return a_1 @ a_2, b_1 @ a_2 + b_2
+
+    _, states = jax.lax.associative_scan(compose, (transition, written), axis=1)
+    y = jnp.einsum("bthvk,bthk->bthv", states, r)
+    return y.astype(out_dtype), states[:, -1]
+
+
+def _validate(inputs: dict[str, Array], state: Array | None) -> None:
+    """Raises a ValueError naming the first argument whose shape, dtype or value is not as documented."""
+    r = inputs["r"]
+    if r.ndim != 4:
+        raise ValueError(f"r must be [B, T, H, N]; got shape {r.shape}")
+    for name, x in inputs.items():
+        if x.shape != r.shape:
+            raise ValueError(f"{name} must have r's shape [B, T, H, N] = {r.shape}; got {x.shape}")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(f"{name} must be a float array; got dtype {x.dtype}")
+    batch, _, heads, size = r.shape
+    if state is not None and state.shape != (batch, heads, size, size):
+        raise ValueError(f"state must be [B, H, N, N] = {(batch, heads, size, size)}; got {state.shape}")
+    w_log = inputs["w_log"]
+    if not isinstance(w_log, jax.core.Tracer) and np.any(np.asarray(w_log) > 0):
+        raise ValueError(f"w_log is the log of a decay in (0, 1] and must be <= 0; max is {np.max(w_log)}")
+
+
+def wkv7(
+    r: Array,
+    k: Array,
+    v: Array,
+    w_log: Array,
+    a: Array,
+    b: Array,
+    state: Array | None = None,
+    *,
+    impl: Impl | str = Impl.AUTO,
+) -> tuple[Array, Array]:
+    """WKV-7 in the form ``impl`` (AUTO: RECURRENT; SCAN on request).
+
+    Args:
+      r, k, v, w_log, a, b: ``[B, T, H, N]`` (float32 or bfloat16; accumulation is float32); ``w_log <= 0``
+        (checked when not traced).
+      state: ``[B, H, N, N]`` float32 initial state ``[value, key]``, or None for zeros.
+      impl: the form, an :class:`Impl` or its name.
+
+    Returns:
+      ``y [B, T, H, N]`` in ``v.dtype`` and the final float32 state ``[B, H, N, N]``.
+    """
+    _validate(dict(zip(NAMES, (r, k, v, w_log, a, b), strict=True)), state)
+    impl = resolve(
+        impl, available=(Impl.RECURRENT, Impl.SCAN), accelerated=Impl.RECURRENT, cpu=Impl.RECURRENT
+    )
+    form = wkv7_scan if impl is Impl.SCAN else wkv7_recurrent
+    return form(r, k, v, w_log, a, b, state)

@@ -1,0 +1,169 @@
+"""WKV-7 forms against the float64 reference: forward, gradients, the model's decay range, bf16, pieces."""
+
+import functools
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rwkv_jax.wkv.v7 import wkv7, wkv7_recurrent, wkv7_reference, wkv7_scan
+
+FORMS = {"recurrent": wkv7_recurrent, "scan": wkv7_scan}
+# RWKV-7's decay is exp(-exp(-0.5) sigmoid(z)): log decays in (-exp(-0.5), 0).
+STRONGEST = -float(np.exp(-0.5))
+
+
+def seed_of(request: pytest.FixtureRequest) -> int:
+    return zlib.crc32(request.node.name.encode())
+
+
+def log_decays(rng: np.random.Generator, shape: tuple[int, ...], kind: str) -> np.ndarray:
+    """'model': as the model makes them from a random pre-activation; 'near_one': 1 - 1e-6; 'strongest':
+    the model's lower limit; 'mixed': each element one of the two extremes."""
+    if kind == "model":
+        return STRONGEST / (1 + np.exp(-3 * rng.normal(size=shape)))
+    if kind == "near_one":
+        return np.full(shape, -1e-6)
+    if kind == "strongest":
+        return np.full(shape, STRONGEST)
+    if kind == "mixed":
+        return np.where(rng.random(shape) < 0.5, STRONGEST, -1e-6)
+    raise ValueError(kind)
+
+
+def make_inputs(seed: int, shape: tuple[int, int, int, int], decay: str, dtype=jnp.float32) -> tuple:
+    """(r, k, v, w_log, a, b, state) as the model builds them: a = -kk, b = kk * iclr with kk a unit vector
+    per head and iclr in (0, 1); r, k, v, a, b in ``dtype``; random state."""
+    rng = np.random.default_rng(seed)
+    batch, _, heads, size = shape
+    r, k, v = (rng.normal(size=shape) for _ in range(3))
+    kk = rng.normal(size=shape)
+    kk /= np.linalg.norm(kk, axis=-1, keepdims=True)
+    iclr = 1 / (1 + np.exp(-rng.normal(size=shape)))
+    w_log = log_decays(rng, shape, decay)
+    state = rng.normal(size=(batch, heads, size, size))
+    r, k, v, a, b = (jnp.asarray(x, dtype) for x in (r, k, v, -kk, kk * iclr))
+    return r, k, v, jnp.asarray(w_log, jnp.float32), a, b, jnp.asarray(state, jnp.float32)
+
+
+def to_f64(args: tuple) -> tuple:
+    return tuple(jnp.asarray(x, jnp.float64) for x in args)
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert not np.isnan(a).any(), "result has NaN"
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def explicit_loop(r, k, v, w_log, a, b, state):
+    """The recurrence written out per head with numpy matrices, float64."""
+    r, k, v, w_log, a, b, s = (np.asarray(x, np.float64) for x in (r, k, v, w_log, a, b, state))
+    batch, length, heads, _ = r.shape
+    s, y = s.copy(), np.zeros_like(v)
+    for i in range(batch):
+        for h in range(heads):
+            for t in range(length):
+                transition = np.diag(np.exp(w_log[i, t, h])) + np.outer(a[i, t, h], b[i, t, h])
+                s[i, h] = s[i, h] @ transition + np.outer(v[i, t, h], k[i, t, h])
+                y[i, t, h] = s[i, h] @ r[i, t, h]
+    return y, s
+
+
+def test_reference_equals_the_explicit_loop(request):
+    args = make_inputs(seed_of(request), (2, 7, 2, 4), "model")
+    y, s = wkv7_reference(*args)
+    y_loop, s_loop = explicit_loop(*args)
+    np.testing.assert_allclose(y, y_loop, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(s, s_loop, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("decay", ["model", "near_one", "strongest", "mixed"])
+@pytest.mark.parametrize("length", [1, 45])
+def test_float32_forward_matches_reference(request, form, decay, length):
+    args = make_inputs(seed_of(request), (2, length, 2, 16), decay)
+    y_ref, s_ref = wkv7_reference(*to_f64(args))
+    y, s = jax.jit(FORMS[form])(*args)
+    assert y.dtype == jnp.float32 and s.dtype == jnp.float32
+    assert rel_err(y, y_ref) <= 1e-5
+    assert rel_err(s, s_ref) <= 1e-5
+
+
+def scalar_loss(form, seed: int, args: tuple):
+    """A random projection of y and the final state, so every gradient is exercised."""
+    rng = np.random.default_rng(seed + 1)
+    y, s = form(*args)
+    y_dir, s_dir = rng.normal(size=y.shape), rng.normal(size=s.shape)
+    return jnp.sum(y * y_dir.astype(y.dtype)) + jnp.sum(s * s_dir.astype(s.dtype))
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("decay", ["model", "near_one", "mixed"])
+def test_float32_gradients_match_reference(request, form, decay):
+    seed = seed_of(request)
+    args = make_inputs(seed, (1, 45, 2, 16), decay)
+    grads_ref = jax.grad(functools.partial(scalar_loss, wkv7_reference, seed), argnums=0)(to_f64(args))
+    grads = jax.jit(jax.grad(functools.partial(scalar_loss, FORMS[form], seed), argnums=0))(args)
+    for name, grad, ref in zip((*"rkv", "w_log", "a", "b", "state"), grads, grads_ref, strict=True):
+        assert rel_err(grad, ref) <= 1e-4, name
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_bfloat16_inputs_accumulate_in_float32(request, form):
+    args = make_inputs(seed_of(request), (1, 70, 2, 16), "model", dtype=jnp.bfloat16)
+    y_ref, s_ref = wkv7_reference(*to_f64(args))
+    y, s = jax.jit(FORMS[form])(*args)
+    assert y.dtype == jnp.bfloat16 and s.dtype == jnp.float32
+    assert rel_err(y, y_ref) <= 5e-3
+    assert rel_err(s, s_ref) <= 5e-3
+
+
+def test_recurrent_is_accurate_on_long_sequences(request):
+    args = make_inputs(seed_of(request), (1, 2048, 1, 16), "near_one")
+    y_ref, s_ref = wkv7_reference(*to_f64(args))
+    y, s = wkv7_recurrent(*args)
+    assert rel_err(y, y_ref) <= 1e-5
+    assert rel_err(s, s_ref) <= 1e-5
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_two_pieces_with_carried_state_equal_one_call(request, form):
+    *inputs, state = make_inputs(seed_of(request), (2, 30, 2, 8), "model")
+    y_all, s_all = FORMS[form](*inputs, state)
+    cut = 13
+    y1, s1 = FORMS[form](*(x[:, :cut] for x in inputs), state)
+    y2, s2 = FORMS[form](*(x[:, cut:] for x in inputs), s1)
+    assert rel_err(jnp.concatenate([y1, y2], axis=1), y_all) <= 1e-6
+    assert rel_err(s2, s_all) <= 1e-6
+
+
+def test_dispatcher_runs_recurrent_and_scan_and_names_the_missing_forms(request):
+    args = make_inputs(seed_of(request), (1, 9, 2, 8), "model")
+    y_ref, _ = wkv7_reference(*to_f64(args))
+    for impl in ("recurrent", "scan", "auto"):
+        assert rel_err(wkv7(*args, impl=impl)[0], y_ref) <= 1e-5, impl
+    y, s = wkv7(*args[:6])  # no state: starts from zeros
+    assert rel_err(y, wkv7_reference(*to_f64(args[:6]))[0]) <= 1e-5 and s.shape == (1, 2, 8, 8)
+    for impl in ("chunked", "pallas"):
+        with pytest.raises(ValueError, match=f"'{impl}' is not implemented.*available: recurrent, scan"):
+            wkv7(*args, impl=impl)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: {**a, "b": a["b"][:, :-1]}, "b must have r's shape"),
+        (lambda a: {**a, "r": a["r"][0]}, "r must be"),
+        (lambda a: {**a, "state": a["state"][..., :-1]}, "state must be"),
+        (lambda a: {**a, "w_log": -a["w_log"]}, "must be <= 0"),
+        (lambda a: {**a, "a": a["a"].astype(jnp.int32)}, "a must be a float"),
+    ],
+)
+def test_dispatcher_rejects_bad_inputs_with_a_clear_error(request, change, message):
+    names = ("r", "k", "v", "w_log", "a", "b", "state")
+    args = dict(zip(names, make_inputs(seed_of(request), (1, 4, 2, 8), "model"), strict=True))
+    with pytest.raises(ValueError, match=message):
+        wkv7(**change(args))
