@@ -3,7 +3,8 @@
 The public API, importable from the top level:
 
 - models: :class:`RWKV4` / :class:`RWKV4Config` (RWKV-4), :class:`RWKV6` / :class:`RWKV6Config`
-  (Eagle = "5.2", Finch = "6"); one call ``model(tokens[B, T], state) -> (logits[B, T, V], state)``.
+  (Eagle = "5.2", Finch = "6"), :class:`RWKV7` / :class:`RWKV7Config` (Goose); one call
+  ``model(tokens[B, T], state) -> (logits[B, T, V], state)``.
 - official checkpoints: :func:`load_official` (BlinkDL ``.pth``, version detected from the keys) and
   :func:`save_official`.
 - generation: :func:`generate` (greedy, temperature, top-k, top-p; ragged prompt batches; streaming).
@@ -15,18 +16,21 @@ from rwkv_jax.checkpoint.official import load_official, save_official
 from rwkv_jax.generation import GenerationResult, generate, sample_logits
 from rwkv_jax.models.rwkv4 import RWKV4, RWKV4Config
 from rwkv_jax.models.rwkv6 import RWKV6, RWKV6Config
+from rwkv_jax.models.rwkv7 import RWKV7, RWKV7Config
 from rwkv_jax.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, WorldTokenizer, get_tokenizer
 from rwkv_jax.wkv.impl import Impl
 
 __all__ = [
     "RWKV4",
     "RWKV6",
+    "RWKV7",
     "ByteTokenizer",
     "GenerationResult",
     "HFTokenizer",
     "Impl",
     "RWKV4Config",
     "RWKV6Config",
+    "RWKV7Config",
     "Tokenizer",
     "WorldTokenizer",
     "generate",

@@ -25,10 +25,13 @@ Hugging Face's ``RwkvForCausalLM`` uses the same tensors under other names: :fun
 from collections.abc import Iterable, Mapping
 
 import numpy as np
-from flax import nnx
 
-from rwkv_jax.checkpoint.layout import CheckpointLayoutError, block_count, check_keys, check_tensors
-from rwkv_jax.checkpoint.transfer import fill_model, official_tensors
+from rwkv_jax.checkpoint.layout import (
+    block_count,
+    check_keys,
+    tensor_shape,
+)
+from rwkv_jax.checkpoint.transfer import dotted_name, linear_weights, model_from_tensors, official_tensors
 from rwkv_jax.models.rwkv4 import RWKV4, RWKV4Config
 from rwkv_jax.wkv.impl import Impl
 
@@ -90,13 +93,6 @@ def layout_keys(keys: Iterable[str]) -> list[str]:
     return official_names(block_count(keys))
 
 
-def _matrix_shape(tensors: Mapping[str, np.ndarray], name: str) -> tuple[int, int]:
-    shape = tuple(tensors[name].shape)
-    if len(shape) != 2:
-        raise CheckpointLayoutError(f"{FAMILY} checkpoint: {name} has shape {shape}, expected a matrix")
-    return shape
-
-
 def config_from_state_dict(
     tensors: Mapping[str, np.ndarray],
     *,
@@ -106,8 +102,8 @@ def config_from_state_dict(
 ) -> RWKV4Config:
     """Infers the sizes from ``emb.weight [V, C]``, ``blocks.0.ffn.key.weight [F, C]`` and the block count."""
     check_keys(tensors.keys(), layout_keys(tensors.keys()), FAMILY)
-    vocab_size, n_embd = _matrix_shape(tensors, "emb.weight")
-    ffn_dim, _ = _matrix_shape(tensors, "blocks.0.ffn.key.weight")
+    vocab_size, n_embd = tensor_shape(tensors, "emb.weight", 2, FAMILY)
+    ffn_dim, _ = tensor_shape(tensors, "blocks.0.ffn.key.weight", 2, FAMILY)
     n_layer = block_count(tensors.keys())
     return RWKV4Config(
         vocab_size, n_layer, n_embd, ffn_dim, dtype=dtype, param_dtype=param_dtype, wkv_impl=wkv_impl
@@ -116,15 +112,10 @@ def config_from_state_dict(
 
 def official_name(path: tuple) -> str:
     """Official tensor name of a model parameter path (``('blocks', 0, 'att', 'key', 'kernel')``)."""
-    parts = [str(p) for p in path]
-    if parts[-1] == "kernel":
-        parts[-1] = "weight"
-    return ".".join(parts)
+    return dotted_name(path)
 
 
-def _is_linear(name: str) -> bool:
-    parts = name.split(".")
-    return parts[-1] == "weight" and parts[-2] in LINEAR_MODULES
+_is_linear = linear_weights(LINEAR_MODULES)
 
 
 def from_state_dict(
@@ -140,9 +131,8 @@ def from_state_dict(
     building anything. The model is built abstractly (no random init) and then filled.
     """
     config = config_from_state_dict(tensors, dtype=dtype, param_dtype=param_dtype, wkv_impl=wkv_impl)
-    check_tensors(tensors, expected_shapes(config), FAMILY)
-    abstract = nnx.eval_shape(lambda: RWKV4(config, rngs=nnx.Rngs(0)))
-    return fill_model(abstract, tensors, official_name, _is_linear, config.param_dtype)
+    shapes = expected_shapes(config)
+    return model_from_tensors(RWKV4, config, tensors, shapes, official_name, _is_linear, FAMILY)
 
 
 def to_state_dict(model: RWKV4, dtype: np.dtype | str | None = np.float32) -> dict[str, np.ndarray]:

@@ -29,10 +29,14 @@ conversion transposes Linear weights and reshapes ``(1, 1, n)`` vectors to ``[n]
 from collections.abc import Iterable, Mapping
 
 import numpy as np
-from flax import nnx
 
-from rwkv_jax.checkpoint.layout import CheckpointLayoutError, block_count, check_keys, check_tensors
-from rwkv_jax.checkpoint.transfer import fill_model, official_tensors
+from rwkv_jax.checkpoint.layout import (
+    CheckpointLayoutError,
+    block_count,
+    check_keys,
+    tensor_shape,
+)
+from rwkv_jax.checkpoint.transfer import dotted_name, linear_weights, model_from_tensors, official_tensors
 from rwkv_jax.models.rwkv6 import RWKV6, RWKV6Config
 from rwkv_jax.wkv.impl import Impl
 
@@ -159,15 +163,6 @@ def layout_keys(keys: Iterable[str]) -> list[str]:
     return official_names(version, block_count(keys))
 
 
-def _shape(tensors: Mapping[str, np.ndarray], name: str, ndim: int) -> tuple[int, ...]:
-    shape = tuple(tensors[name].shape)
-    if len(shape) != ndim:
-        raise CheckpointLayoutError(
-            f"{FAMILY} checkpoint: {name} has shape {shape}, expected {ndim} dimensions"
-        )
-    return shape
-
-
 def config_from_state_dict(
     tensors: Mapping[str, np.ndarray],
     *,
@@ -180,19 +175,19 @@ def config_from_state_dict(
     version = detect_version(tensors.keys())
     n_layer = block_count(tensors.keys())
     check_keys(tensors.keys(), official_names(version, n_layer), FAMILY)
-    vocab_size, n_embd = _shape(tensors, "emb.weight", 2)
-    dim_att, _ = _shape(tensors, "blocks.0.att.key.weight", 2)
-    ffn_dim, _ = _shape(tensors, "blocks.0.ffn.key.weight", 2)
+    vocab_size, n_embd = tensor_shape(tensors, "emb.weight", 2, FAMILY)
+    dim_att, _ = tensor_shape(tensors, "blocks.0.att.key.weight", 2, FAMILY)
+    ffn_dim, _ = tensor_shape(tensors, "blocks.0.ffn.key.weight", 2, FAMILY)
     bonus = "time_first" if version == "5.1" else "time_faaaa"
-    n_head = _shape(tensors, f"blocks.0.att.{bonus}", 1 if version == "5.1" else 2)[0]
+    n_head = tensor_shape(tensors, f"blocks.0.att.{bonus}", 1 if version == "5.1" else 2, FAMILY)[0]
     if dim_att % n_head:
         raise CheckpointLayoutError(
             f"{FAMILY} checkpoint: dim_att {dim_att} is not a multiple of {n_head} heads"
         )
     lora = {}
     if version == "6":
-        lora["time_mix_extra_dim"] = _shape(tensors, "blocks.0.att.time_maa_w2", 3)[1]
-        lora["time_decay_extra_dim"] = _shape(tensors, "blocks.0.att.time_decay_w1", 2)[1]
+        lora["time_mix_extra_dim"] = tensor_shape(tensors, "blocks.0.att.time_maa_w2", 3, FAMILY)[1]
+        lora["time_decay_extra_dim"] = tensor_shape(tensors, "blocks.0.att.time_decay_w1", 2, FAMILY)[1]
     return RWKV6Config(
         version=version,
         vocab_size=vocab_size,
@@ -211,15 +206,10 @@ def config_from_state_dict(
 
 def official_name(path: tuple) -> str:
     """Official tensor name of a parameter path (``('blocks', 0, 'att', 'decay', 'time_decay')``)."""
-    parts = [str(p) for p in path if p not in PLUGGABLE_PARTS]
-    if parts[-1] == "kernel":
-        parts[-1] = "weight"
-    return ".".join(parts)
+    return dotted_name(path, PLUGGABLE_PARTS)
 
 
-def _is_linear(name: str) -> bool:
-    parts = name.split(".")
-    return parts[-1] == "weight" and len(parts) >= 2 and parts[-2] in LINEAR_MODULES
+_is_linear = linear_weights(LINEAR_MODULES)
 
 
 def from_state_dict(
@@ -239,9 +229,8 @@ def from_state_dict(
     config = config_from_state_dict(
         tensors, dtype=dtype, param_dtype=param_dtype, wkv_impl=wkv_impl, group_norm_eps=group_norm_eps
     )
-    check_tensors(tensors, expected_shapes(config), FAMILY)
-    abstract = nnx.eval_shape(lambda: RWKV6(config, rngs=nnx.Rngs(0)))
-    return fill_model(abstract, tensors, official_name, _is_linear, config.param_dtype)
+    shapes = expected_shapes(config)
+    return model_from_tensors(RWKV6, config, tensors, shapes, official_name, _is_linear, FAMILY)
 
 
 def to_state_dict(model: RWKV6, dtype: np.dtype | str | None = np.float32) -> dict[str, np.ndarray]:

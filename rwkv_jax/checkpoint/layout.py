@@ -64,3 +64,12 @@ def check_tensors(
             raise CheckpointLayoutError(
                 f"{family} checkpoint: {name} has dtype {tensor.dtype}, expected floating point"
             )
+
+
+def tensor_shape(tensors: Mapping[str, np.ndarray], name: str, ndim: int, family: str) -> tuple[int, ...]:
+    """The shape of ``tensors[name]``; raises :class:`CheckpointLayoutError` unless it has ``ndim`` axes."""
+    shape = tuple(tensors[name].shape)
+    if len(shape) != ndim:
+        message = f"{family} checkpoint: {name} has shape {shape}, expected {ndim} dimensions"
+        raise CheckpointLayoutError(message)
+    return shape

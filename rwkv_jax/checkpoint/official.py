@@ -19,12 +19,12 @@ from typing import Any
 
 from flax import nnx
 
-from rwkv_jax.checkpoint import convert_v4, convert_v6
+from rwkv_jax.checkpoint import convert_v4, convert_v6, convert_v7
 from rwkv_jax.checkpoint.layout import CheckpointLayoutError, describe_difference, key_difference
 from rwkv_jax.checkpoint.pth import read_pth, write_pth
 from rwkv_jax.wkv.impl import Impl
 
-CONVERTERS: tuple[ModuleType, ...] = (convert_v4, convert_v6)
+CONVERTERS: tuple[ModuleType, ...] = (convert_v4, convert_v6, convert_v7)
 
 
 def detect(keys: list[str]) -> ModuleType:

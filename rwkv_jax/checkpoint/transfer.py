@@ -7,13 +7,35 @@ linear weights.
 """
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rwkv_jax.checkpoint.layout import check_tensors
+
 OfficialName = Callable[[tuple], str]  # parameter path -> official tensor name
 IsLinear = Callable[[str], bool]  # official name -> whether it is a linear weight (stored transposed)
+
+
+def dotted_name(path: tuple, skip: frozenset[str] = frozenset()) -> str:
+    """The official name of a parameter path: its parts joined by dots, ``kernel`` spelt ``weight``, the
+    model-only parts in ``skip`` left out (``blocks/0/att/key/kernel``: ``blocks.0.att.key.weight``)."""
+    parts = [str(p) for p in path if p not in skip]
+    if parts[-1] == "kernel":
+        parts[-1] = "weight"
+    return ".".join(parts)
+
+
+def linear_weights(modules: frozenset[str]) -> IsLinear:
+    """The test "is ``name`` the ``weight`` of one of ``modules``" (torch Linears, stored transposed)."""
+
+    def is_linear(name: str) -> bool:
+        parts = name.split(".")
+        return parts[-1] == "weight" and len(parts) >= 2 and parts[-2] in modules
+
+    return is_linear
 
 
 def fill_model(
@@ -31,6 +53,22 @@ def fill_model(
         tensor = tensor.T if is_linear(name) else tensor.reshape(variable.get_value().shape)
         variable.set_value(jnp.asarray(tensor, param_dtype))
     return nnx.merge(graphdef, params)
+
+
+def model_from_tensors(
+    model_class: type,
+    config: Any,
+    tensors: Mapping[str, np.ndarray],
+    shapes: Mapping[str, tuple[int, ...]],
+    official_name: OfficialName,
+    is_linear: IsLinear,
+    family: str,
+) -> nnx.Module:
+    """Checks ``tensors`` against ``shapes`` (names, shapes, dtypes; :class:`CheckpointLayoutError` names
+    the first mismatch), then builds ``model_class(config)`` abstractly (no random init) and fills it."""
+    check_tensors(tensors, shapes, family)
+    abstract = nnx.eval_shape(lambda: model_class(config, rngs=nnx.Rngs(0)))
+    return fill_model(abstract, tensors, official_name, is_linear, config.param_dtype)
 
 
 def official_tensors(

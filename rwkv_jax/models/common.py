@@ -16,6 +16,37 @@ from flax import nnx
 
 from rwkv_jax.array_typing import Array, Tokens
 
+FLOAT_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16))  # compute and storage dtypes supported
+
+
+def require_positive_ints(config: object, *names: str) -> None:
+    """Raises ValueError naming ``Config.name`` for the first attribute that is not a positive integer."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{type(config).__name__}.{name} must be a positive integer, got {value!r}")
+
+
+def require_positive_floats(config: object, *names: str) -> None:
+    """Raises ValueError naming ``Config.name`` for the first attribute that is not > 0 (epsilons)."""
+    for name in names:
+        value = getattr(config, name)
+        if not value > 0:
+            raise ValueError(f"{type(config).__name__}.{name} must be > 0, got {value!r}")
+
+
+def resolve_float_dtypes(config: object, *names: str) -> None:
+    """Sets each attribute of a frozen dataclass to its numpy dtype; raises unless float32 or bfloat16."""
+    for name in names:
+        value = getattr(config, name)
+        try:
+            dtype = np.dtype(value)
+        except TypeError:
+            dtype = None
+        if dtype not in FLOAT_DTYPES:
+            raise ValueError(f"{type(config).__name__}.{name} must be float32 or bfloat16, got {value!r}")
+        object.__setattr__(config, name, dtype)
+
 
 def param(value: Array, axes: Sequence[str | None]) -> nnx.Param:
     """An ``nnx.Param`` holding ``value`` with one logical axis name per dimension."""

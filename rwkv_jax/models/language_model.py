@@ -2,7 +2,7 @@
 
 A version subclasses :class:`LanguageModel`, sets ``config``, ``emb``, ``blocks``, ``ln_out`` and ``head`` in
 its ``__init__``, and defines :meth:`LanguageModel.empty_layer_state`. Each block is called as
-``block(x [B, T, C], layer_state) -> (x, layer_state)``.
+``block(x [B, T, C], layer_state) -> (x, layer_state)`` by :meth:`LanguageModel.run_blocks`.
 """
 
 from typing import Any
@@ -39,12 +39,18 @@ class LanguageModel(nnx.Module):
         tokens = jnp.asarray(tokens)
         state = self._checked_state(state, tokens.shape[0])
         x = self.emb(tokens).astype(self.config.dtype)
+        x, new_state = self.run_blocks(x, state)
+        logits = self.head(self.ln_out(x)).astype(jnp.float32)
+        return logits, new_state
+
+    def run_blocks(self, x: Array, state: tuple[Any, ...]) -> tuple[Array, tuple[Any, ...]]:
+        """``x [B, T, C]`` through the blocks in order, each with its layer state; returns x and the new
+        state. A version whose blocks pass more than ``x`` from one to the next (RWKV-7) overrides this."""
         new_state = []
         for block, layer_state in zip(self.blocks, state, strict=True):
             x, layer_state = block(x, layer_state)
             new_state.append(layer_state)
-        logits = self.head(self.ln_out(x)).astype(jnp.float32)
-        return logits, tuple(new_state)
+        return x, tuple(new_state)
 
     def _checked_state(self, state: tuple[Any, ...] | None, batch_size: int) -> tuple[Any, ...]:
         """``state``, each layer rebuilt in the model's state type (a restored state may hold plain lists).

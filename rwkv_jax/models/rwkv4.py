@@ -22,29 +22,19 @@ from flax import nnx
 
 from rwkv_jax.array_typing import Array
 from rwkv_jax.models import init
-from rwkv_jax.models.common import Embedding, LayerNorm, Linear, param, token_shift
+from rwkv_jax.models.common import (
+    Embedding,
+    LayerNorm,
+    Linear,
+    param,
+    require_positive_floats,
+    require_positive_ints,
+    resolve_float_dtypes,
+    token_shift,
+)
 from rwkv_jax.models.language_model import LanguageModel
 from rwkv_jax.wkv.impl import Impl
 from rwkv_jax.wkv.v4 import WKV4State, wkv4
-
-COMPUTE_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16))
-PARAM_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16))
-
-
-def _require_positive_int(what: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-
-
-def _dtype(name: str, value: object, allowed: tuple[np.dtype, ...]) -> np.dtype:
-    try:
-        dtype = np.dtype(value)
-    except TypeError:
-        dtype = None
-    if dtype not in allowed:
-        names = ", ".join(d.name for d in allowed)
-        raise ValueError(f"RWKV4Config.{name} must be one of {names}, got {value!r}")
-    return dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,16 +62,13 @@ class RWKV4Config:
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self):
-        for name in ("vocab_size", "n_layer", "n_embd"):
-            _require_positive_int(f"RWKV4Config.{name}", getattr(self, name))
+        require_positive_ints(self, "vocab_size", "n_layer", "n_embd")
         if self.ffn_dim is None:
             object.__setattr__(self, "ffn_dim", 4 * self.n_embd)
-        _require_positive_int("RWKV4Config.ffn_dim", self.ffn_dim)
-        object.__setattr__(self, "dtype", _dtype("dtype", self.dtype, COMPUTE_DTYPES))
-        object.__setattr__(self, "param_dtype", _dtype("param_dtype", self.param_dtype, PARAM_DTYPES))
+        require_positive_ints(self, "ffn_dim")
+        resolve_float_dtypes(self, "dtype", "param_dtype")
         object.__setattr__(self, "wkv_impl", Impl.parse(self.wkv_impl))
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"RWKV4Config.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        require_positive_floats(self, "layer_norm_eps")
 
 
 class RWKV4LayerState(NamedTuple):

@@ -22,7 +22,15 @@ from flax import nnx
 
 from rwkv_jax.array_typing import Array
 from rwkv_jax.models import rwkv6_init as official
-from rwkv_jax.models.common import Embedding, LayerNorm, Linear, token_shift
+from rwkv_jax.models.common import (
+    Embedding,
+    LayerNorm,
+    Linear,
+    require_positive_floats,
+    require_positive_ints,
+    resolve_float_dtypes,
+    token_shift,
+)
 from rwkv_jax.models.language_model import LanguageModel
 from rwkv_jax.models.rwkv6_layers import (
     Bonus,
@@ -37,23 +45,11 @@ from rwkv_jax.models.rwkv6_layers import (
 from rwkv_jax.wkv.impl import Impl
 
 VERSIONS = ("5.1", "5.2", "6")
-FLOAT_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16))
 
 
 def default_ffn_dim(n_embd: int) -> int:
     """RWKV-LM's default channel-mix width: ``int(3.5 C) // 32 * 32`` (``train.py``, ``dim_ffn``)."""
     return int(n_embd * 3.5) // 32 * 32
-
-
-def _float_dtype(name: str, value: object) -> np.dtype:
-    """``value`` as a numpy dtype, float32 or bfloat16 (the compute and storage dtypes supported)."""
-    try:
-        dtype = np.dtype(value)
-    except TypeError:
-        dtype = None
-    if dtype not in FLOAT_DTYPES:
-        raise ValueError(f"RWKV6Config.{name} must be float32 or bfloat16, got {value!r}")
-    return dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,28 +95,19 @@ class RWKV6Config:
                 f"RWKV6Config.version must be one of {VERSIONS} (Eagle 5.x or Finch 6), got {self.version!r}"
             )
         sizes = ("vocab_size", "n_layer", "n_embd", "head_size", "chunk_size")
-        self._check_positive_ints(*sizes, "time_mix_extra_dim", "time_decay_extra_dim")
+        require_positive_ints(self, *sizes, "time_mix_extra_dim", "time_decay_extra_dim")
         if self.dim_att is None:
             object.__setattr__(self, "dim_att", self.n_embd)
         if self.ffn_dim is None:
             object.__setattr__(self, "ffn_dim", default_ffn_dim(self.n_embd))
-        self._check_positive_ints("dim_att", "ffn_dim")
+        require_positive_ints(self, "dim_att", "ffn_dim")
         if self.dim_att % self.head_size:
             raise ValueError(
                 f"RWKV6Config.dim_att ({self.dim_att}) must be a multiple of head_size ({self.head_size})"
             )
-        for name in ("group_norm_eps", "layer_norm_eps"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"RWKV6Config.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("dtype", "param_dtype"):
-            object.__setattr__(self, name, _float_dtype(name, getattr(self, name)))
+        require_positive_floats(self, "group_norm_eps", "layer_norm_eps")
+        resolve_float_dtypes(self, "dtype", "param_dtype")
         object.__setattr__(self, "wkv_impl", Impl.parse(self.wkv_impl))
-
-    def _check_positive_ints(self, *names: str) -> None:
-        for name in names:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-                raise ValueError(f"RWKV6Config.{name} must be a positive integer, got {value!r}")
 
     @property
     def n_head(self) -> int:

@@ -50,7 +50,7 @@ def channel_ramp(channels: int) -> np.ndarray:
     return (np.arange(channels, dtype=np.float64) / channels).astype(np.float32)
 
 
-def _ramp_power(channels: int, exponent: float) -> np.ndarray:
+def ramp_power(channels: int, exponent: float) -> np.ndarray:
     """``ddd ** exponent`` in float32, as ``torch.pow`` on the float32 ``ddd``."""
     return np.power(channel_ramp(channels), np.float32(exponent))
 
@@ -58,7 +58,7 @@ def _ramp_power(channels: int, exponent: float) -> np.ndarray:
 def eagle_time_mix(channels: int, layer: int, n_layer: int, *, gate: bool) -> dict[str, np.ndarray]:
     """Eagle's ``att.time_mix_{k,v,r[,g]} [C]`` float32 (weight of the current token)."""
     r01, r10 = layer_ratios(layer, n_layer)
-    full, half = _ramp_power(channels, r10), _ramp_power(channels, 0.5 * r10)
+    full, half = ramp_power(channels, r10), ramp_power(channels, 0.5 * r10)
     mix = {"k": full, "v": full + np.float32(0.3 * r01), "r": half}
     if gate:
         mix["g"] = half.copy()
@@ -76,7 +76,7 @@ def finch_time_maa(channels: int, layer: int, n_layer: int) -> dict[str, np.ndar
 def channel_mix_weights(channels: int, layer: int, n_layer: int, *, finch: bool) -> dict[str, np.ndarray]:
     """Channel-mix ``time_mix_{k,r}`` (Eagle: ``ddd^r``) or ``time_maa_{k,r}`` (Finch: ``1 - ddd^(r^3)``)."""
     _, r10 = layer_ratios(layer, n_layer)
-    value = np.float32(1.0) - _ramp_power(channels, r10**3) if finch else _ramp_power(channels, r10)
+    value = np.float32(1.0) - ramp_power(channels, r10**3) if finch else ramp_power(channels, r10)
     return {"k": value, "r": value.copy()}
 
 

@@ -27,11 +27,11 @@ def default_config() -> ConfigDict:
     c.seed = 0  # seeds the parameter init and the batch order (a pure function of (seed, step))
 
     c.model = ConfigDict()
-    c.model.family = "rwkv6"  # "rwkv4" | "rwkv6" (RWKV6 covers Eagle and Finch)
+    c.model.family = "rwkv6"  # "rwkv4" | "rwkv6" (RWKV6 covers Eagle and Finch) | "rwkv7" (Goose)
     c.model.version = "6"  # rwkv6 only: "5.2" (Eagle) or "6" (Finch)
     c.model.n_layer = 2
     c.model.n_embd = 64
-    c.model.head_size = 32  # rwkv6 only: channels per head (64 in every published model)
+    c.model.head_size = 32  # rwkv6 and rwkv7: channels per head (64 in every published model)
     c.model.vocab_size = 256
     c.model.ffn_dim = 0  # 0: the family's default (4 x n_embd for RWKV-4, 3.5 x n_embd for Eagle/Finch)
     c.model.time_mix_extra_dim = 0  # Finch ddlerp LoRA rank; 0: the model's default (32)
@@ -58,7 +58,7 @@ def default_config() -> ConfigDict:
     c.optim.b2 = 0.99  # RWKV-LM's default
     c.optim.eps = 1e-8
     c.optim.weight_decay = 0.0  # applied to 2-D matrices only (see optim.weight_decay_mask)
-    c.optim.wd_exclude_axes = ("lora",)  # 2-D parameters with one of these logical axes get no decay
+    c.optim.wd_exclude_axes = ("lora", "head_dim")  # 2-D parameters with one of these axes get no decay
     c.optim.clip_norm = 1.0  # global gradient norm clip; 0 disables
     c.optim.accum_steps = 1  # micro-batches per update (optax.MultiSteps)
 

@@ -15,9 +15,11 @@ from rwkv_jax.array_typing import Array
 from rwkv_jax.sharding import logical_axes_of
 from rwkv_jax.training.config import ConfigDict
 
+FAMILIES = ("rwkv4", "rwkv6", "rwkv7")
+
 
 def model_config(model: ConfigDict) -> Any:
-    """The RWKV4Config / RWKV6Config described by the ``config.model`` section."""
+    """The RWKV4Config / RWKV6Config / RWKV7Config described by the ``config.model`` section."""
     common = dict(
         vocab_size=model.vocab_size,
         n_layer=model.n_layer,
@@ -42,19 +44,22 @@ def model_config(model: ConfigDict) -> Any:
         return RWKV6Config(
             **common, version=model.version, head_size=model.head_size, chunk_size=model.chunk_size, **lora
         )
-    raise ValueError(f"unknown model family {model.family!r}; expected 'rwkv4' or 'rwkv6'")
+    if model.family == "rwkv7":
+        from rwkv_jax.models.rwkv7 import RWKV7Config
+
+        return RWKV7Config(**common, head_size=model.head_size)
+    raise ValueError(f"unknown model family {model.family!r}; expected one of {FAMILIES}")
 
 
 def build_model(model: ConfigDict, seed: int) -> nnx.Module:
     """A freshly initialised model (RWKV-LM's initialisation, from the model classes) for ``config.model``."""
-    config = model_config(model)
-    if model.family == "rwkv4":
-        from rwkv_jax.models.rwkv4 import RWKV4
-
-        return RWKV4(config, rngs=nnx.Rngs(seed))
+    from rwkv_jax.models.rwkv4 import RWKV4
     from rwkv_jax.models.rwkv6 import RWKV6
+    from rwkv_jax.models.rwkv7 import RWKV7
 
-    return RWKV6(config, rngs=nnx.Rngs(seed))
+    config = model_config(model)
+    model_class = {"rwkv4": RWKV4, "rwkv6": RWKV6, "rwkv7": RWKV7}[model.family]
+    return model_class(config, rngs=nnx.Rngs(seed))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,8 +39,14 @@ def learning_rate_schedule(
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
-def weight_decay_mask(logical_axes: Any, shapes: Any, exclude_axes: Sequence[str] = ("lora",)) -> Any:
+def weight_decay_mask(
+    logical_axes: Any, shapes: Any, exclude_axes: Sequence[str] = ("lora", "head_dim")
+) -> Any:
     """A pytree of bools (same structure as ``shapes``): True where weight decay applies.
+
+    RWKV-LM decays the 2-D ``*.weight`` tensors (linear layers, embedding, head) only; the other 2-D
+    parameters are LoRA matrices (logical axis ``lora``) and per-head vectors such as the bonus
+    ``time_faaaa`` or RWKV-7's ``r_k`` (``head_dim``), hence the default exclusions.
 
     Args:
       logical_axes: pytree of per-parameter tuples of logical axis names (None where a parameter has none).

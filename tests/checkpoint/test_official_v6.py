@@ -17,10 +17,8 @@ from rwkv_jax.checkpoint.layout import CheckpointLayoutError
 from rwkv_jax.checkpoint.official import load_official, save_official
 from rwkv_jax.checkpoint.pth import read_pth, write_pth
 from rwkv_jax.models.rwkv6 import RWKV6
+from tests.checkpoint.fixture_prompt import assert_prompt_gives
 from tests.models.test_rwkv6 import randomize, tiny_config
-
-PROMPT = (34, 105, 110)
-TOLERANCE = 1e-4  # max abs difference of the 256 logits
 
 # (tag, version, reference file, ln_x eps, the other RWKV-5 reference, which that eps must miss)
 CASES = [
@@ -45,15 +43,7 @@ def test_trained_model_reproduces_reference_logits_one_byte_at_a_time_and_as_a_s
     )
     assert model.config.version == version
     expected = np.load(tiny_rwkv_dir / expected_file)
-    state = None
-    for byte in PROMPT:
-        logits, state = model(jnp.array([[byte]], jnp.int32), state)
-    serial = np.asarray(logits[0, -1])
-    sequence = np.asarray(model(jnp.array([PROMPT], jnp.int32))[0][0, -1])
-    for got in (serial, sequence):
-        assert not np.isnan(got).any()
-        assert np.abs(got - expected).max() <= TOLERANCE
-        assert got.argmax() == expected.argmax()
+    serial = assert_prompt_gives(model, expected)
     if other_file is not None:  # the two RWKV-5 references differ by up to 1.31 (README): eps matters
         assert np.abs(serial - np.load(tiny_rwkv_dir / other_file)).max() > 0.1
 

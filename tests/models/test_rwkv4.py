@@ -11,14 +11,9 @@ from flax import nnx
 from rwkv_jax.checkpoint.convert_v4 import to_state_dict
 from rwkv_jax.models import init
 from rwkv_jax.models.rwkv4 import RWKV4, RWKV4Config
+from tests.models.contract import assert_prefill_equals_steps_and_pieces, relative_error
 
 CONFIG = RWKV4Config(vocab_size=64, n_layer=2, n_embd=32, ffn_dim=64)
-
-
-def relative_error(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert not np.isnan(a).any() and not np.isnan(b).any()
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -125,18 +120,7 @@ def test_float32_logits_match_float64_reference():
 def test_prefill_equals_one_token_at_a_time_and_two_pieces():
     model = jitted(random_model())
     tokens = random_tokens(2, 10)
-    full, full_state = model(tokens)
-    state, steps = None, []
-    for t in range(tokens.shape[1]):
-        logits, state = model(tokens[:, t : t + 1], state)
-        steps.append(logits)
-    assert relative_error(jnp.concatenate(steps, axis=1), full) < 1e-5
-    first, state = model(tokens[:, :5])
-    second, pieces_state = model(tokens[:, 5:], state)
-    assert relative_error(jnp.concatenate([first, second], axis=1), full) < 1e-5
-    for a, b in zip(jax.tree.leaves(pieces_state), jax.tree.leaves(full_state), strict=True):
-        assert a.dtype == jnp.float32
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert_prefill_equals_steps_and_pieces(model, tokens, cut=5)
 
 
 @pytest.fixture(scope="module")
@@ -238,8 +222,8 @@ def test_out_of_range_token_under_jit_gives_nan_logits():
         (dict(n_embd=0), "n_embd must be a positive integer"),
         (dict(n_layer=2.0), "n_layer must be a positive integer"),
         (dict(ffn_dim=-4), "ffn_dim must be a positive integer"),
-        (dict(dtype="float16"), "dtype must be one of float32, bfloat16"),
-        (dict(param_dtype="int8"), "param_dtype must be one of"),
+        (dict(dtype="float16"), "dtype must be float32 or bfloat16"),
+        (dict(param_dtype="int8"), "param_dtype must be float32 or bfloat16"),
         (dict(wkv_impl="fastest"), "unknown WKV implementation 'fastest'"),
         (dict(layer_norm_eps=0.0), "layer_norm_eps must be > 0"),
     ],

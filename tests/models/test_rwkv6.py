@@ -11,6 +11,11 @@ from flax import nnx
 from rwkv_jax.checkpoint.convert_v6 import to_state_dict
 from rwkv_jax.models import rwkv6_init
 from rwkv_jax.models.rwkv6 import RWKV6, RWKV6Config, default_ffn_dim
+from tests.models.contract import (
+    assert_gradients_reach_every_parameter,
+    assert_prefill_equals_steps_and_pieces,
+    relative_error,
+)
 
 VERSIONS = ("5.1", "5.2", "6")
 
@@ -19,12 +24,6 @@ def tiny_config(version: str, **overrides) -> RWKV6Config:
     settings = dict(vocab_size=64, n_layer=2, n_embd=32, head_size=8, ffn_dim=64, wkv_impl="recurrent")
     settings |= dict(time_mix_extra_dim=4, time_decay_extra_dim=8)
     return RWKV6Config(version=version, **(settings | overrides))
-
-
-def relative_error(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert not np.isnan(a).any() and not np.isnan(b).any()
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -168,18 +167,7 @@ def test_float32_logits_match_float64_reference(version, dim_att):
 def test_prefill_equals_one_token_at_a_time_and_two_pieces(version):
     model = random_model(tiny_config(version))
     tokens = random_tokens(2, 8)
-    full, full_state = model(tokens)
-    state, steps = None, []
-    for t in range(tokens.shape[1]):
-        logits, state = model(tokens[:, t : t + 1], state)
-        steps.append(logits)
-    assert relative_error(jnp.concatenate(steps, axis=1), full) < 1e-5
-    first, state = model(tokens[:, :3])
-    second, pieces_state = model(tokens[:, 3:], state)
-    assert relative_error(jnp.concatenate([first, second], axis=1), full) < 1e-5
-    for a, b in zip(jax.tree.leaves(pieces_state), jax.tree.leaves(full_state), strict=True):
-        assert a.dtype == jnp.float32
-        assert relative_error(a, b) < 1e-5
+    assert_prefill_equals_steps_and_pieces(model, tokens, cut=3)
 
 
 @pytest.mark.parametrize("version", ["5.2", "6"])
@@ -361,17 +349,7 @@ def test_state_of_wrong_batch_or_depth_raises():
 def test_gradients_are_finite_and_reach_every_parameter(version):
     model = random_model(tiny_config(version, n_layer=1, wkv_impl="chunked", chunk_size=4))
     tokens = random_tokens(2, 7)
-    graphdef, params = nnx.split(model)
-
-    def loss(params):
-        logits, _ = nnx.merge(graphdef, params)(tokens[:, :-1])
-        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], axis=-1))
-
-    grads = jax.jit(jax.grad(loss))(params)
-    for path, grad in nnx.to_flat_state(grads):
-        value = np.asarray(grad.get_value())
-        assert np.isfinite(value).all(), path
-        assert np.abs(value).max() > 0, f"no gradient reaches {path}"
+    assert_gradients_reach_every_parameter(model, tokens)
 
 
 def test_plain_jax_jit_of_the_module_matches_eager_and_bad_ids_under_jit_give_nan():

@@ -99,3 +99,12 @@ def test_eval_script_scores_a_checkpoint(corpus, finished_run, tmp_path):
     assert results["loss"] == pytest.approx(final["val_loss"], rel=1e-5)  # the same batches as validation
     assert results["lambada_passages"] == 2 and 0 <= results["lambada_accuracy"] <= 1
     assert results["perplexity"] == pytest.approx(np.exp(results["loss"]))
+
+
+def test_goose_trains_from_the_official_init_and_its_loss_falls(corpus, workdir):
+    config = tiny_config(corpus, family="rwkv7")
+    config.ckpt.every = 0
+    results = loop.train_and_evaluate(config, workdir)
+    steps = losses(workdir)
+    assert results["final_step"] == 6 and np.isfinite(results["val_loss"])
+    assert steps[6] < steps[1]

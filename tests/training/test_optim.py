@@ -18,7 +18,7 @@ def finch_tiny_params():
     return ModelFns.split(build_model(model, seed=0))
 
 
-def test_weight_decay_only_on_2d_matrices_without_lora_axes():
+def test_weight_decay_only_on_2d_weights_as_rwkv_lm_not_lora_or_per_head_vectors():
     fns, params = finch_tiny_params()
     mask = weight_decay_mask(fns.logical_axes, params)
     flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(mask)}
@@ -31,10 +31,12 @@ def test_weight_decay_only_on_2d_matrices_without_lora_axes():
     }
     assert any(flat.values()) and not all(flat.values())
     for name, decays in flat.items():
-        assert decays == (len(shapes[name]) == 2 and "lora" not in (axes.get(name) or ())), name
+        excluded = {"lora", "head_dim"}.intersection(axes.get(name) or ())
+        assert decays == (len(shapes[name]) == 2 and not excluded), name
     decayed = [n for n, d in flat.items() if d]
     assert any("emb" in n for n in decayed) and any("head" in n for n in decayed)
     assert not any("time_decay" in n and len(shapes[n]) == 1 for n in decayed)
+    assert not any("time_faaaa" in n for n in decayed)  # [H, N], not a ".weight" in RWKV-LM
 
 
 def test_schedule_warms_up_linearly_then_decays_to_the_final_ratio():

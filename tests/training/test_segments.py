@@ -15,7 +15,7 @@ def tiny(family: str):
     model.family, model.n_layer, model.n_embd, model.head_size = family, 1, 32, 16
     model.time_mix_extra_dim, model.time_decay_extra_dim = 4, 8
     model.dtype, model.chunk_size = "float32", 8
-    model.wkv_impl = "recurrent" if family == "rwkv4" else "chunked"
+    model.wkv_impl = "chunked" if family == "rwkv6" else "recurrent"
     fns, params = ModelFns.split(build_model(model, seed=0))
     # The official init zeroes the output projections, which hides the gradient through the state: perturb.
     keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(params))))
@@ -29,7 +29,7 @@ def rel(a, b):
     return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
-@pytest.mark.parametrize("family", ["rwkv6", "rwkv4"])
+@pytest.mark.parametrize("family", ["rwkv6", "rwkv4", "rwkv7"])
 def test_segmented_gradient_equals_full_sequence_gradient(family):
     fns, params = tiny(family)
     tokens = jax.random.randint(jax.random.key(0), (2, 33), 0, 256, jnp.int32)

@@ -1,0 +1,270 @@
+"""RWKV-7 "Goose" language model in Flax NNX (arXiv 2503.14456; BlinkDL ``x070``).
+
+Per block, the time mix makes r, k, v, a log decay and an in-context learning rate ``iclr`` from six
+token-shift mixes of its input, normalises the key per head (``kk``) and runs the WKV-7 state update
+``S <- S (diag(decay) - kk (kk * iclr)^T) + v k^T`` (``rwkv_jax.wkv.v7``). The value of every block but the
+first is pulled towards the first block's value (the "value residual", hence ``v_first`` threaded through
+the blocks of one call). ``model(tokens, state) -> (logits, state)`` serves prefill, decoding and training.
+"""
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rwkv_jax.array_typing import Array
+from rwkv_jax.models import rwkv6_init, rwkv7_init
+from rwkv_jax.models.common import (
+    Embedding,
+    LayerNorm,
+    Linear,
+    param,
+    require_positive_floats,
+    require_positive_ints,
+    resolve_float_dtypes,
+    token_shift,
+)
+from rwkv_jax.models.language_model import LanguageModel
+from rwkv_jax.models.rwkv6_layers import HeadGroupNorm
+from rwkv_jax.wkv.impl import Impl
+from rwkv_jax.wkv.v7 import wkv7
+
+# RWKV-7's log decay is -exp(-0.5) sigmoid(z): the official -softplus(-z) - 0.5, exponentiated once more.
+MAX_LOG_DECAY_RATE = float(np.exp(-0.5))
+LORAS = ("decay", "iclr", "value", "gate")
+
+
+@dataclasses.dataclass(frozen=True)
+class RWKV7Config:
+    """Sizes and numerics of an RWKV-7 model.
+
+    Attributes:
+      vocab_size, n_layer, n_embd: V, L, C.
+      head_size: N; H = n_embd // head_size heads (the time-mix width is C, as in every release).
+      ffn_dim: F, the channel-mix width (None: 4 C, as RWKV-LM).
+      decay_lora, iclr_lora, value_lora, gate_lora: LoRA ranks (None: RWKV-LM's suggestion for C,
+        ``max(32, round(f sqrt(C) / 32) * 32)`` with f = 2.5, 2.5, 1.7, 5).
+      group_norm_eps: eps of ``ln_x`` (64e-5 as BlinkDL).
+      layer_norm_eps: eps of ln0, ln1, ln2, ln_out.
+      dtype: compute dtype of activations and matmuls; the WKV state and normalisations stay float32.
+      param_dtype: storage dtype of the parameters.
+      wkv_impl: the WKV-7 form (``Impl`` or its name: recurrent, scan or auto).
+    """
+
+    vocab_size: int = 65536
+    n_layer: int = 12
+    n_embd: int = 768
+    head_size: int = 64
+    ffn_dim: int | None = None
+    decay_lora: int | None = None
+    iclr_lora: int | None = None
+    value_lora: int | None = None
+    gate_lora: int | None = None
+    group_norm_eps: float = 64e-5
+    layer_norm_eps: float = 1e-5
+    dtype: np.dtype | str = "float32"
+    param_dtype: np.dtype | str = "float32"
+    wkv_impl: Impl | str = Impl.AUTO
+
+    def __post_init__(self):
+        require_positive_ints(self, "vocab_size", "n_layer", "n_embd", "head_size")
+        if self.n_embd % self.head_size:
+            raise ValueError(
+                f"RWKV7Config.n_embd ({self.n_embd}) must be a multiple of head_size ({self.head_size})"
+            )
+        if self.ffn_dim is None:
+            object.__setattr__(self, "ffn_dim", 4 * self.n_embd)
+        for kind in LORAS:
+            if getattr(self, f"{kind}_lora") is None:
+                object.__setattr__(self, f"{kind}_lora", rwkv7_init.lora_rank(kind, self.n_embd))
+        require_positive_ints(self, "ffn_dim", *(f"{kind}_lora" for kind in LORAS))
+        require_positive_floats(self, "group_norm_eps", "layer_norm_eps")
+        resolve_float_dtypes(self, "dtype", "param_dtype")
+        object.__setattr__(self, "wkv_impl", Impl.parse(self.wkv_impl))
+
+    @property
+    def n_head(self) -> int:
+        """H = n_embd // head_size."""
+        return self.n_embd // self.head_size
+
+
+class RWKV7LayerState(NamedTuple):
+    """Recurrent state of one block; every field float32 with batch on axis 0.
+
+    att_x: ``[B, C]`` last ln1 output (time-mix token shift).
+    wkv:   ``[B, H, N, N]`` WKV-7 state indexed ``[b, h, value, key]``.
+    ffn_x: ``[B, C]`` last ln2 output (channel-mix token shift).
+    """
+
+    att_x: Array
+    wkv: Array
+    ffn_x: Array
+
+
+def _normalize_heads(x: Array, head_size: int) -> Array:
+    """``x [..., H N]`` float32, divided per head by its L2 norm (at least 1e-12, as torch's normalize)."""
+    heads = x.reshape(*x.shape[:-1], -1, head_size).astype(jnp.float32)
+    norm = jnp.sqrt(jnp.sum(jnp.square(heads), axis=-1, keepdims=True))
+    return (heads / jnp.maximum(norm, 1e-12)).reshape(x.shape)
+
+
+class TimeMix(nnx.Module):
+    """RWKV-7's attention-like block (``att``); parameters named as the official ``blocks.i.att.*``.
+
+    ``x_r ... x_g [C]`` token-shift weights; ``w0 [C]``, ``w1 [C, D]``, ``w2 [D, C]`` the decay;
+    ``a0, a1, a2`` the in-context learning rate; ``v0, v1, v2`` the value residual (not in block 0);
+    ``g1, g2`` the gate; ``k_k``, ``k_a [C]``; ``r_k [H, N]``; receptance, key, value ``Linear [C, C]``,
+    output ``Linear [C, C]``; ``ln_x`` the per-head GroupNorm.
+    """
+
+    def __init__(self, config: RWKV7Config, layer: int, rngs: nnx.Rngs):
+        C, H, N, L, pd = config.n_embd, config.n_head, config.head_size, config.n_layer, config.param_dtype
+        self.head_size, self.dtype, self.wkv_impl = N, config.dtype, config.wkv_impl
+        self.first = layer == 0
+        for name, value in rwkv7_init.token_shift_weights(C, layer, L).items():
+            setattr(self, f"x_{name}", param(jnp.asarray(value, pd), ("embed",)))
+        biases = rwkv7_init.time_mix_biases(C, N, layer, L)
+        # Construction order = the official parameter order (so random draws follow the file layout).
+        for prefix, kind in (("w", "decay"), ("a", "iclr"), ("v", "value"), ("g", "gate")):
+            if prefix == "v" and self.first:
+                continue  # the first block's value is v_first itself
+            rank = getattr(config, f"{kind}_lora")
+            setattr(self, f"{prefix}1", param(jnp.zeros((C, rank), pd), ("embed", "lora")))
+            w2 = rwkv6_init.orthogonal_kernel(rngs.params(), rank, C, rwkv7_init.LORA_W2_SCALE, pd)
+            setattr(self, f"{prefix}2", param(w2, ("lora", "embed")))
+            if prefix != "g":
+                setattr(self, f"{prefix}0", param(jnp.asarray(biases[f"{prefix}0"], pd), ("embed",)))
+        self.k_k = param(jnp.asarray(biases["k_k"], pd), ("embed",))
+        self.k_a = param(jnp.asarray(biases["k_a"], pd), ("embed",))
+        self.r_k = param(jnp.full((H, N), rwkv7_init.R_K, pd), ("heads", "head_dim"))
+        gains = {
+            "receptance": rwkv6_init.GAIN_RECEPTANCE,
+            "key": rwkv6_init.GAIN_KEY,
+            "value": rwkv6_init.GAIN_VALUE,
+            "output": rwkv6_init.GAIN_OUTPUT,
+        }
+        for name, gain in gains.items():
+            axes = ("heads", "embed") if name == "output" else ("embed", "heads")
+            setattr(self, name, _linear(rngs, config, (C, C), axes, gain))
+        ln_x_weight = rwkv6_init.ln_x_weight(C, layer, L)
+        self.ln_x = HeadGroupNorm(H, ln_x_weight, eps=config.group_norm_eps, param_dtype=pd)
+
+    def _lora(self, prefix: str, x: Array, inner=None) -> Array:
+        """``inner(x @ {prefix}1) @ {prefix}2`` in the compute dtype (``inner`` None: identity)."""
+        hidden = x @ getattr(self, f"{prefix}1")[...].astype(self.dtype)
+        if inner is not None:
+            hidden = inner(hidden)
+        return hidden @ getattr(self, f"{prefix}2")[...].astype(self.dtype)
+
+    def __call__(self, x: Array, prev: Array, v_first: Array | None, state: Array) -> tuple[Array, ...]:
+        """``x``, ``prev`` ``[B, T, C]`` (ln1 output and its shift), the first block's value (None in block
+        0) and the WKV state. Returns ``(out [B, T, C], v_first, state)``."""
+        B, T, C = x.shape
+        delta = prev - x
+        mixed = {n: x + delta * getattr(self, f"x_{n}")[...].astype(x.dtype) for n in "rwkvag"}
+        r, k, v = self.receptance(mixed["r"]), self.key(mixed["k"]), self.value(mixed["v"])
+        f32 = jnp.float32
+        decay_logit = self.w0[...].astype(f32) + self._lora("w", mixed["w"], jnp.tanh).astype(f32)
+        w_log = -MAX_LOG_DECAY_RATE * jax.nn.sigmoid(decay_logit)
+        if self.first:
+            v_first = v
+        else:
+            pull = jax.nn.sigmoid(self.v0[...].astype(f32) + self._lora("v", mixed["v"]).astype(f32))
+            v = (v + (v_first - v) * pull).astype(v.dtype)
+        iclr = jax.nn.sigmoid(self.a0[...].astype(f32) + self._lora("a", mixed["a"]).astype(f32))
+        gate = self._lora("g", mixed["g"], jax.nn.sigmoid)
+        kk = _normalize_heads(k.astype(f32) * self.k_k[...].astype(f32), self.head_size)
+        k = k.astype(f32) * (1 + (iclr - 1) * self.k_a[...].astype(f32))
+        heads = (B, T, -1, self.head_size)
+        r_h, k_h, v_h = r.reshape(heads), k.reshape(heads), v.reshape(heads)
+        y, state = wkv7(
+            r_h, k_h, v_h, w_log.reshape(heads), (-kk).reshape(heads), (kk * iclr).reshape(heads), state,
+            impl=self.wkv_impl,
+        )  # fmt: skip
+        y = self.ln_x(y)  # [B, T, C] float32
+        bonus = jnp.sum(r_h.astype(f32) * k_h * self.r_k[...].astype(f32), axis=-1, keepdims=True)
+        y = y + (bonus * v_h.astype(f32)).reshape(B, T, C)
+        return self.output(y.astype(self.dtype) * gate), v_first, state
+
+
+class ChannelMix(nnx.Module):
+    """The feed-forward block (``ffn``): ``value(relu(key(x + (prev - x) x_k)) ** 2)``."""
+
+    def __init__(self, config: RWKV7Config, layer: int, rngs: nnx.Rngs):
+        C, F = config.n_embd, config.ffn_dim
+        weight = rwkv7_init.channel_mix_weight(C, layer, config.n_layer)
+        self.x_k = param(jnp.asarray(weight, config.param_dtype), ("embed",))
+        self.key = _linear(rngs, config, (C, F), ("embed", "mlp"), rwkv6_init.GAIN_FFN_KEY)
+        self.value = _linear(rngs, config, (F, C), ("mlp", "embed"), rwkv6_init.GAIN_FFN_VALUE)
+
+    def __call__(self, x: Array, prev: Array) -> Array:
+        mixed = x + (prev - x) * self.x_k[...].astype(x.dtype)
+        return self.value(jnp.square(jax.nn.relu(self.key(mixed))))
+
+
+def _linear(rngs: nnx.Rngs, config: RWKV7Config, shape: tuple[int, int], axes: tuple[str, str], gain: float):
+    kernel = rwkv6_init.orthogonal_kernel(rngs.params(), *shape, gain, config.param_dtype)
+    return Linear(*shape, axes, kernel=kernel, dtype=config.dtype, param_dtype=config.param_dtype)
+
+
+class Block(nnx.Module):
+    """``x += att(ln1(x)); x += ffn(ln2(x))``, each with its token shift; block 0 first applies ``ln0``."""
+
+    def __init__(self, config: RWKV7Config, layer: int, rngs: nnx.Rngs):
+        norm = dict(eps=config.layer_norm_eps, param_dtype=config.param_dtype)
+        C = config.n_embd
+        self.ln0 = LayerNorm(C, **norm) if layer == 0 else None
+        self.ln1, self.ln2 = LayerNorm(C, **norm), LayerNorm(C, **norm)
+        self.att = TimeMix(config, layer, rngs)
+        self.ffn = ChannelMix(config, layer, rngs)
+
+    def __call__(
+        self, x: Array, v_first: Array | None, state: RWKV7LayerState
+    ) -> tuple[Array, Array, RWKV7LayerState]:
+        """``x [B, T, C]``, the first block's value (None for block 0) and the layer's state."""
+        if self.ln0 is not None:
+            x = self.ln0(x)
+        h = self.ln1(x)
+        prev, att_x = token_shift(h, state.att_x)
+        update, v_first, wkv = self.att(h, prev, v_first, state.wkv)
+        x = x + update.astype(x.dtype)
+        h = self.ln2(x)
+        prev, ffn_x = token_shift(h, state.ffn_x)
+        x = x + self.ffn(h, prev).astype(x.dtype)
+        return x, v_first, RWKV7LayerState(att_x.astype(jnp.float32), wkv, ffn_x.astype(jnp.float32))
+
+
+class RWKV7(LanguageModel):
+    """RWKV-7 language model: ``model(tokens[B, T], state) -> (logits[B, T, V] float32, state)``.
+
+    Parameters are initialised as BlinkDL/RWKV-LM does (``rwkv7_init``); official checkpoints load with
+    ``rwkv_jax.checkpoint.convert_v7``. Attribute paths spell the official keys (``blocks.1.att.v2``, ...).
+    """
+
+    def __init__(self, config: RWKV7Config, *, rngs: nnx.Rngs):
+        if not isinstance(config, RWKV7Config):
+            raise TypeError(f"config must be an RWKV7Config, got {type(config).__name__}")
+        self.config = config
+        C, V, pd = config.n_embd, config.vocab_size, config.param_dtype
+        self.emb = Embedding(rwkv6_init.uniform(rngs.params(), (V, C), rwkv6_init.EMBEDDING_BOUND, pd))
+        self.blocks = nnx.List(Block(config, layer, rngs) for layer in range(config.n_layer))
+        self.ln_out = LayerNorm(C, eps=config.layer_norm_eps, param_dtype=pd)
+        self.head = _linear(rngs, config, (C, V), ("embed", "vocab"), rwkv6_init.head_gain(V, C))
+
+    def empty_layer_state(self, batch_size: int) -> RWKV7LayerState:
+        """Zero token shifts and a zero WKV state, float32."""
+        c = self.config
+        token = jnp.zeros((batch_size, c.n_embd), jnp.float32)
+        wkv = jnp.zeros((batch_size, c.n_head, c.head_size, c.head_size), jnp.float32)
+        return RWKV7LayerState(token, wkv, token)
+
+    def run_blocks(self, x: Array, state: tuple[RWKV7LayerState, ...]) -> tuple[Array, tuple]:
+        """The blocks in order, each also given the first block's value (the value residual)."""
+        v_first, new_state = None, []
+        for block, layer_state in zip(self.blocks, state, strict=True):
+            x, v_first, layer_state = block(x, v_first, layer_state)
+            new_state.append(layer_state)
+        return x, tuple(new_state)
