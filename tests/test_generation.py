@@ -276,3 +276,10 @@ def test_generate_script_reproduces_the_fixture_greedy_continuation(tiny_rwkv_di
         [*argv, "--max-new-tokens", "16", "--temperature", "1.5", "--top-p", "0.9", "--seed", "1"]
     )
     assert sampled.startswith('"in') and sampled != text
+
+
+def test_generate_script_continues_the_goose_fixture_as_its_readme_says(tiny_rwkv_dir, capsys):
+    model = str(tiny_rwkv_dir / "tiny-rwkv-7v0-834K.pth")
+    argv = ["--model", model, "--tokenizer", "byte", "--prompt", '"in', "--max-new-tokens", "16"]
+    text = load_script("generate").main([*argv, "--temperature", "0"])
+    assert text.startswith('"in the the the')  # the fixture README's greedy continuation for 7v0
