@@ -51,7 +51,8 @@ class RWKV7Config:
       layer_norm_eps: eps of ln0, ln1, ln2, ln_out.
       dtype: compute dtype of activations and matmuls; the WKV state and normalisations stay float32.
       param_dtype: storage dtype of the parameters.
-      wkv_impl: the WKV-7 form (``Impl`` or its name: recurrent, scan or auto).
+      wkv_impl: the WKV-7 form (``Impl`` or its name: recurrent, scan, chunked or auto).
+      chunk_size: chunk length of the chunked WKV-7 form.
     """
 
     vocab_size: int = 65536
@@ -68,9 +69,10 @@ class RWKV7Config:
     dtype: np.dtype | str = "float32"
     param_dtype: np.dtype | str = "float32"
     wkv_impl: Impl | str = Impl.AUTO
+    chunk_size: int = 16
 
     def __post_init__(self):
-        require_positive_ints(self, "vocab_size", "n_layer", "n_embd", "head_size")
+        require_positive_ints(self, "vocab_size", "n_layer", "n_embd", "head_size", "chunk_size")
         if self.n_embd % self.head_size:
             raise ValueError(
                 f"RWKV7Config.n_embd ({self.n_embd}) must be a multiple of head_size ({self.head_size})"
@@ -122,7 +124,8 @@ class TimeMix(nnx.Module):
 
     def __init__(self, config: RWKV7Config, layer: int, rngs: nnx.Rngs):
         C, H, N, L, pd = config.n_embd, config.n_head, config.head_size, config.n_layer, config.param_dtype
-        self.head_size, self.dtype, self.wkv_impl = N, config.dtype, config.wkv_impl
+        self.head_size, self.dtype = N, config.dtype
+        self.wkv_impl, self.chunk_size = config.wkv_impl, config.chunk_size
         self.first = layer == 0
         for name, value in rwkv7_init.token_shift_weights(C, layer, L).items():
             setattr(self, f"x_{name}", param(jnp.asarray(value, pd), ("embed",)))
@@ -182,7 +185,7 @@ class TimeMix(nnx.Module):
         r_h, k_h, v_h = r.reshape(heads), k.reshape(heads), v.reshape(heads)
         y, state = wkv7(
             r_h, k_h, v_h, w_log.reshape(heads), (-kk).reshape(heads), (kk * iclr).reshape(heads), state,
-            impl=self.wkv_impl,
+            impl=self.wkv_impl, chunk_size=self.chunk_size,
         )  # fmt: skip
         y = self.ln_x(y)  # [B, T, C] float32
         bonus = jnp.sum(r_h.astype(f32) * k_h * self.r_k[...].astype(f32), axis=-1, keepdims=True)

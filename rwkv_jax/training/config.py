@@ -38,7 +38,9 @@ def default_config() -> ConfigDict:
     c.model.time_decay_extra_dim = 0  # Finch decay LoRA rank; 0: the model's default (64)
     c.model.dtype = "bfloat16"  # compute dtype; parameters and optimiser state stay float32
     c.model.wkv_impl = "auto"  # rwkv_jax.Impl name: auto | recurrent | scan | chunked | pallas
-    c.model.chunk_size = 32  # rwkv6 chunked WKV: tokens per chunk
+    c.model.chunk_size = (
+        32  # rwkv6 / rwkv7 chunked WKV: tokens per chunk (RWKV-7 needs <= 98, see v7_chunked)
+    )
 
     c.data = ConfigDict()
     c.data.prepare = ""  # "shakespeare": build train/val files under data.dir when they are missing

@@ -47,7 +47,7 @@ def model_config(model: ConfigDict) -> Any:
     if model.family == "rwkv7":
         from rwkv_jax.models.rwkv7 import RWKV7Config
 
-        return RWKV7Config(**common, head_size=model.head_size)
+        return RWKV7Config(**common, head_size=model.head_size, chunk_size=model.chunk_size)
     raise ValueError(f"unknown model family {model.family!r}; expected one of {FAMILIES}")
 
 

@@ -14,12 +14,14 @@ normalised key): the state forgets along ``kk`` before writing ``v k^T``.
 Every form has the signature ``(r, k, v, w_log, a, b, state=None) -> (y, state)``:
 
 - ``wkv7_reference``: float64 ``lax.scan``; the ground truth of the tests (differentiable).
-- ``wkv7_recurrent``: the same step in float32; the inference form and, for now, the training form.
+- ``wkv7_recurrent``: the same step in float32; the inference form (decoding, T == 1).
+- ``wkv7_chunked`` (in :mod:`rwkv_jax.wkv.v7_chunked`): chunk-wise parallel, matmuls and a triangular solve
+  per chunk; the training form.
 - ``wkv7_scan``: ``lax.associative_scan`` over the per-token affine maps ``S -> S A_t + B_t``; composing two
   maps multiplies their ``N x N`` transitions, so it holds two ``N x N`` matrices per token and head
   (``2 B T H N^2`` float32, more under ``jax.grad``): an independent parallel form for moderate sizes.
 
-A chunk-wise form and Pallas kernels are not written yet (``Impl.CHUNKED`` / ``PALLAS`` raise).
+Pallas kernels are not written yet (``Impl.PALLAS`` raises).
 """
 
 import jax
@@ -28,8 +30,9 @@ import numpy as np
 
 from rwkv_jax.array_typing import Array
 from rwkv_jax.wkv.impl import Impl, resolve
+from rwkv_jax.wkv.v7_chunked import DEFAULT_CHUNK_SIZE, check_decay_range, wkv7_chunked
 
-__all__ = ["wkv7", "wkv7_recurrent", "wkv7_reference", "wkv7_scan"]
+__all__ = ["wkv7", "wkv7_chunked", "wkv7_recurrent", "wkv7_reference", "wkv7_scan"]
 
 NAMES = ("r", "k", "v", "w_log", "a", "b")
 
@@ -146,21 +149,27 @@ def wkv7(
     state: Array | None = None,
     *,
     impl: Impl | str = Impl.AUTO,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[Array, Array]:
-    """WKV-7 in the form ``impl`` (AUTO: RECURRENT; SCAN on request).
+    """WKV-7 in the form ``impl`` (AUTO: RECURRENT for T == 1, else CHUNKED).
 
     Args:
       r, k, v, w_log, a, b: ``[B, T, H, N]`` (float32 or bfloat16; accumulation is float32); ``w_log <= 0``
         (checked when not traced).
       state: ``[B, H, N, N]`` float32 initial state ``[value, key]``, or None for zeros.
       impl: the form, an :class:`Impl` or its name.
+      chunk_size: chunk length of the CHUNKED form.
 
     Returns:
       ``y [B, T, H, N]`` in ``v.dtype`` and the final float32 state ``[B, H, N, N]``.
     """
     _validate(dict(zip(NAMES, (r, k, v, w_log, a, b), strict=True)), state)
-    impl = resolve(
-        impl, available=(Impl.RECURRENT, Impl.SCAN), accelerated=Impl.RECURRENT, cpu=Impl.RECURRENT
-    )
+    if Impl.parse(impl) is Impl.AUTO and r.shape[1] == 1:
+        impl = Impl.RECURRENT  # decoding one token: one step, no chunk padding
+    available = (Impl.RECURRENT, Impl.SCAN, Impl.CHUNKED)
+    impl = resolve(impl, available=available, accelerated=Impl.CHUNKED, cpu=Impl.CHUNKED)
+    if impl is Impl.CHUNKED:
+        check_decay_range(w_log, chunk_size)
+        return wkv7_chunked(r, k, v, w_log, a, b, state, chunk_size=chunk_size)
     form = wkv7_scan if impl is Impl.SCAN else wkv7_recurrent
     return form(r, k, v, w_log, a, b, state)

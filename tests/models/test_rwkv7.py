@@ -123,15 +123,16 @@ def test_prefill_equals_one_token_at_a_time_and_two_pieces():
     assert_prefill_equals_steps_and_pieces(model, tokens, cut=3)
 
 
-def test_scan_and_recurrent_wkv_forms_agree_in_the_model():
+@pytest.mark.parametrize("form", [dict(wkv_impl="scan"), dict(wkv_impl="chunked", chunk_size=4)])
+def test_parallel_and_recurrent_wkv_forms_agree_in_the_model(form):
     recurrent = random_model(tiny_config())
-    scan = random_model(tiny_config(wkv_impl="scan"))
+    parallel = random_model(tiny_config(**form))
     tokens = random_tokens(2, 11)
     start = recurrent(tokens[:, :2])[1]
     logits_r, state_r = recurrent(tokens[:, 2:], start)
-    logits_s, state_s = scan(tokens[:, 2:], start)
-    assert relative_error(logits_s, logits_r) < 1e-5
-    for a, b in zip(jax.tree.leaves(state_s), jax.tree.leaves(state_r), strict=True):
+    logits_p, state_p = parallel(tokens[:, 2:], start)
+    assert relative_error(logits_p, logits_r) < 1e-5
+    for a, b in zip(jax.tree.leaves(state_p), jax.tree.leaves(state_r), strict=True):
         assert relative_error(a, b) < 1e-5
 
 
@@ -183,6 +184,7 @@ def test_official_init_follows_rwkv_lm():
         (dict(n_layer=0), r"RWKV7Config.n_layer must be a positive integer"),
         (dict(n_embd=36), r"n_embd \(36\) must be a multiple of head_size \(8\)"),
         (dict(gate_lora=0), r"gate_lora must be a positive integer"),
+        (dict(chunk_size=0), r"chunk_size must be a positive integer"),
         (dict(group_norm_eps=0.0), r"group_norm_eps must be > 0"),
         (dict(dtype="float16"), r"dtype must be float32 or bfloat16"),
         (dict(wkv_impl="fast"), r"unknown WKV implementation 'fast'"),
@@ -194,8 +196,8 @@ def test_invalid_config_raises_clear_error(overrides, message):
 
 
 def test_unwritten_wkv_forms_are_named_when_the_model_runs():
-    model = random_model(tiny_config(wkv_impl="chunked"))
-    with pytest.raises(ValueError, match=r"'chunked' is not implemented.*available: recurrent, scan"):
+    model = random_model(tiny_config(wkv_impl="pallas"))
+    with pytest.raises(ValueError, match=r"'pallas' is not implemented.*available: recurrent, scan, chunked"):
         model(random_tokens(1, 4))
 
 

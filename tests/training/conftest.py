@@ -57,7 +57,7 @@ def tiny_config(corpus: tuple[str, str], family: str = "rwkv4") -> ConfigDict:
     c.model.n_layer, c.model.n_embd, c.model.head_size = 1, 32, 16
     c.model.time_mix_extra_dim, c.model.time_decay_extra_dim = 4, 8
     c.model.dtype = "float32"
-    c.model.wkv_impl = "chunked" if family == "rwkv6" else "recurrent"
+    c.model.wkv_impl = "recurrent" if family == "rwkv4" else "chunked"
     c.model.chunk_size = 8
     c.data.train_path, c.data.val_path = corpus
     c.data.seq_len, c.data.batch_size = 16, 2

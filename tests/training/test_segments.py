@@ -15,7 +15,7 @@ def tiny(family: str):
     model.family, model.n_layer, model.n_embd, model.head_size = family, 1, 32, 16
     model.time_mix_extra_dim, model.time_decay_extra_dim = 4, 8
     model.dtype, model.chunk_size = "float32", 8
-    model.wkv_impl = "chunked" if family == "rwkv6" else "recurrent"
+    model.wkv_impl = "recurrent" if family == "rwkv4" else "chunked"
     fns, params = ModelFns.split(build_model(model, seed=0))
     # The official init zeroes the output projections, which hides the gradient through the state: perturb.
     keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(params))))

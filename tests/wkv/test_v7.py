@@ -8,9 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rwkv_jax.wkv.v7 import wkv7, wkv7_recurrent, wkv7_reference, wkv7_scan
+from rwkv_jax.wkv.v7 import wkv7, wkv7_chunked, wkv7_recurrent, wkv7_reference, wkv7_scan
 
-FORMS = {"recurrent": wkv7_recurrent, "scan": wkv7_scan}
+FORMS = {
+    "recurrent": wkv7_recurrent,
+    "scan": wkv7_scan,
+    "chunked1": functools.partial(wkv7_chunked, chunk_size=1),
+    "chunked16": functools.partial(wkv7_chunked, chunk_size=16),
+    "chunked32": functools.partial(wkv7_chunked, chunk_size=32),
+}
 # RWKV-7's decay is exp(-exp(-0.5) sigmoid(z)): log decays in (-exp(-0.5), 0).
 STRONGEST = -float(np.exp(-0.5))
 
@@ -121,15 +127,22 @@ def test_bfloat16_inputs_accumulate_in_float32(request, form):
     assert rel_err(s, s_ref) <= 5e-3
 
 
-def test_recurrent_is_accurate_on_long_sequences(request):
-    args = make_inputs(seed_of(request), (1, 2048, 1, 16), "near_one")
+@pytest.mark.parametrize("form", ["recurrent", "chunked16"])
+@pytest.mark.parametrize("decay", ["near_one", "mixed"])
+def test_forward_and_gradients_are_accurate_on_long_sequences(request, form, decay):
+    seed = seed_of(request)
+    args = make_inputs(seed, (1, 2048, 1, 16), decay)
     y_ref, s_ref = wkv7_reference(*to_f64(args))
-    y, s = wkv7_recurrent(*args)
+    y, s = FORMS[form](*args)
     assert rel_err(y, y_ref) <= 1e-5
     assert rel_err(s, s_ref) <= 1e-5
+    grads_ref = jax.grad(functools.partial(scalar_loss, wkv7_reference, seed), argnums=0)(to_f64(args))
+    grads = jax.jit(jax.grad(functools.partial(scalar_loss, FORMS[form], seed), argnums=0))(args)
+    for name, grad, ref in zip((*"rkv", "w_log", "a", "b", "state"), grads, grads_ref, strict=True):
+        assert rel_err(grad, ref) <= 1e-4, name
 
 
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form", ["recurrent", "scan", "chunked16"])
 def test_two_pieces_with_carried_state_equal_one_call(request, form):
     *inputs, state = make_inputs(seed_of(request), (2, 30, 2, 8), "model")
     y_all, s_all = FORMS[form](*inputs, state)
@@ -140,16 +153,26 @@ def test_two_pieces_with_carried_state_equal_one_call(request, form):
     assert rel_err(s2, s_all) <= 1e-6
 
 
-def test_dispatcher_runs_recurrent_and_scan_and_names_the_missing_forms(request):
+def test_dispatcher_runs_each_form_and_names_the_missing_kernel(request):
     args = make_inputs(seed_of(request), (1, 9, 2, 8), "model")
     y_ref, _ = wkv7_reference(*to_f64(args))
-    for impl in ("recurrent", "scan", "auto"):
-        assert rel_err(wkv7(*args, impl=impl)[0], y_ref) <= 1e-5, impl
+    for impl in ("recurrent", "scan", "chunked", "auto"):
+        assert rel_err(wkv7(*args, impl=impl, chunk_size=4)[0], y_ref) <= 1e-5, impl
     y, s = wkv7(*args[:6])  # no state: starts from zeros
     assert rel_err(y, wkv7_reference(*to_f64(args[:6]))[0]) <= 1e-5 and s.shape == (1, 2, 8, 8)
-    for impl in ("chunked", "pallas"):
-        with pytest.raises(ValueError, match=f"'{impl}' is not implemented.*available: recurrent, scan"):
-            wkv7(*args, impl=impl)
+    with pytest.raises(ValueError, match=r"'pallas' is not implemented.*available: recurrent, scan, chunked"):
+        wkv7(*args, impl="pallas")
+
+
+def test_chunked_rejects_decays_too_strong_for_its_chunk_size_and_bad_chunk_sizes(request):
+    *inputs, state = make_inputs(seed_of(request), (1, 8, 1, 8), "model")
+    inputs[3] = jnp.full_like(inputs[3], -5.0)  # 16 steps of -5: exp(80) would overflow the factors
+    with pytest.raises(ValueError, match=r"chunk_size \* max\(-w_log\) <= 60 \(got 16 \* 5\)"):
+        wkv7(*inputs, state, impl="chunked", chunk_size=16)
+    assert np.isfinite(wkv7(*inputs, state, impl="chunked", chunk_size=8)[0]).all()  # 8 * 5 = 40 is fine
+    for chunk_size in (0, 2.0, True):
+        with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+            wkv7_chunked(*inputs, state, chunk_size=chunk_size)
 
 
 @pytest.mark.parametrize(
