@@ -1,4 +1,4 @@
-"""WKV-7 chunk-wise parallel form: matmuls and one triangular solve per chunk, the state carried between.
+"""WKV-7 chunk-wise parallel form: matmuls and a triangular inverse per chunk, the state carried between.
 
 The recurrence (``rwkv_jax.wkv.v7``), per head with state ``S [value, key]``::
 
@@ -15,8 +15,9 @@ start, and ``G(s, t) = exp(c_t - c_s)`` the decay from after s through t::
 
 The ``u`` equations are one unit lower-triangular system per chunk, ``(I - M) u = S_0-term + N v`` with
 ``M[t, s] = b_s . G(s, t-1) a_t`` and ``N[t, s] = k_s . G(s, t-1) a_t`` (s < t). Everything that does not
-involve ``S_0`` (the solve included: ``u = T^-1 (a~ S_0^T) + T^-1 N v``) is computed for all chunks at once;
-the loop over chunks does three small matmuls per chunk.
+involve ``S_0`` (the inverse included: ``u = T^-1 (a~ S_0^T) + T^-1 N v``) is computed for all chunks at once;
+the loop over chunks does three small matmuls per chunk. The triangular inverse is a product of
+``log2(L)`` matmuls (:func:`_unit_lower_inverse`).
 
 Exponents. The decay factors are split as ``exp(c_t) * exp(-c_s)``, referenced to the chunk start: exact,
 but ``exp(-c_s)`` grows as the chunk decays. RWKV-7's log decay is at least ``-exp(-0.5) ~ -0.61`` per step
@@ -61,6 +62,21 @@ def _to_chunks(x: Array, chunk_size: int) -> Array:
     return x.transpose(1, 0, 3, 2, 4)
 
 
+def _unit_lower_inverse(strict: Array) -> Array:
+    """``(I - M)^-1`` for strictly lower-triangular ``M [..., L, L]``: M is nilpotent, so the inverse is
+    ``I + M + ... + M^(L-1) = (I + M)(I + M^2)(I + M^4)...``, ``ceil(log2 L)`` pairs of matmuls.
+
+    Matmuls rather than ``jax.scipy.linalg.solve_triangular``: XLA:CPU in jax 0.10.2 deadlocked (no CPU
+    use, forever) running the LAPACK-backed solve's gradient after other programs in the same process.
+    """
+    eye = jnp.eye(strict.shape[-1], dtype=strict.dtype)
+    inverse, power = eye + strict, strict
+    for _ in range(max(strict.shape[-1] - 1, 1).bit_length() - 1):
+        power = power @ power
+        inverse = inverse @ (eye + power)
+    return inverse
+
+
 def _intra_chunk(r, k, v, w, a, b):
     """The S_0-free parts of every chunk (inputs ``[C, B, H, L, N]``), see the module docstring.
 
@@ -80,10 +96,9 @@ def _intra_chunk(r, k, v, w, a, b):
     def scores(q: Array, key: Array, mask: Array) -> Array:
         return jnp.einsum("...tn,...sn->...ts", q, key) * mask
 
-    system = jnp.eye(length, dtype=jnp.float32) - scores(a_decayed, b_undecayed, strict)
-    solve = functools.partial(jax.scipy.linalg.solve_triangular, system, lower=True, unit_diagonal=True)
-    a_solved = solve(a_decayed)
-    u_from_v = solve(scores(a_decayed, k_undecayed, strict) @ v)
+    inverse = _unit_lower_inverse(scores(a_decayed, b_undecayed, strict))
+    a_solved = inverse @ a_decayed
+    u_from_v = inverse @ (scores(a_decayed, k_undecayed, strict) @ v)
     y_from_v = scores(r_decayed, k_undecayed, causal) @ v
     to_end = jnp.exp(last - c)
     kv_to_end = jnp.einsum("...sv,...sk->...vk", v, k * to_end)

@@ -1,10 +1,12 @@
-"""Times forward + backward of WKV-6: the chunked form (several chunk sizes) against the lax.scan form.
+"""Times forward + backward of a WKV family's training form (chunked, several chunk sizes) against lax.scan.
 
-    python experiments/bench_wkv6.py                       # B=1, H=8, N=64, T=4096 on this machine
-    python experiments/bench_wkv6.py --length 1024 --chunk-sizes 32,64
+    python experiments/bench_wkv_training.py                   # WKV-6, B=1, H=8, N=64, T=4096
+    python experiments/bench_wkv_training.py --family v7       # WKV-7 (RWKV-7), same sizes
+    python experiments/bench_wkv_training.py --length 1024 --chunk-sizes 32,64
 
 Each timing is the median of ``--repeats`` runs of a jitted ``jax.value_and_grad`` of a scalar loss with
-respect to all six inputs (r, k, v, w_log, u, state), after one warm-up run (compilation excluded); the
+respect to every input (WKV-6: r, k, v, w_log, u, state; WKV-7: r, k, v, w_log, a, b, state), after one
+warm-up run (compilation excluded); the
 forms take turns within each repeat. Two clocks: wall time, and this process's CPU time (summed over XLA's
 threads), which moves less when other processes load the machine; its ratio understates a form that uses
 several cores.
@@ -20,27 +22,38 @@ import jax.numpy as jnp
 import numpy as np
 
 from rwkv_jax.wkv.v6 import wkv6_chunked, wkv6_recurrent
+from rwkv_jax.wkv.v7 import wkv7_chunked, wkv7_recurrent
+
+FORMS = {"v6": (wkv6_recurrent, wkv6_chunked), "v7": (wkv7_recurrent, wkv7_chunked)}
 
 
-def make_inputs(batch: int, length: int, heads: int, size: int) -> tuple[jax.Array, ...]:
-    """float32 inputs with decays over the models' whole range (w_log in [-exp(5), -1e-6])."""
+def make_inputs(batch: int, length: int, heads: int, size: int, family: str = "v6") -> tuple[jax.Array, ...]:
+    """float32 inputs over the family's whole range of decays (WKV-6: w_log in [-exp(5), -1e-6]; WKV-7:
+    w_log in (-exp(-0.5), 0) and the model's a = -kk, b = kk * iclr with unit kk)."""
     rng = np.random.default_rng(0)
     shape = (batch, length, heads, size)
     r, k, v = (jnp.asarray(rng.normal(size=shape), jnp.float32) for _ in range(3))
-    w_log = jnp.asarray(-np.exp(rng.uniform(np.log(1e-6), 5.0, size=shape)), jnp.float32)
-    u = jnp.asarray(rng.normal(size=(heads, size)), jnp.float32)
     state = jnp.zeros((batch, heads, size, size), jnp.float32)
-    return r, k, v, w_log, u, state
+    if family == "v6":
+        w_log = jnp.asarray(-np.exp(rng.uniform(np.log(1e-6), 5.0, size=shape)), jnp.float32)
+        u = jnp.asarray(rng.normal(size=(heads, size)), jnp.float32)
+        return r, k, v, w_log, u, state
+    w_log = jnp.asarray(-np.exp(-0.5) / (1 + np.exp(-3 * rng.normal(size=shape))), jnp.float32)
+    kk = rng.normal(size=shape)
+    kk /= np.linalg.norm(kk, axis=-1, keepdims=True)
+    iclr = 1 / (1 + np.exp(-rng.normal(size=shape)))
+    a, b = (jnp.asarray(x, jnp.float32) for x in (-kk, kk * iclr))
+    return r, k, v, w_log, a, b, state
 
 
-def forward_backward_step(form):
-    """A jitted value-and-gradient of ``sum(y^2) + sum(state^2)`` with respect to all six inputs."""
+def forward_backward_step(form, num_inputs: int = 6):
+    """A jitted value-and-gradient of ``sum(y^2) + sum(state^2)`` with respect to every input."""
 
     def loss(*inputs):
         y, state = form(*inputs)
         return jnp.sum(jnp.square(y)) + jnp.sum(jnp.square(state))
 
-    return jax.jit(jax.value_and_grad(loss, argnums=tuple(range(6))))
+    return jax.jit(jax.value_and_grad(loss, argnums=tuple(range(num_inputs))))
 
 
 def interleaved_seconds(
@@ -65,23 +78,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--family", choices=sorted(FORMS), default="v6")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--length", type=int, default=4096)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-size", type=int, default=64)
-    parser.add_argument("--chunk-sizes", default="16,32,64,128")
+    parser.add_argument("--chunk-sizes", default="", help="default: 16,32,64,128 (v6), 16,32,64 (v7)")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
 
-    inputs = make_inputs(args.batch, args.length, args.heads, args.head_size)
+    inputs = make_inputs(args.batch, args.length, args.heads, args.head_size, args.family)
     print(
-        f"WKV-6 forward+backward, B={args.batch} T={args.length} H={args.heads} N={args.head_size}, "
-        f"{jax.default_backend()}, median of {args.repeats} interleaved runs"
+        f"WKV-{args.family[1:]} forward+backward, B={args.batch} T={args.length} H={args.heads} "
+        f"N={args.head_size}, {jax.default_backend()}, median of {args.repeats} interleaved runs"
     )
-    steps = {"lax.scan": forward_backward_step(wkv6_recurrent)}
-    for chunk_size in (int(c) for c in args.chunk_sizes.split(",")):
+    recurrent, chunked = FORMS[args.family]
+    chunk_sizes = args.chunk_sizes or ("16,32,64,128" if args.family == "v6" else "16,32,64")
+    steps = {"lax.scan": forward_backward_step(recurrent, len(inputs))}
+    for chunk_size in (int(c) for c in chunk_sizes.split(",")):
         steps[f"chunked {chunk_size}"] = forward_backward_step(
-            functools.partial(wkv6_chunked, chunk_size=chunk_size)
+            functools.partial(chunked, chunk_size=chunk_size), len(inputs)
         )
     seconds = interleaved_seconds(steps, inputs, args.repeats)
     print(f"{'form':<16}{'wall s':>10}{'speed-up':>10}{'CPU s':>10}{'speed-up':>10}")
