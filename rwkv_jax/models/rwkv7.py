@@ -69,7 +69,7 @@ class RWKV7Config:
     dtype: np.dtype | str = "float32"
     param_dtype: np.dtype | str = "float32"
     wkv_impl: Impl | str = Impl.AUTO
-    chunk_size: int = 16
+    chunk_size: int = 32
 
     def __post_init__(self):
         require_positive_ints(self, "vocab_size", "n_layer", "n_embd", "head_size", "chunk_size")
