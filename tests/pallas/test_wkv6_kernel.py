@@ -1,7 +1,6 @@
 """WKV-6 Pallas kernel (interpret mode) against the float64 reference; lowering for TPU and CUDA."""
 
 import functools
-import zlib
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +11,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels import wkv6 as kernel
 from rwkv_jax.wkv.v6 import wkv6_reference
+from tests.wkv.helpers import rel_err, seed_of
 
 STRONGEST, WEAKEST = -float(np.exp(5.0)), -1e-6
 
@@ -29,16 +29,6 @@ def make_inputs(seed: int, shape: tuple[int, int, int, int], dtype=jnp.float32) 
     u = jnp.asarray(rng.normal(size=(heads, size)), dtype)
     state = jnp.asarray(rng.normal(size=(batch, heads, size, size)), jnp.float32)
     return r, k, v, jnp.asarray(w_log, jnp.float32), u, state
-
-
-def seed_of(request: pytest.FixtureRequest) -> int:
-    return zlib.crc32(request.node.name.encode())
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert not np.isnan(a).any(), "result has NaN"
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def loss(form, directions, *args):

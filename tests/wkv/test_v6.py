@@ -1,7 +1,6 @@
 """WKV-5/6 forms against the float64 reference: forward, gradients, extreme decays, bf16, chunks, dispatch."""
 
 import functools
-import zlib
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +10,7 @@ import pytest
 from rwkv_jax.wkv import v6_chunked
 from rwkv_jax.wkv.impl import Impl
 from rwkv_jax.wkv.v6 import wkv6, wkv6_chunked, wkv6_recurrent, wkv6_reference, wkv6_scan
+from tests.wkv.helpers import rel_err, scalar_loss, seed_of, to_f64
 
 FORMS = {
     "recurrent": wkv6_recurrent,
@@ -21,11 +21,6 @@ FORMS = {
 }
 # Decays span what the models produce: -exp(5) (decay ~e^-148) to -1e-6 (decay 1 - 1e-6).
 STRONGEST, WEAKEST = -float(np.exp(5.0)), -1e-6
-
-
-def seed_of(request: pytest.FixtureRequest) -> int:
-    """A seed that differs per parametrised case (no single lucky seed), stable across runs."""
-    return zlib.crc32(request.node.name.encode())
 
 
 def log_decays(rng: np.random.Generator, shape: tuple[int, ...], kind: str) -> np.ndarray:
@@ -59,16 +54,6 @@ def make_inputs(seed: int, shape: tuple[int, int, int, int], decay: str, dtype=j
     return r, k, v, w_log, u, state
 
 
-def to_f64(args: tuple) -> tuple:
-    return tuple(jnp.asarray(x, jnp.float64) for x in args)
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert not np.isnan(a).any(), "result has NaN"
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
 def explicit_sum(r, k, v, w_log, u, state):
     """The closed form, token by token without a recurrence: S_t = prod(decays) S_0 + sum of decayed k v^T."""
     r, k, v, w_log, u, state = (np.asarray(x, np.float64) for x in (r, k, v, w_log, u, state))
@@ -99,15 +84,6 @@ def test_float32_forward_matches_reference(request, form, decay, length):
     assert y.dtype == jnp.float32 and s.dtype == jnp.float32
     assert rel_err(y, y_ref) <= 1e-5
     assert rel_err(s, s_ref) <= 1e-5
-
-
-def scalar_loss(form, seed: int, args: tuple):
-    """A random projection of y and the final state, so every gradient is exercised."""
-    rng = np.random.default_rng(seed + 1)
-    y_dir = rng.normal(size=args[0].shape)
-    s_dir = rng.normal(size=args[5].shape)
-    y, s = form(*args)
-    return jnp.sum(y * y_dir.astype(y.dtype)) + jnp.sum(s * s_dir.astype(s.dtype))
 
 
 @pytest.mark.parametrize("form", FORMS)

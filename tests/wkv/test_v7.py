@@ -1,7 +1,6 @@
 """WKV-7 forms against the float64 reference: forward, gradients, the model's decay range, bf16, pieces."""
 
 import functools
-import zlib
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 
 from rwkv_jax.wkv.v7 import wkv7, wkv7_chunked, wkv7_recurrent, wkv7_reference, wkv7_scan
+from tests.wkv.helpers import rel_err, scalar_loss, seed_of, to_f64
 
 FORMS = {
     "recurrent": wkv7_recurrent,
@@ -19,10 +19,6 @@ FORMS = {
 }
 # RWKV-7's decay is exp(-exp(-0.5) sigmoid(z)): log decays in (-exp(-0.5), 0).
 STRONGEST = -float(np.exp(-0.5))
-
-
-def seed_of(request: pytest.FixtureRequest) -> int:
-    return zlib.crc32(request.node.name.encode())
 
 
 def log_decays(rng: np.random.Generator, shape: tuple[int, ...], kind: str) -> np.ndarray:
@@ -52,16 +48,6 @@ def make_inputs(seed: int, shape: tuple[int, int, int, int], decay: str, dtype=j
     state = rng.normal(size=(batch, heads, size, size))
     r, k, v, a, b = (jnp.asarray(x, dtype) for x in (r, k, v, -kk, kk * iclr))
     return r, k, v, jnp.asarray(w_log, jnp.float32), a, b, jnp.asarray(state, jnp.float32)
-
-
-def to_f64(args: tuple) -> tuple:
-    return tuple(jnp.asarray(x, jnp.float64) for x in args)
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert not np.isnan(a).any(), "result has NaN"
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def explicit_loop(r, k, v, w_log, a, b, state):
@@ -96,14 +82,6 @@ def test_float32_forward_matches_reference(request, form, decay, length):
     assert y.dtype == jnp.float32 and s.dtype == jnp.float32
     assert rel_err(y, y_ref) <= 1e-5
     assert rel_err(s, s_ref) <= 1e-5
-
-
-def scalar_loss(form, seed: int, args: tuple):
-    """A random projection of y and the final state, so every gradient is exercised."""
-    rng = np.random.default_rng(seed + 1)
-    y, s = form(*args)
-    y_dir, s_dir = rng.normal(size=y.shape), rng.normal(size=s.shape)
-    return jnp.sum(y * y_dir.astype(y.dtype)) + jnp.sum(s * s_dir.astype(s.dtype))
 
 
 @pytest.mark.parametrize("form", FORMS)
