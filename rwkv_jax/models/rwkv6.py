@@ -25,13 +25,13 @@ from rwkv_jax.models import rwkv6_init as official
 from rwkv_jax.models.common import (
     Embedding,
     LayerNorm,
-    Linear,
     require_positive_floats,
     require_positive_ints,
     resolve_float_dtypes,
     token_shift,
 )
 from rwkv_jax.models.language_model import LanguageModel
+from rwkv_jax.models.rwkv6_init import orthogonal_linear
 from rwkv_jax.models.rwkv6_layers import (
     Bonus,
     ChannelMix,
@@ -135,11 +135,6 @@ class RWKV6LayerState(NamedTuple):
 RWKV6State = tuple[RWKV6LayerState, ...]
 
 
-def _linear(rngs: nnx.Rngs, config: RWKV6Config, shape: tuple[int, int], axes: tuple[str, str], gain: float):
-    kernel = official.orthogonal_kernel(rngs.params(), *shape, gain, config.param_dtype)
-    return Linear(*shape, axes, kernel=kernel, dtype=config.dtype, param_dtype=config.param_dtype)
-
-
 def _token_mix(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> StaticLerp | DataDependentLerp:
     """The time-mix token shift of the version, with its official initial values."""
     C, L, pd = config.n_embd, config.n_layer, config.param_dtype
@@ -179,11 +174,13 @@ def _time_mix(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> TimeMix:
         mix=mix,
         decay=decay,
         bonus=Bonus(bonus, param_dtype=config.param_dtype),
-        receptance=_linear(rngs, config, (C, A), ("embed", "heads"), official.GAIN_RECEPTANCE),
-        key=_linear(rngs, config, (C, A), ("embed", "heads"), official.GAIN_KEY),
-        value=_linear(rngs, config, (C, A), ("embed", "heads"), official.GAIN_VALUE),
-        output=_linear(rngs, config, (A, C), ("heads", "embed"), official.GAIN_OUTPUT),
-        gate=_linear(rngs, config, (C, A), ("embed", "heads"), official.GAIN_GATE) if gated else None,
+        receptance=orthogonal_linear(rngs, config, (C, A), ("embed", "heads"), official.GAIN_RECEPTANCE),
+        key=orthogonal_linear(rngs, config, (C, A), ("embed", "heads"), official.GAIN_KEY),
+        value=orthogonal_linear(rngs, config, (C, A), ("embed", "heads"), official.GAIN_VALUE),
+        output=orthogonal_linear(rngs, config, (A, C), ("heads", "embed"), official.GAIN_OUTPUT),
+        gate=orthogonal_linear(rngs, config, (C, A), ("embed", "heads"), official.GAIN_GATE)
+        if gated
+        else None,
         ln_x=HeadGroupNorm(
             H, official.ln_x_weight(A, layer, L), eps=config.group_norm_eps, param_dtype=config.param_dtype
         ),
@@ -202,9 +199,9 @@ def _channel_mix(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> ChannelMix:
     )
     return ChannelMix(
         mix=mix,
-        key=_linear(rngs, config, (C, F), ("embed", "mlp"), official.GAIN_FFN_KEY),
-        receptance=_linear(rngs, config, (C, C), ("embed", None), official.GAIN_FFN_RECEPTANCE),
-        value=_linear(rngs, config, (F, C), ("mlp", "embed"), official.GAIN_FFN_VALUE),
+        key=orthogonal_linear(rngs, config, (C, F), ("embed", "mlp"), official.GAIN_FFN_KEY),
+        receptance=orthogonal_linear(rngs, config, (C, C), ("embed", None), official.GAIN_FFN_RECEPTANCE),
+        value=orthogonal_linear(rngs, config, (F, C), ("mlp", "embed"), official.GAIN_FFN_VALUE),
     )
 
 
@@ -256,7 +253,7 @@ class RWKV6(LanguageModel):
             for layer in range(config.n_layer)
         )
         self.ln_out = self._layer_norm()
-        self.head = _linear(rngs, config, (C, V), ("embed", "vocab"), official.head_gain(V, C))
+        self.head = orthogonal_linear(rngs, config, (C, V), ("embed", "vocab"), official.head_gain(V, C))
 
     def _layer_norm(self) -> LayerNorm:
         c = self.config

@@ -13,11 +13,15 @@ torch code: the ``time_mix`` / ``time_maa`` powers of ``ddd`` are float32 arithm
 ``time_decay`` and ``time_faaaa`` are Python floats (float64), rounded when the caller casts them.
 """
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from rwkv_jax.array_typing import Array, PRNGKey
+from rwkv_jax.models.common import Linear
 
 # Official orthogonal gains of the square-ish matrices (generate_init_weight): 0 means zeros.
 GAIN_RECEPTANCE = 1.0
@@ -126,3 +130,12 @@ def orthogonal_kernel(
 def uniform(key: PRNGKey, shape: tuple[int, ...], bound: float, dtype: jnp.dtype) -> Array:
     """``U(-bound, bound)`` of ``shape``."""
     return jax.random.uniform(key, shape, jnp.float32, -bound, bound).astype(dtype)
+
+
+def orthogonal_linear(
+    rngs: nnx.Rngs, config: Any, shape: tuple[int, int], axes: tuple[str, str], gain: float
+):
+    """A bias-free :class:`Linear` ``[in, out]`` with :func:`orthogonal_kernel` weights, in the compute and
+    storage dtypes of ``config`` (an RWKV6Config or RWKV7Config)."""
+    kernel = orthogonal_kernel(rngs.params(), *shape, gain, config.param_dtype)
+    return Linear(*shape, axes, kernel=kernel, dtype=config.dtype, param_dtype=config.param_dtype)

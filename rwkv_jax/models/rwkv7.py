@@ -20,7 +20,6 @@ from rwkv_jax.models import rwkv6_init, rwkv7_init
 from rwkv_jax.models.common import (
     Embedding,
     LayerNorm,
-    Linear,
     param,
     require_positive_floats,
     require_positive_ints,
@@ -28,6 +27,7 @@ from rwkv_jax.models.common import (
     token_shift,
 )
 from rwkv_jax.models.language_model import LanguageModel
+from rwkv_jax.models.rwkv6_init import orthogonal_linear
 from rwkv_jax.models.rwkv6_layers import HeadGroupNorm
 from rwkv_jax.wkv.impl import Impl
 from rwkv_jax.wkv.v7 import wkv7
@@ -151,7 +151,7 @@ class TimeMix(nnx.Module):
         }
         for name, gain in gains.items():
             axes = ("heads", "embed") if name == "output" else ("embed", "heads")
-            setattr(self, name, _linear(rngs, config, (C, C), axes, gain))
+            setattr(self, name, orthogonal_linear(rngs, config, (C, C), axes, gain))
         ln_x_weight = rwkv6_init.ln_x_weight(C, layer, L)
         self.ln_x = HeadGroupNorm(H, ln_x_weight, eps=config.group_norm_eps, param_dtype=pd)
 
@@ -200,17 +200,12 @@ class ChannelMix(nnx.Module):
         C, F = config.n_embd, config.ffn_dim
         weight = rwkv7_init.channel_mix_weight(C, layer, config.n_layer)
         self.x_k = param(jnp.asarray(weight, config.param_dtype), ("embed",))
-        self.key = _linear(rngs, config, (C, F), ("embed", "mlp"), rwkv6_init.GAIN_FFN_KEY)
-        self.value = _linear(rngs, config, (F, C), ("mlp", "embed"), rwkv6_init.GAIN_FFN_VALUE)
+        self.key = orthogonal_linear(rngs, config, (C, F), ("embed", "mlp"), rwkv6_init.GAIN_FFN_KEY)
+        self.value = orthogonal_linear(rngs, config, (F, C), ("mlp", "embed"), rwkv6_init.GAIN_FFN_VALUE)
 
     def __call__(self, x: Array, prev: Array) -> Array:
         mixed = x + (prev - x) * self.x_k[...].astype(x.dtype)
         return self.value(jnp.square(jax.nn.relu(self.key(mixed))))
-
-
-def _linear(rngs: nnx.Rngs, config: RWKV7Config, shape: tuple[int, int], axes: tuple[str, str], gain: float):
-    kernel = rwkv6_init.orthogonal_kernel(rngs.params(), *shape, gain, config.param_dtype)
-    return Linear(*shape, axes, kernel=kernel, dtype=config.dtype, param_dtype=config.param_dtype)
 
 
 class Block(nnx.Module):
@@ -255,7 +250,7 @@ class RWKV7(LanguageModel):
         self.emb = Embedding(rwkv6_init.uniform(rngs.params(), (V, C), rwkv6_init.EMBEDDING_BOUND, pd))
         self.blocks = nnx.List(Block(config, layer, rngs) for layer in range(config.n_layer))
         self.ln_out = LayerNorm(C, eps=config.layer_norm_eps, param_dtype=pd)
-        self.head = _linear(rngs, config, (C, V), ("embed", "vocab"), rwkv6_init.head_gain(V, C))
+        self.head = orthogonal_linear(rngs, config, (C, V), ("embed", "vocab"), rwkv6_init.head_gain(V, C))
 
     def empty_layer_state(self, batch_size: int) -> RWKV7LayerState:
         """Zero token shifts and a zero WKV state, float32."""

@@ -137,7 +137,7 @@ def wkv7_chunked(
         state = jnp.zeros((batch, heads, size, size), jnp.float32)
     pad = [(0, 0), (0, -length % chunk_size), (0, 0), (0, 0)]
     chunks = [_to_chunks(jnp.pad(x, pad), chunk_size) for x in (r, k, v, w_log, a, b)]
-    a_solved, u_from_v, y_from_v, r_decayed, scores_b, b_to_end, kv_to_end, decay = _intra_chunk(*chunks)
+    per_chunk = _intra_chunk(*chunks)  # everything but the state, for all chunks at once
 
     def carry_state(s: Array, chunk: tuple[Array, ...]) -> tuple[Array, Array]:
         a_solved, u_from_v, y_from_v, r_decayed, scores_b, b_to_end, kv_to_end, decay = chunk
@@ -146,7 +146,6 @@ def wkv7_chunked(
         s = s * decay + jnp.einsum("...sv,...sk->...vk", u, b_to_end) + kv_to_end
         return s, y
 
-    per_chunk = (a_solved, u_from_v, y_from_v, r_decayed, scores_b, b_to_end, kv_to_end, decay)
     final, y = jax.lax.scan(carry_state, state.astype(jnp.float32), per_chunk)
     y = y.transpose(1, 0, 3, 2, 4).reshape(batch, -1, heads, size)[:, :length]
     return y.astype(v.dtype), final
