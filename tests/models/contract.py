@@ -7,29 +7,28 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-
-def relative_error(a, b) -> float:
-    """``||a - b|| / ||b||`` in float64, after checking that neither holds NaN."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert not np.isnan(a).any() and not np.isnan(b).any()
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+from rwkv_jax.numerics import relative_error
 
 
 def assert_prefill_equals_steps_and_pieces(model: Callable, tokens: jax.Array, cut: int) -> None:
     """``model(tokens)`` == one token at a time == ``tokens[:, :cut]`` then the rest with the state carried
-    (logits and final state to 1e-5, every state leaf float32)."""
+    (logits and every final state leaf by relative error over the tensor; every state leaf float32).
+
+    Measured (float32, XLA:CPU, 2026-12): logits <= 1.4e-7 (bound 2e-6), state leaves <= 8.9e-8 (bound 1e-6)
+    over RWKV-4, Eagle 5.1 / 5.2, Finch and Goose.
+    """
     full, full_state = model(tokens)
     state, steps = None, []
     for t in range(tokens.shape[1]):
         logits, state = model(tokens[:, t : t + 1], state)
         steps.append(logits)
-    assert relative_error(jnp.concatenate(steps, axis=1), full) < 1e-5
+    assert relative_error(jnp.concatenate(steps, axis=1), full) < 2e-6
     first, state = model(tokens[:, :cut])
     second, pieces_state = model(tokens[:, cut:], state)
-    assert relative_error(jnp.concatenate([first, second], axis=1), full) < 1e-5
+    assert relative_error(jnp.concatenate([first, second], axis=1), full) < 2e-6
     for a, b in zip(jax.tree.leaves(pieces_state), jax.tree.leaves(full_state), strict=True):
         assert a.dtype == jnp.float32
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        assert relative_error(a, b) < 1e-6
 
 
 def assert_gradients_reach_every_parameter(model: nnx.Module, tokens: jax.Array) -> None:
