@@ -1,4 +1,4 @@
-"""WKV-7 chunk-wise parallel form: matmuls and a triangular inverse per chunk, the state carried between.
+"""WKV-7 chunk-wise parallel form: matmuls and a triangular inverse per chunk, with a hand-written backward.
 
 The recurrence (``rwkv_jax.wkv.v7``), per head with state ``S [value, key]``::
 
@@ -6,18 +6,28 @@ The recurrence (``rwkv_jax.wkv.v7``), per head with state ``S [value, key]``::
 
 Naming the "removed value" ``u_t = S_{t-1} a_t``, it is a diagonal-decay recurrence with two rank-one
 writes, ``S_t = S_{t-1} D_t + u_t b_t^T + v_t k_t^T``. Within a chunk of L tokens, with ``c_t`` the
-cumulative log decay from the chunk start through t (per key channel) and ``S_0`` the state at the chunk
-start, and ``G(s, t) = exp(c_t - c_s)`` the decay from after s through t::
+cumulative log decay from the chunk start through t (per key channel), ``S_0`` the state at the chunk
+start and ``G(s, t) = exp(c_t - c_s)`` the decay from after s through t::
 
     u_t = S_0 (exp(c_{t-1}) a_t) + sum_{s<t} u_s (b_s . G(s, t-1) a_t) + v_s (k_s . G(s, t-1) a_t)
     y_t = S_0 (exp(c_t) r_t)     + sum_{s<=t} u_s (b_s . G(s, t) r_t)  + v_s (k_s . G(s, t) r_t)
     S_L = S_0 exp(c_L)           + sum_s (u_s b_s^T + v_s k_s^T) G(s, L)
 
-The ``u`` equations are one unit lower-triangular system per chunk, ``(I - M) u = S_0-term + N v`` with
-``M[t, s] = b_s . G(s, t-1) a_t`` and ``N[t, s] = k_s . G(s, t-1) a_t`` (s < t). Everything that does not
-involve ``S_0`` (the inverse included: ``u = T^-1 (a~ S_0^T) + T^-1 N v``) is computed for all chunks at once;
-the loop over chunks does three small matmuls per chunk. The triangular inverse is a product of
-``log2(L)`` matmuls (:func:`_unit_lower_inverse`).
+In matrix form, with the decayed rows ``A = a exp(c_{t-1})``, ``R = r exp(c_t)``, the undecayed columns
+``B = b exp(-c_s)``, ``K = k exp(-c_s)`` (all ``[L, N]``) and the masked scores ``M_ab = strict(A B^T)``,
+``M_ak = strict(A K^T)``, ``Q_b = causal(R B^T)``, ``Q_k = causal(R K^T)`` (``[L, L]``)::
+
+    u = P z,  z = A S_0^T + M_ak v,  P = (I - M_ab)^-1       (a unit lower-triangular system)
+    y = R S_0^T + Q_b u + Q_k v
+
+and the inverse is a product of ``log2(L)`` matmuls (:func:`_unit_lower_inverse`).
+
+Backward (``jax.custom_vjp``). The forward keeps the state at every chunk start and nothing else; the
+backward runs the chunks in reverse, carrying the gradient of the state, and recomputes each chunk's
+scores and inverse from its inputs. Through the solve, ``dz = P^T du`` and ``dM_ab = strict(dz u^T)``;
+the rest are the transposes of the matmuls above (:func:`_chunk_backward`). The gradient of the log decays
+is assembled per step from the terms of the pairs it lies between (no division by a decay; see
+:func:`_decay_grad`).
 
 Exponents. The decay factors are split as ``exp(c_t) * exp(-c_s)``, referenced to the chunk start: exact,
 but ``exp(-c_s)`` grows as the chunk decays. RWKV-7's log decay is at least ``-exp(-0.5) ~ -0.61`` per step
@@ -25,11 +35,14 @@ but ``exp(-c_s)`` grows as the chunk decays. RWKV-7's log decay is at least ``-e
 factors stay below ``e^20``. Inputs whose decay over one chunk exceeds ``e^-60`` are rejected when the
 values are known (:func:`check_decay_range`); under ``jit`` that is the caller's contract.
 
-T need not be a multiple of L: the tail is padded with ``w = 0`` and ``r = k = v = a = b = 0``, which leave
-the state unchanged, and the padded outputs are sliced off.
+Execution. As in :mod:`rwkv_jax.wkv.v6_chunked`, a loop over chunks computes one chunk of every batch row
+and head at a time (``[B, H, L, N]``, small enough to stay in the CPU's caches through the chunk's dozens of
+steps). T need not be a multiple of L: the tail is padded with ``w = 0`` and ``r = k = v = a = b = 0``,
+which leave the state unchanged, and the padded outputs are sliced off.
 """
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +50,7 @@ import numpy as np
 
 from rwkv_jax.array_typing import Array
 
-# The fastest on this CPU (fwd + bwd vs lax.scan at B=1, H=8, N=64, T=4096: 16: 7.4x, 32: 10.6x, 64: 7.9x).
+# The fastest on the benchmark's CPU (docs/wkv_training_speed.md).
 DEFAULT_CHUNK_SIZE = 32
 MAX_CHUNK_LOG_DECAY = 60.0  # the largest |sum of w_log| over one chunk (exp(60) ~ 1e26 < float32 max)
 
@@ -56,13 +69,6 @@ def check_decay_range(w_log: Array, chunk_size: int) -> None:
         )
 
 
-def _to_chunks(x: Array, chunk_size: int) -> Array:
-    """``[B, T, H, N]`` (T a multiple of chunk_size) -> ``[T / L, B, H, L, N]`` float32."""
-    batch, length, heads, size = x.shape
-    x = x.astype(jnp.float32).reshape(batch, length // chunk_size, chunk_size, heads, size)
-    return x.transpose(1, 0, 3, 2, 4)
-
-
 def _unit_lower_inverse(strict: Array) -> Array:
     """``(I - M)^-1`` for strictly lower-triangular ``M [..., L, L]``: M is nilpotent, so the inverse is
     ``I + M + ... + M^(L-1) = (I + M)(I + M^2)(I + M^4)...``, ``ceil(log2 L)`` pairs of matmuls.
@@ -78,33 +84,210 @@ def _unit_lower_inverse(strict: Array) -> Array:
     return inverse
 
 
-def _intra_chunk(r, k, v, w, a, b):
-    """The S_0-free parts of every chunk (inputs ``[C, B, H, L, N]``), see the module docstring.
-
-    Returns ``(a_solved, u_from_v, y_from_v, r_decayed, scores_b, b_to_end, kv_to_end, chunk_decay)``: the
-    solved ``T^-1 a~`` ``[.., L, N]``, ``T^-1 N v``, the ``v`` part of y, ``exp(c_t) r_t``, the masked
-    ``b``-scores of y ``[.., L, L]``, ``b_s G(s, L)``, ``sum_s v_s (k_s G(s, L))^T`` ``[.., N, N]`` and
-    ``exp(c_L)`` ``[.., 1, N]``.
-    """
-    length = r.shape[-2]
-    c = jnp.cumsum(w, axis=-2)  # inclusive: c_t
-    before, last = c - w, c[..., -1:, :]  # c_{t-1}, c_L
-    a_decayed, r_decayed = a * jnp.exp(before), r * jnp.exp(c)
-    b_undecayed, k_undecayed = b * jnp.exp(-c), k * jnp.exp(-c)
+def _masks(length: int) -> tuple[Array, Array]:
+    """The strictly lower-triangular and the causal (lower-triangular) 0/1 matrices ``[L, L]``."""
     strict = jnp.tril(jnp.ones((length, length), jnp.float32), -1)
-    causal = strict + jnp.eye(length, dtype=jnp.float32)
+    return strict, strict + jnp.eye(length, dtype=jnp.float32)
 
-    def scores(q: Array, key: Array, mask: Array) -> Array:
-        return jnp.einsum("...tn,...sn->...ts", q, key) * mask
 
-    inverse = _unit_lower_inverse(scores(a_decayed, b_undecayed, strict))
-    a_solved = inverse @ a_decayed
-    u_from_v = inverse @ (scores(a_decayed, k_undecayed, strict) @ v)
-    y_from_v = scores(r_decayed, k_undecayed, causal) @ v
-    to_end = jnp.exp(last - c)
-    kv_to_end = jnp.einsum("...sv,...sk->...vk", v, k * to_end)
-    scores_b = scores(r_decayed, b_undecayed, causal)
-    return a_solved, u_from_v, y_from_v, r_decayed, scores_b, b * to_end, kv_to_end, jnp.exp(last)
+def _scores(rows: Array, cols: Array, mask: Array) -> Array:
+    """``mask * (rows @ cols^T)``: ``[..., L, N] x [..., L, N] -> [..., L, L]``."""
+    return jnp.einsum("...tn,...sn->...ts", rows, cols) * mask
+
+
+def _times_state(x: Array, state: Array) -> Array:
+    """``x S^T``, rows read through the state: ``[..., L, key] x [..., value, key] -> [..., L, value]``."""
+    return jnp.einsum("...tk,...vk->...tv", x, state)
+
+
+def _outer_sum(x: Array, y: Array) -> Array:
+    """``x^T y``, summed over the chunk's tokens: ``[..., L, I] x [..., L, J] -> [..., I, J]``."""
+    return jnp.einsum("...ti,...tj->...ij", x, y)
+
+
+class _Chunk(NamedTuple):
+    """The state-free quantities of one chunk (module docstring), each over ``[B, H]``.
+
+    The decay factors ``[L, N]``: ``to_t = exp(c_t)``, ``to_before = exp(c_{t-1})``, ``undecay = exp(-c_t)``,
+    ``to_end = exp(c_L - c_t)``; ``decay = exp(c_L)`` ``[1, N]``. The decayed vectors ``A, R, B, K`` and
+    ``B_end = b to_end``, ``K_end = k to_end`` ``[L, N]``; the scores ``m_ab, m_ak, q_b, q_k`` and
+    ``inverse = (I - m_ab)^-1`` ``[L, L]``.
+    """
+
+    to_t: Array
+    to_before: Array
+    undecay: Array
+    to_end: Array
+    decay: Array
+    A: Array
+    R: Array
+    B: Array
+    K: Array
+    B_end: Array
+    K_end: Array
+    m_ab: Array
+    m_ak: Array
+    q_b: Array
+    q_k: Array
+    inverse: Array
+
+
+def _chunk_terms(r: Array, k: Array, w: Array, a: Array, b: Array) -> _Chunk:
+    """The decay factors, decayed vectors, scores and inverse of a chunk (inputs ``[B, H, L, N]``)."""
+    strict, causal = _masks(r.shape[-2])
+    c = causal @ w  # inclusive cumulative sums as a matmul: XLA:CPU's cumsum is a slow reduce-window
+    # c_L - c_t and c_L, each summed from its own steps (no difference of two long sums)
+    to_end, decay = jnp.exp(strict.T @ w), jnp.exp(_column_sums(w))
+    to_t, to_before, undecay = jnp.exp(c), jnp.exp(c - w), jnp.exp(-c)
+    A, R, B, K = a * to_before, r * to_t, b * undecay, k * undecay
+    m_ab = _scores(A, B, strict)
+    q_b, q_k = _scores(R, B, causal), _scores(R, K, causal)
+    return _Chunk(
+        to_t, to_before, undecay, to_end, decay, A, R, B, K, b * to_end, k * to_end,
+        m_ab, _scores(A, K, strict), q_b, q_k, _unit_lower_inverse(m_ab),
+    )  # fmt: skip
+
+
+def _removed(terms: _Chunk, v: Array, state: Array) -> Array:
+    """``u = P (A S_0^T + M_ak v)`` ``[B, H, L, value]``: the values the chunk's tokens remove."""
+    return terms.inverse @ (_times_state(terms.A, state) + terms.m_ak @ v)
+
+
+def _chunk_forward(
+    r: Array, k: Array, v: Array, w: Array, a: Array, b: Array, state: Array
+) -> tuple[Array, Array]:
+    """One chunk: r, k, v, w, a, b ``[B, H, L, N]`` and the start state ``[B, H, N, N]`` (float32) ->
+    ``y [B, H, L, N]`` and the state after the chunk."""
+    terms = _chunk_terms(r, k, w, a, b)
+    u = _removed(terms, v, state)
+    y = _times_state(terms.R, state) + terms.q_b @ u + terms.q_k @ v
+    end = state * terms.decay + _outer_sum(u, terms.B_end) + _outer_sum(v, terms.K_end)
+    return y, end
+
+
+def _transpose(x: Array) -> Array:
+    return jnp.swapaxes(x, -1, -2)
+
+
+def _chunk_backward(
+    r: Array, k: Array, v: Array, w: Array, a: Array, b: Array, state: Array, dy: Array, d_next: Array
+) -> tuple[Array, ...]:
+    """Gradients of one chunk (shapes as :func:`_chunk_forward`) given ``dy`` and the gradient of the state
+    after the chunk: ``(dr, dk, dv, dw, da, db, d_state)``."""
+    t = _chunk_terms(r, k, w, a, b)
+    strict, causal = _masks(r.shape[-2])
+    u = _removed(t, v, state)
+    # S_L = S_0 decay + u^T B_end + v^T K_end;  y = R S_0^T + Q_b u + Q_k v
+    du = _times_state(t.B_end, d_next) + _transpose(t.q_b) @ dy
+    d_b_end, d_k_end = u @ d_next, v @ d_next
+    d_q_b, d_q_k = _scores(dy, u, causal), _scores(dy, v, causal)
+    dR = dy @ state + d_q_b @ t.B + d_q_k @ t.K
+    # u = P z, z = A S_0^T + M_ak v: through the solve, dz = P^T du and dM_ab = dz u^T
+    dz = _transpose(t.inverse) @ du
+    d_m_ab, d_m_ak = _scores(dz, u, strict), _scores(dz, v, strict)
+    dv = _times_state(t.K_end, d_next) + _transpose(t.q_k) @ dy + _transpose(t.m_ak) @ dz
+    dA = dz @ state + d_m_ab @ t.B + d_m_ak @ t.K
+    dB = _transpose(d_m_ab) @ t.A + _transpose(d_q_b) @ t.R
+    dK = _transpose(d_m_ak) @ t.A + _transpose(d_q_k) @ t.R
+    d_state = d_next * t.decay + _outer_sum(dy, t.R) + _outer_sum(dz, t.A)
+    dw = _decay_grad(
+        dR * t.R - dB * t.B - dK * t.K,
+        dA * t.A,
+        d_b_end * t.B_end + d_k_end * t.K_end,
+        _column_sums(d_next * state) * t.decay,
+    )
+    db = dB * t.undecay + d_b_end * t.to_end
+    dk = dK * t.undecay + d_k_end * t.to_end
+    return dR * t.to_t, dk, dv, dw, dA * t.to_before, db, d_state
+
+
+def _column_sums(x: Array) -> Array:
+    """``x [..., M, N]`` summed over M, ``[..., 1, N]``: a mat-vec, as XLA:CPU (jax 0.10.2) reduces the axes
+    of these small tensors several times slower."""
+    return jnp.ones((1, x.shape[-2]), x.dtype) @ x
+
+
+def _decay_grad(from_rows: Array, from_before: Array, from_end: Array, from_state: Array) -> Array:
+    """Gradient of a chunk's log decays ``[..., L, N]`` from per-token terms ``X_t = x_t * dx_t`` of the
+    decayed vectors ``x_t = x exp(e_t)``, grouped by the steps j that their exponent ``e_t`` sums:
+
+    - ``from_rows``: exponent ``+-c_t`` (R, and minus B and K), the steps ``j <= t``;
+    - ``from_before``: ``c_{t-1}`` (A), the steps ``j < t``;
+    - ``from_end``: ``c_L - c_t`` (B_end, K_end), the steps ``j > t``;
+    - ``from_state`` ``[..., 1, N]``: ``c_L`` (the start state's decay), every step.
+
+    ``dw_j = sum_{t>=j} from_rows_t + sum_{t>j} from_before_t + sum_{t<j} from_end_t + from_state``: three
+    matmuls with triangular 0/1 matrices. The ``+c_t`` and ``-c_s`` terms of one pair (s, t) cancel for
+    ``j <= s``, leaving the steps between them.
+    """
+    strict, causal = _masks(from_rows.shape[-2])
+    return causal.T @ from_rows + strict.T @ from_before + strict @ from_end + from_state
+
+
+def _to_chunks(x: Array, chunk_size: int) -> Array:
+    """``[B, T, H, N]`` (T a multiple of chunk_size) -> ``[T / L, B, H, L, N]`` float32."""
+    batch, length, heads, size = x.shape
+    x = x.astype(jnp.float32).reshape(batch, length // chunk_size, chunk_size, heads, size)
+    return x.transpose(1, 0, 3, 2, 4)
+
+
+def _from_chunks(x: Array) -> Array:
+    """The inverse of :func:`_to_chunks`: ``[C, B, H, L, N] -> [B, C L, H, N]``."""
+    chunks, batch, heads, length, size = x.shape
+    return x.transpose(1, 0, 3, 2, 4).reshape(batch, chunks * length, heads, size)
+
+
+def _forward_pass(inputs: tuple[Array, ...], state: Array) -> tuple[Array, Array, Array]:
+    """inputs (r, k, v, w, a, b) ``[C, B, H, L, N]`` -> y ``[C, B, H, L, N]``, the final state and the
+    states at every chunk start ``[C, B, H, N, N]``."""
+
+    def chunk_step(index: Array, carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+        y, starts, s = carry
+        y_chunk, s_next = _chunk_forward(*(x[index] for x in inputs), s)
+        return y.at[index].set(y_chunk), starts.at[index].set(s), s_next
+
+    starts = jnp.zeros((inputs[0].shape[0], *state.shape), state.dtype)
+    y = jnp.zeros_like(inputs[2])
+    y, starts, final = jax.lax.fori_loop(0, starts.shape[0], chunk_step, (y, starts, state))
+    return y, final, starts
+
+
+@jax.custom_vjp
+def _wkv_chunks(
+    r: Array, k: Array, v: Array, w: Array, a: Array, b: Array, state: Array
+) -> tuple[Array, Array]:
+    """The chunk loop: r, k, v, w, a, b ``[C, B, H, L, N]``, state ``[B, H, N, N]``, all float32 ->
+    (y ``[C, B, H, L, N]``, final state). Differentiated by :func:`_wkv_chunks_backward`."""
+    y, final, _ = _forward_pass((r, k, v, w, a, b), state)
+    return y, final
+
+
+def _wkv_chunks_forward(*args: Array) -> tuple[tuple[Array, Array], tuple[Array, ...]]:
+    *inputs, state = args
+    y, final, starts = _forward_pass(tuple(inputs), state)
+    return (y, final), (*inputs, starts)
+
+
+def _wkv_chunks_backward(saved: tuple[Array, ...], cotangents: tuple[Array, Array]) -> tuple[Array, ...]:
+    """The chunks in reverse, carrying the gradient of the state: recomputes each chunk's scores and inverse
+    from the saved inputs and the chunk's start state."""
+    *inputs, starts = saved
+    dy, d_final = cotangents
+    last = starts.shape[0] - 1
+
+    def chunk_step(step: Array, carry: tuple[Array, ...]) -> tuple[Array, ...]:
+        index = last - step
+        *grads, d_state = carry
+        chunk = (x[index] for x in inputs)
+        *chunk_grads, d_state = _chunk_backward(*chunk, starts[index], dy[index], d_state)
+        grads = (g.at[index].set(c) for g, c in zip(grads, chunk_grads, strict=True))
+        return (*grads, d_state)
+
+    initial = (*(jnp.zeros_like(x) for x in inputs), d_final)
+    return jax.lax.fori_loop(0, starts.shape[0], chunk_step, initial)
+
+
+_wkv_chunks.defvjp(_wkv_chunks_forward, _wkv_chunks_backward)
 
 
 @functools.partial(jax.jit, static_argnames="chunk_size")
@@ -119,7 +302,7 @@ def wkv7_chunked(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[Array, Array]:
-    """Chunk-wise parallel WKV-7, float32 accumulation (differentiated by JAX).
+    """Chunk-wise parallel WKV-7, float32 accumulation, with a hand-written backward.
 
     Args:
       r, k, v, w_log, a, b: ``[B, T, H, N]`` as in :func:`rwkv_jax.wkv.v7.wkv7_reference`, with
@@ -129,6 +312,9 @@ def wkv7_chunked(
 
     Returns:
       ``y [B, T, H, N]`` in ``v.dtype`` and the final float32 state ``[B, H, N, N]``.
+
+    Reverse-mode only (``jax.grad``, ``jax.vjp``): the backward is hand-written, so forward-mode
+    (``jax.jvp``) is not defined; use :func:`~rwkv_jax.wkv.v7.wkv7_recurrent` for that.
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer; got {chunk_size!r}")
@@ -136,16 +322,6 @@ def wkv7_chunked(
     if state is None:
         state = jnp.zeros((batch, heads, size, size), jnp.float32)
     pad = [(0, 0), (0, -length % chunk_size), (0, 0), (0, 0)]
-    chunks = [_to_chunks(jnp.pad(x, pad), chunk_size) for x in (r, k, v, w_log, a, b)]
-    per_chunk = _intra_chunk(*chunks)  # everything but the state, for all chunks at once
-
-    def carry_state(s: Array, chunk: tuple[Array, ...]) -> tuple[Array, Array]:
-        a_solved, u_from_v, y_from_v, r_decayed, scores_b, b_to_end, kv_to_end, decay = chunk
-        u = jnp.einsum("...tk,...vk->...tv", a_solved, s) + u_from_v
-        y = jnp.einsum("...tk,...vk->...tv", r_decayed, s) + scores_b @ u + y_from_v
-        s = s * decay + jnp.einsum("...sv,...sk->...vk", u, b_to_end) + kv_to_end
-        return s, y
-
-    final, y = jax.lax.scan(carry_state, state.astype(jnp.float32), per_chunk)
-    y = y.transpose(1, 0, 3, 2, 4).reshape(batch, -1, heads, size)[:, :length]
-    return y.astype(v.dtype), final
+    chunks = (_to_chunks(jnp.pad(x, pad), chunk_size) for x in (r, k, v, w_log, a, b))
+    y, final = _wkv_chunks(*chunks, state.astype(jnp.float32))
+    return _from_chunks(y)[:, :length].astype(v.dtype), final
