@@ -170,10 +170,10 @@ def _transpose(x: Array) -> Array:
 
 
 def _chunk_backward(
-    r: Array, k: Array, v: Array, w: Array, a: Array, b: Array, state: Array, dy: Array, d_next: Array
+    r: Array, k: Array, v: Array, w: Array, a: Array, b: Array, dy: Array, state: Array, d_next: Array
 ) -> tuple[Array, ...]:
-    """Gradients of one chunk (shapes as :func:`_chunk_forward`) given ``dy`` and the gradient of the state
-    after the chunk: ``(dr, dk, dv, dw, da, db, d_state)``."""
+    """Gradients of one chunk (shapes as :func:`_chunk_forward`) given ``dy``, the start state and the
+    gradient of the state after the chunk: ``(dr, dk, dv, dw, da, db, d_state)``."""
     t = _chunk_terms(r, k, w, a, b)
     strict, causal = _masks(r.shape[-2])
     u = _removed(t, v, state)
@@ -224,51 +224,51 @@ def _decay_grad(from_rows: Array, from_before: Array, from_end: Array, from_stat
     return causal.T @ from_rows + strict.T @ from_before + strict @ from_end + from_state
 
 
-def _to_chunks(x: Array, chunk_size: int) -> Array:
-    """``[B, T, H, N]`` (T a multiple of chunk_size) -> ``[T / L, B, H, L, N]`` float32."""
-    batch, length, heads, size = x.shape
-    x = x.astype(jnp.float32).reshape(batch, length // chunk_size, chunk_size, heads, size)
-    return x.transpose(1, 0, 3, 2, 4)
+def _chunk(x: Array, index: Array, chunk_size: int) -> Array:
+    """Chunk ``index`` of ``x [B, T, H, N]`` as ``[B, H, L, N]`` (sliced and transposed per chunk: one
+    chunk's transpose stays in the caches, a transpose of the whole sequence streams it through memory)."""
+    return jax.lax.dynamic_slice_in_dim(x, index * chunk_size, chunk_size, axis=1).transpose(0, 2, 1, 3)
 
 
-def _from_chunks(x: Array) -> Array:
-    """The inverse of :func:`_to_chunks`: ``[C, B, H, L, N] -> [B, C L, H, N]``."""
-    chunks, batch, heads, length, size = x.shape
-    return x.transpose(1, 0, 3, 2, 4).reshape(batch, chunks * length, heads, size)
+def _put_chunk(x: Array, index: Array, chunk_size: int, value: Array) -> Array:
+    """``x [B, T, H, N]`` with chunk ``index`` replaced by ``value [B, H, L, N]``."""
+    return jax.lax.dynamic_update_slice_in_dim(x, value.transpose(0, 2, 1, 3), index * chunk_size, axis=1)
 
 
-def _forward_pass(inputs: tuple[Array, ...], state: Array) -> tuple[Array, Array, Array]:
-    """inputs (r, k, v, w, a, b) ``[C, B, H, L, N]`` -> y ``[C, B, H, L, N]``, the final state and the
-    states at every chunk start ``[C, B, H, N, N]``."""
+def _forward_pass(inputs: tuple[Array, ...], state: Array, chunk_size: int) -> tuple[Array, Array, Array]:
+    """inputs (r, k, v, w, a, b) ``[B, T, H, N]`` -> y ``[B, T, H, N]``, the final state and the states at
+    every chunk start ``[T / L, B, H, N, N]``."""
 
     def chunk_step(index: Array, carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
         y, starts, s = carry
-        y_chunk, s_next = _chunk_forward(*(x[index] for x in inputs), s)
-        return y.at[index].set(y_chunk), starts.at[index].set(s), s_next
+        y_chunk, s_next = _chunk_forward(*(_chunk(x, index, chunk_size) for x in inputs), s)
+        return _put_chunk(y, index, chunk_size, y_chunk), starts.at[index].set(s), s_next
 
-    starts = jnp.zeros((inputs[0].shape[0], *state.shape), state.dtype)
+    starts = jnp.zeros((inputs[0].shape[1] // chunk_size, *state.shape), state.dtype)
     y = jnp.zeros_like(inputs[2])
     y, starts, final = jax.lax.fori_loop(0, starts.shape[0], chunk_step, (y, starts, state))
     return y, final, starts
 
 
-@jax.custom_vjp
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
 def _wkv_chunks(
-    r: Array, k: Array, v: Array, w: Array, a: Array, b: Array, state: Array
+    r: Array, k: Array, v: Array, w: Array, a: Array, b: Array, state: Array, chunk_size: int
 ) -> tuple[Array, Array]:
-    """The chunk loop: r, k, v, w, a, b ``[C, B, H, L, N]``, state ``[B, H, N, N]``, all float32 ->
-    (y ``[C, B, H, L, N]``, final state). Differentiated by :func:`_wkv_chunks_backward`."""
-    y, final, _ = _forward_pass((r, k, v, w, a, b), state)
+    """The chunk loop: r, k, v, w, a, b ``[B, T, H, N]`` (T a multiple of chunk_size), state
+    ``[B, H, N, N]``, all float32 -> (y, final state). Differentiated by :func:`_wkv_chunks_backward`."""
+    y, final, _ = _forward_pass((r, k, v, w, a, b), state, chunk_size)
     return y, final
 
 
-def _wkv_chunks_forward(*args: Array) -> tuple[tuple[Array, Array], tuple[Array, ...]]:
-    *inputs, state = args
-    y, final, starts = _forward_pass(tuple(inputs), state)
+def _wkv_chunks_forward(*args) -> tuple[tuple[Array, Array], tuple[Array, ...]]:
+    *inputs, state, chunk_size = args
+    y, final, starts = _forward_pass(tuple(inputs), state, chunk_size)
     return (y, final), (*inputs, starts)
 
 
-def _wkv_chunks_backward(saved: tuple[Array, ...], cotangents: tuple[Array, Array]) -> tuple[Array, ...]:
+def _wkv_chunks_backward(
+    chunk_size: int, saved: tuple[Array, ...], cotangents: tuple[Array, Array]
+) -> tuple[Array, ...]:
     """The chunks in reverse, carrying the gradient of the state: recomputes each chunk's scores and inverse
     from the saved inputs and the chunk's start state."""
     *inputs, starts = saved
@@ -278,9 +278,9 @@ def _wkv_chunks_backward(saved: tuple[Array, ...], cotangents: tuple[Array, Arra
     def chunk_step(step: Array, carry: tuple[Array, ...]) -> tuple[Array, ...]:
         index = last - step
         *grads, d_state = carry
-        chunk = (x[index] for x in inputs)
-        *chunk_grads, d_state = _chunk_backward(*chunk, starts[index], dy[index], d_state)
-        grads = (g.at[index].set(c) for g, c in zip(grads, chunk_grads, strict=True))
+        chunk = (_chunk(x, index, chunk_size) for x in (*inputs, dy))
+        *chunk_grads, d_state = _chunk_backward(*chunk, starts[index], d_state)
+        grads = (_put_chunk(g, index, chunk_size, c) for g, c in zip(grads, chunk_grads, strict=True))
         return (*grads, d_state)
 
     initial = (*(jnp.zeros_like(x) for x in inputs), d_final)
@@ -322,6 +322,6 @@ def wkv7_chunked(
     if state is None:
         state = jnp.zeros((batch, heads, size, size), jnp.float32)
     pad = [(0, 0), (0, -length % chunk_size), (0, 0), (0, 0)]
-    chunks = (_to_chunks(jnp.pad(x, pad), chunk_size) for x in (r, k, v, w_log, a, b))
-    y, final = _wkv_chunks(*chunks, state.astype(jnp.float32))
-    return _from_chunks(y)[:, :length].astype(v.dtype), final
+    padded = (jnp.pad(x.astype(jnp.float32), pad) for x in (r, k, v, w_log, a, b))
+    y, final = _wkv_chunks(*padded, state.astype(jnp.float32), chunk_size)
+    return y[:, :length].astype(v.dtype), final
