@@ -84,85 +84,97 @@ def _unit_lower_inverse(strict: Array) -> Array:
     return inverse
 
 
-def _masks(length: int) -> tuple[Array, Array]:
+def _masks(length: int) -> tuple[np.ndarray, np.ndarray]:
     """The strictly lower-triangular and the causal (lower-triangular) 0/1 matrices ``[L, L]``."""
-    strict = jnp.tril(jnp.ones((length, length), jnp.float32), -1)
-    return strict, strict + jnp.eye(length, dtype=jnp.float32)
+    strict = np.tril(np.ones((length, length), np.float32), -1)
+    return strict, strict + np.eye(length, dtype=np.float32)
 
 
-def _scores(rows: Array, cols: Array, mask: Array) -> Array:
-    """``mask * (rows @ cols^T)``: ``[..., L, N] x [..., L, N] -> [..., L, L]``."""
-    return jnp.einsum("...tn,...sn->...ts", rows, cols) * mask
+def _batched(matrix: np.ndarray, like: Array) -> Array:
+    """``matrix [M, L]`` broadcast over the leading axes of ``like [..., L, N]``: a batched matmul with it
+    needs no transpose of ``like`` (XLA:CPU would transpose ``[..., L, N]`` to ``[L, ... N]`` for an
+    unbatched one)."""
+    return jnp.broadcast_to(jnp.asarray(matrix, like.dtype), (*like.shape[:-2], *matrix.shape))
 
 
-def _times_state(x: Array, state: Array) -> Array:
-    """``x S^T``, rows read through the state: ``[..., L, key] x [..., value, key] -> [..., L, value]``."""
-    return jnp.einsum("...tk,...vk->...tv", x, state)
+def _nt(x: Array, y: Array) -> Array:
+    """``x y^T``: ``[..., M, K] x [..., N, K] -> [..., M, N]``."""
+    return jnp.einsum("...mk,...nk->...mn", x, y)
 
 
-def _outer_sum(x: Array, y: Array) -> Array:
-    """``x^T y``, summed over the chunk's tokens: ``[..., L, I] x [..., L, J] -> [..., I, J]``."""
-    return jnp.einsum("...ti,...tj->...ij", x, y)
+def _tn(x: Array, y: Array) -> Array:
+    """``x^T y``: ``[..., K, M] x [..., K, N] -> [..., M, N]``."""
+    return jnp.einsum("...km,...kn->...mn", x, y)
+
+
+def _halves(x: Array) -> tuple[Array, Array]:
+    """The top and bottom halves of ``x [..., 2L, N]`` along the stacked axis."""
+    half = x.shape[-2] // 2
+    return x[..., :half, :], x[..., half:, :]
+
+
+def _stack(top: Array, bottom: Array) -> Array:
+    return jnp.concatenate([top, bottom], axis=-2)
 
 
 class _Chunk(NamedTuple):
-    """The state-free quantities of one chunk (module docstring), each over ``[B, H]``.
+    """The state-free quantities of one chunk (module docstring), over ``[B, H]``; the pairs of the module
+    docstring are stacked along the token axis, so that each pair is one matmul.
 
-    The decay factors ``[L, N]``: ``to_t = exp(c_t)``, ``to_before = exp(c_{t-1})``, ``undecay = exp(-c_t)``,
-    ``to_end = exp(c_L - c_t)``; ``decay = exp(c_L)`` ``[1, N]``. The decayed vectors ``A, R, B, K`` and
-    ``B_end = b to_end``, ``K_end = k to_end`` ``[L, N]``; the scores ``m_ab, m_ak, q_b, q_k`` and
-    ``inverse = (I - m_ab)^-1`` ``[L, L]``.
+    The decay factors: ``row_decay = [exp(c_{t-1}); exp(c_t)]`` ``[2L, N]`` (of ``[a; r]``), ``undecay =
+    [exp(-c_s); exp(-c_s)]`` (of ``[b; k]``), ``to_end = [exp(c_L - c_s); ...]`` and ``decay = exp(c_L)``
+    ``[1, N]``. The decayed vectors ``X = [A; R]``, ``Y = [B; K]``, ``E = [B_end; K_end]`` ``[2L, N]``;
+    ``scores = [[M_ab, M_ak], [Q_b, Q_k]]`` ``[2L, 2L]`` and ``inverse = (I - M_ab)^-1`` ``[L, L]``.
     """
 
-    to_t: Array
-    to_before: Array
+    row_decay: Array
     undecay: Array
     to_end: Array
     decay: Array
-    A: Array
-    R: Array
-    B: Array
-    K: Array
-    B_end: Array
-    K_end: Array
-    m_ab: Array
-    m_ak: Array
-    q_b: Array
-    q_k: Array
+    X: Array
+    Y: Array
+    E: Array
+    scores: Array
     inverse: Array
 
 
 def _chunk_terms(r: Array, k: Array, w: Array, a: Array, b: Array) -> _Chunk:
     """The decay factors, decayed vectors, scores and inverse of a chunk (inputs ``[B, H, L, N]``)."""
-    strict, causal = _masks(r.shape[-2])
-    c = causal @ w  # inclusive cumulative sums as a matmul: XLA:CPU's cumsum is a slow reduce-window
-    # c_L - c_t and c_L, each summed from its own steps (no difference of two long sums)
-    to_end, decay = jnp.exp(strict.T @ w), jnp.exp(_column_sums(w))
-    to_t, to_before, undecay = jnp.exp(c), jnp.exp(c - w), jnp.exp(-c)
-    A, R, B, K = a * to_before, r * to_t, b * undecay, k * undecay
-    m_ab = _scores(A, B, strict)
-    q_b, q_k = _scores(R, B, causal), _scores(R, K, causal)
-    return _Chunk(
-        to_t, to_before, undecay, to_end, decay, A, R, B, K, b * to_end, k * to_end,
-        m_ab, _scores(A, K, strict), q_b, q_k, _unit_lower_inverse(m_ab),
-    )  # fmt: skip
+    length = r.shape[-2]
+    strict, causal = _masks(length)
+    # c_t, c_L - c_t and c_L in one matmul (XLA:CPU's cumsum is a slow reduce-window), each summed from its
+    # own steps: no difference of two long sums
+    sums = _batched(np.concatenate([causal, strict.T, np.ones((1, length), np.float32)]), w) @ w
+    c, after, total = sums[..., :length, :], sums[..., length:-1, :], sums[..., -1:, :]
+    row_decay = jnp.exp(_stack(c - w, c))
+    undecay, to_end = (jnp.exp(_stack(x, x)) for x in (-c, after))
+    X, bk = _stack(a, r) * row_decay, _stack(b, k)
+    Y = bk * undecay
+    mask = np.block([[strict, strict], [causal, causal]])
+    scores = _nt(X, Y) * mask
+    inverse = _unit_lower_inverse(scores[..., :length, :length])
+    return _Chunk(row_decay, undecay, to_end, jnp.exp(total), X, Y, bk * to_end, scores, inverse)
 
 
 def _removed(terms: _Chunk, v: Array, state: Array) -> Array:
-    """``u = P (A S_0^T + M_ak v)`` ``[B, H, L, value]``: the values the chunk's tokens remove."""
-    return terms.inverse @ (_times_state(terms.A, state) + terms.m_ak @ v)
+    """``U = [u; v]`` ``[B, H, 2L, value]``, ``u = P (A S_0^T + M_ak v)`` the values the chunk's tokens
+    remove."""
+    length = v.shape[-2]
+    z = terms.X[..., :length, :] @ state + terms.scores[..., :length, length:] @ v
+    return _stack(terms.inverse @ z, v)
 
 
 def _chunk_forward(
     r: Array, k: Array, v: Array, w: Array, a: Array, b: Array, state: Array
 ) -> tuple[Array, Array]:
-    """One chunk: r, k, v, w, a, b ``[B, H, L, N]`` and the start state ``[B, H, N, N]`` (float32) ->
-    ``y [B, H, L, N]`` and the state after the chunk."""
+    """One chunk: r, k, v, w, a, b ``[B, H, L, N]`` and the start state ``[B, H, key, value]`` (float32,
+    transposed: each row of ``X`` reads it as a plain matmul) -> ``y [B, H, L, N]`` and the state after
+    the chunk."""
     terms = _chunk_terms(r, k, w, a, b)
-    u = _removed(terms, v, state)
-    y = _times_state(terms.R, state) + terms.q_b @ u + terms.q_k @ v
-    end = state * terms.decay + _outer_sum(u, terms.B_end) + _outer_sum(v, terms.K_end)
-    return y, end
+    length = v.shape[-2]
+    U = _removed(terms, v, state)
+    y = terms.X[..., length:, :] @ state + terms.scores[..., length:, :] @ U
+    return y, state * _transpose(terms.decay) + _tn(terms.E, U)
 
 
 def _transpose(x: Array) -> Array:
@@ -175,36 +187,36 @@ def _chunk_backward(
     """Gradients of one chunk (shapes as :func:`_chunk_forward`) given ``dy``, the start state and the
     gradient of the state after the chunk: ``(dr, dk, dv, dw, da, db, d_state)``."""
     t = _chunk_terms(r, k, w, a, b)
-    strict, causal = _masks(r.shape[-2])
-    u = _removed(t, v, state)
-    # S_L = S_0 decay + u^T B_end + v^T K_end;  y = R S_0^T + Q_b u + Q_k v
-    du = _times_state(t.B_end, d_next) + _transpose(t.q_b) @ dy
-    d_b_end, d_k_end = u @ d_next, v @ d_next
-    d_q_b, d_q_k = _scores(dy, u, causal), _scores(dy, v, causal)
-    dR = dy @ state + d_q_b @ t.B + d_q_k @ t.K
-    # u = P z, z = A S_0^T + M_ak v: through the solve, dz = P^T du and dM_ab = dz u^T
-    dz = _transpose(t.inverse) @ du
-    d_m_ab, d_m_ak = _scores(dz, u, strict), _scores(dz, v, strict)
-    dv = _times_state(t.K_end, d_next) + _transpose(t.q_k) @ dy + _transpose(t.m_ak) @ dz
-    dA = dz @ state + d_m_ab @ t.B + d_m_ak @ t.K
-    dB = _transpose(d_m_ab) @ t.A + _transpose(d_q_b) @ t.R
-    dK = _transpose(d_m_ak) @ t.A + _transpose(d_q_k) @ t.R
-    d_state = d_next * t.decay + _outer_sum(dy, t.R) + _outer_sum(dz, t.A)
+    length = v.shape[-2]
+    U = _removed(t, v, state)
+    # S_L = S_0 decay + E^T U;  y = R S_0 + [Q_b, Q_k] U;  u = P z, z = A S_0 + M_ak v
+    from_end = t.E @ d_next
+    du = from_end[..., :length, :] + _tn(t.scores[..., length:, :length], dy)
+    D = _stack(_tn(t.inverse, du), dy)  # [dz; dy]: through the solve, dz = P^T du
+    dv = (from_end + _tn(t.scores, D))[..., length:, :]
+    strict, causal = _masks(length)
+    d_scores = _nt(D, U) * np.block([[strict, strict], [causal, causal]])
+    dX = _nt(D, state) + d_scores @ t.Y
+    dY = _tn(d_scores, t.X)
+    dE = _nt(U, d_next)
+    d_state = d_next * _transpose(t.decay) + _tn(t.X, D)
+    from_x, from_y, from_e = dX * t.X, dY * t.Y, dE * t.E
+    from_a, from_r = _halves(from_x)
     dw = _decay_grad(
-        dR * t.R - dB * t.B - dK * t.K,
-        dA * t.A,
-        d_b_end * t.B_end + d_k_end * t.K_end,
-        _column_sums(d_next * state) * t.decay,
+        from_r - sum(_halves(from_y)),
+        from_a,
+        sum(_halves(from_e)),
+        _transpose(_row_sums(d_next * state)) * t.decay,
     )
-    db = dB * t.undecay + d_b_end * t.to_end
-    dk = dK * t.undecay + d_k_end * t.to_end
-    return dR * t.to_t, dk, dv, dw, dA * t.to_before, db, d_state
+    da, dr = _halves(dX * t.row_decay)
+    db, dk = _halves(dY * t.undecay + dE * t.to_end)
+    return dr, dk, dv, dw, da, db, d_state
 
 
-def _column_sums(x: Array) -> Array:
-    """``x [..., M, N]`` summed over M, ``[..., 1, N]``: a mat-vec, as XLA:CPU (jax 0.10.2) reduces the axes
+def _row_sums(x: Array) -> Array:
+    """``x [..., M, N]`` summed over N, ``[..., M, 1]``: a mat-vec, as XLA:CPU (jax 0.10.2) reduces the axes
     of these small tensors several times slower."""
-    return jnp.ones((1, x.shape[-2]), x.dtype) @ x
+    return x @ jnp.ones((x.shape[-1], 1), x.dtype)
 
 
 def _decay_grad(from_rows: Array, from_before: Array, from_end: Array, from_state: Array) -> Array:
@@ -216,12 +228,13 @@ def _decay_grad(from_rows: Array, from_before: Array, from_end: Array, from_stat
     - ``from_end``: ``c_L - c_t`` (B_end, K_end), the steps ``j > t``;
     - ``from_state`` ``[..., 1, N]``: ``c_L`` (the start state's decay), every step.
 
-    ``dw_j = sum_{t>=j} from_rows_t + sum_{t>j} from_before_t + sum_{t<j} from_end_t + from_state``: three
-    matmuls with triangular 0/1 matrices. The ``+c_t`` and ``-c_s`` terms of one pair (s, t) cancel for
+    ``dw_j = sum_{t>=j} from_rows_t + sum_{t>j} from_before_t + sum_{t<j} from_end_t + from_state``: one
+    matmul with triangular 0/1 matrices. The ``+c_t`` and ``-c_s`` terms of one pair (s, t) cancel for
     ``j <= s``, leaving the steps between them.
     """
     strict, causal = _masks(from_rows.shape[-2])
-    return causal.T @ from_rows + strict.T @ from_before + strict @ from_end + from_state
+    terms = jnp.concatenate([from_rows, from_before, from_end], axis=-2)
+    return _batched(np.concatenate([causal.T, strict.T, strict], axis=1), terms) @ terms + from_state
 
 
 def _chunk(x: Array, index: Array, chunk_size: int) -> Array:
@@ -323,5 +336,5 @@ def wkv7_chunked(
         state = jnp.zeros((batch, heads, size, size), jnp.float32)
     pad = [(0, 0), (0, -length % chunk_size), (0, 0), (0, 0)]
     padded = (jnp.pad(x.astype(jnp.float32), pad) for x in (r, k, v, w_log, a, b))
-    y, final = _wkv_chunks(*padded, state.astype(jnp.float32), chunk_size)
-    return y[:, :length].astype(v.dtype), final
+    y, final = _wkv_chunks(*padded, _transpose(state.astype(jnp.float32)), chunk_size)  # [key, value]
+    return y[:, :length].astype(v.dtype), _transpose(final)
