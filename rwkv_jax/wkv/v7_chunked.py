@@ -228,13 +228,17 @@ def _decay_grad(from_rows: Array, from_before: Array, from_end: Array, from_stat
     - ``from_end``: ``c_L - c_t`` (B_end, K_end), the steps ``j > t``;
     - ``from_state`` ``[..., 1, N]``: ``c_L`` (the start state's decay), every step.
 
-    ``dw_j = sum_{t>=j} from_rows_t + sum_{t>j} from_before_t + sum_{t<j} from_end_t + from_state``: one
-    matmul with triangular 0/1 matrices. The ``+c_t`` and ``-c_s`` terms of one pair (s, t) cancel for
-    ``j <= s``, leaving the steps between them.
+    ``dw_j = sum_{t>=j} from_rows_t + sum_{t>j} from_before_t + sum_{t<j} from_end_t + from_state``
+    ``= sum_{t>=j} (from_rows + from_before - from_end)_t - from_before_j + sum_t from_end_t + from_state``:
+    one matmul with a triangular 0/1 matrix and a column sum. The ``+c_t`` and ``-c_s`` terms of one pair
+    (s, t) cancel for ``j <= s``, leaving the steps between them.
     """
-    strict, causal = _masks(from_rows.shape[-2])
-    terms = jnp.concatenate([from_rows, from_before, from_end], axis=-2)
-    return _batched(np.concatenate([causal.T, strict.T, strict], axis=1), terms) @ terms + from_state
+    _, causal = _masks(from_rows.shape[-2])
+    from_all = from_rows + from_before - from_end
+    ones = np.ones((1, from_end.shape[-2]), np.float32)
+    return _batched(causal.T, from_all) @ from_all + (
+        _batched(ones, from_end) @ from_end + from_state - from_before
+    )
 
 
 def _chunk(x: Array, index: Array, chunk_size: int) -> Array:
