@@ -39,7 +39,10 @@ NOTEBOOKS = ["jupyterlab>=4", "ipykernel>=6", "nbclient>=0.10"]
 setup(
     name="rwkv-jax",
     version="0.1.0",
-    description="RWKV-4/5/6 in JAX/Flax NNX, with Pallas WKV kernels and official-checkpoint I/O.",
+    description=(
+        "RWKV-4, Eagle (RWKV-5), Finch (RWKV-6) and Goose (RWKV-7) in JAX/Flax NNX, with Pallas WKV kernels "
+        "and official-checkpoint I/O."
+    ),
     long_description=pathlib.Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",

@@ -8,13 +8,13 @@ r"""RWKV-4 on the Pile (binidx, GPT-NeoX 20B tokenizer), the sizes of arXiv 2305
 Optimiser as RWKV-LM's RWKV-4 runs: Adam betas (0.9, 0.99), eps 1e-8, warmup then decay, clip 1.0.
 """
 
-from rwkv_jax.training.config import ConfigDict, default_config, parse_arg, set_preset
+from rwkv_jax.training.config import ConfigDict, default_config, model_section, parse_arg
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
     arg = parse_arg(arg, size="rwkv4-169m", runlocal=False)
     c = default_config()
-    set_preset(c.model, "rwkv4-tiny" if arg.runlocal else arg.size)
+    c.model = model_section(preset="rwkv4-tiny" if arg.runlocal else arg.size)
     c.model.dtype = "bfloat16"
     c.model.wkv_impl = "auto"
 

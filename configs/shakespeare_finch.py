@@ -8,13 +8,13 @@ The first run downloads and prepares the data (``data/shakespeare/{train,val}.{b
 ``--config.optim.lr=2e-3 --config.train.steps=400``.
 """
 
-from rwkv_jax.training.config import ConfigDict, default_config, parse_arg, set_preset
+from rwkv_jax.training.config import ConfigDict, default_config, model_section, parse_arg
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
     arg = parse_arg(arg, size="finch-demo", runlocal=False)
     c = default_config()
-    set_preset(c.model, "finch-tiny" if arg.runlocal else arg.size)
+    c.model = model_section(preset="finch-tiny" if arg.runlocal else arg.size)
     c.model.time_mix_extra_dim = 16  # smaller LoRA ranks than the published 32/64: the model is tiny
     c.model.time_decay_extra_dim = 32
     c.model.dtype = "bfloat16"  # parameters and optimiser state stay float32; ~35% less CPU per step here

@@ -8,13 +8,13 @@ r"""Eagle (RWKV-5.2) and Finch (RWKV-6), binidx data, World tokenizer: the sizes
 trained in segments that carry the state (``segments.length``), each segment rematerialised.
 """
 
-from rwkv_jax.training.config import ConfigDict, default_config, parse_arg, set_preset
+from rwkv_jax.training.config import ConfigDict, default_config, model_section, parse_arg
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
     arg = parse_arg(arg, size="finch-1b6", runlocal=False)
     c = default_config()
-    set_preset(c.model, "finch-tiny" if arg.runlocal else arg.size)
+    c.model = model_section(preset="finch-tiny" if arg.runlocal else arg.size)
     c.model.dtype = "bfloat16"
     c.model.wkv_impl = "auto"
     c.model.chunk_size = 64

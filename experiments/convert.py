@@ -21,11 +21,11 @@ from rwkv_jax.checkpoint.pth import read_pth
 
 def check(path: str) -> nnx.Module:
     """Prints family, config and parameter count of the checkpoint at ``path``; returns the loaded model."""
-    converter = detect(list(read_pth(path)))
+    family = detect(list(read_pth(path)))
     model = load_official(path)
     params = nnx.state(model, nnx.Param)
     count = sum(int(np.prod(leaf.shape)) for leaf in nnx.to_flat_state(params).leaves)
-    print(f"family: {converter.FAMILY}")
+    print(f"family: {family.name} ({family.title})")
     for field, value in dataclasses.asdict(model.config).items():
         print(f"  {field}: {value}")
     print(f"parameters: {count:,}")

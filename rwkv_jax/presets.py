@@ -1,68 +1,57 @@
-"""Model sizes as published, one lookup table for every config (big_vision's ``decode_variant`` habit).
+"""Model sizes by name, across every registered family (big_vision's ``decode_variant`` habit).
 
-Sources: "RWKV: Reinventing RNNs for the Transformer Era" (arXiv 2305.13048, Table 1, the RWKV-4 Pile models,
-GPT-NeoX 20B tokenizer, vocabulary 50277) and "Eagle and Finch" (arXiv 2404.05892, Table 1, the World models,
-RWKV World tokenizer, vocabulary 65536, head size 64). The FFN width follows RWKV-LM: 4 x n_embd for RWKV-4,
-int(3.5 x n_embd) rounded down to a multiple of 32 for Eagle and Finch. The ``*-tiny`` and ``finch-demo``
-entries are not from the papers: they are the sizes used by tests, ``runlocal`` and the CPU demo.
+Each family declares its sizes once, in ``rwkv_jax/models/<family>/presets.py`` (the published models, plus
+small byte-level sizes for tests, ``runlocal`` and the CPU demo); this module looks them up::
+
+    config = get_preset("finch-1b6").config(dtype="bfloat16")   # an RWKV6Config
+    model = get_preset("goose-tiny").build(seed=0)
 """
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from flax import nnx
+
+from rwkv_jax.models.family import Family, families, get_family
 
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """One model size. ``version`` is "4", "5.2" (Eagle) or "6" (Finch)."""
+    """One named size: the family it belongs to and the config fields it sets (the rest keep defaults)."""
 
-    version: str
-    n_layer: int
-    n_embd: int
-    vocab_size: int
-    head_size: int = 64  # Eagle/Finch only
-    ctx_len: int = 4096  # the training context length of the published model
+    name: str
+    family: str
+    fields: Mapping[str, Any]
 
-    @property
-    def family(self) -> str:
-        """The model class that builds it: "rwkv4" or "rwkv6" (which covers Eagle and Finch)."""
-        return "rwkv4" if self.version == "4" else "rwkv6"
+    def config(self, **overrides: Any) -> Any:
+        """The family's config with this size; ``overrides`` change any other field (or a size)."""
+        return get_family(self.family).make_config(**{**self.fields, **overrides})
 
-    @property
-    def ffn_dim(self) -> int:
-        """The channel-mix hidden width as RWKV-LM computes it."""
-        if self.version == "4":
-            return 4 * self.n_embd
-        return int(self.n_embd * 3.5) // 32 * 32
+    def build(self, seed: int = 0, **overrides: Any) -> nnx.Module:
+        """A freshly initialised model of this size."""
+        family = get_family(self.family)
+        return family.model_class(self.config(**overrides), rngs=nnx.Rngs(seed))
 
 
-PILE_VOCAB = 50277
-WORLD_VOCAB = 65536
+def presets() -> dict[str, Preset]:
+    """Every preset of every registered family, by name."""
+    table: dict[str, Preset] = {}
+    for family in families():
+        for name, fields in family.presets.items():
+            _add(table, name, family, fields)
+    return table
 
-PRESETS: dict[str, Preset] = {
-    # RWKV-4 Pile (arXiv 2305.13048, Table 1), trained at context 1024.
-    "rwkv4-169m": Preset("4", 12, 768, PILE_VOCAB, ctx_len=1024),
-    "rwkv4-430m": Preset("4", 24, 1024, PILE_VOCAB, ctx_len=1024),
-    "rwkv4-1b5": Preset("4", 24, 2048, PILE_VOCAB, ctx_len=1024),
-    "rwkv4-3b": Preset("4", 32, 2560, PILE_VOCAB, ctx_len=1024),
-    "rwkv4-7b": Preset("4", 32, 4096, PILE_VOCAB, ctx_len=1024),
-    "rwkv4-14b": Preset("4", 40, 5120, PILE_VOCAB, ctx_len=1024),
-    # Eagle = RWKV-5.2 World (arXiv 2404.05892, Table 1).
-    "eagle-0b4": Preset("5.2", 24, 1024, WORLD_VOCAB),
-    "eagle-1b5": Preset("5.2", 24, 2048, WORLD_VOCAB),
-    "eagle-3b": Preset("5.2", 32, 2560, WORLD_VOCAB),
-    "eagle-7b": Preset("5.2", 32, 4096, WORLD_VOCAB),
-    # Finch = RWKV-6 World (arXiv 2404.05892, Table 1).
-    "finch-1b6": Preset("6", 24, 2048, WORLD_VOCAB),
-    "finch-3b1": Preset("6", 32, 2560, WORLD_VOCAB),
-    # Not from the papers: byte-level sizes for tests, runlocal and the CPU demo.
-    "rwkv4-tiny": Preset("4", 2, 64, 256, ctx_len=128),
-    "eagle-tiny": Preset("5.2", 2, 64, 256, head_size=16, ctx_len=128),
-    "finch-tiny": Preset("6", 2, 64, 256, head_size=16, ctx_len=128),
-    "finch-demo": Preset("6", 4, 128, 256, head_size=32, ctx_len=128),
-}
+
+def _add(table: dict[str, Preset], name: str, family: Family, fields: Mapping[str, Any]) -> None:
+    if name in table:
+        raise ValueError(f"preset {name!r} is declared by both {table[name].family} and {family.name}")
+    table[name] = Preset(name, family.name, dict(fields))
 
 
 def get_preset(name: str) -> Preset:
     """The preset called ``name``; an unknown name is an error listing the valid ones."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; valid presets: {', '.join(PRESETS)}")
-    return PRESETS[name]
+    table = presets()
+    if name not in table:
+        raise ValueError(f"unknown model preset {name!r}; valid presets: {', '.join(table)}")
+    return table[name]

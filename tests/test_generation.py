@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from rwkv_jax.generation import generate, sample_logits
-from rwkv_jax.models.rwkv4 import RWKV4, RWKV4Config
+from rwkv_jax.models.rwkv4.model import RWKV4, RWKV4Config
 from rwkv_jax.numerics import relative_error
 
 VOCAB = 40

@@ -82,6 +82,29 @@ class LayerNorm(nnx.Module):
         return y.astype(x.dtype)
 
 
+class HeadGroupNorm(nnx.Module):
+    """``ln_x``: GroupNorm with one group per head over ``[..., H * N]``; statistics in float32.
+
+    BlinkDL's Eagle training code divides the input by ``head_size_divisor = 8`` before a GroupNorm with eps
+    1e-5; that is the same as eps ``64e-5`` on the undivided input, which is what Finch and the ``rwkv``
+    package use (the default here).
+    """
+
+    def __init__(self, num_heads: int, weight: Array, *, eps: float, param_dtype: jnp.dtype = jnp.float32):
+        self.num_heads = num_heads
+        self.eps = eps
+        self.weight = param(jnp.asarray(weight, param_dtype), ("heads",))
+        self.bias = param(jnp.zeros(jnp.shape(weight), param_dtype), ("heads",))
+
+    def __call__(self, y: Array) -> Array:
+        """``y [B, T, H, N]`` -> ``[B, T, H * N]`` float32."""
+        y = y.astype(jnp.float32)
+        mean = y.mean(-1, keepdims=True)
+        var = jnp.square(y - mean).mean(-1, keepdims=True)
+        y = ((y - mean) * jax.lax.rsqrt(var + self.eps)).reshape(*y.shape[:-2], -1)
+        return y * self.weight[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+
+
 class Linear(nnx.Module):
     """Bias-free ``y = x @ kernel``, ``kernel [in, out]`` (the transpose of torch's ``weight [out, in]``)."""
 

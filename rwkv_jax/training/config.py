@@ -16,6 +16,7 @@ from typing import Any
 
 import ml_collections
 
+from rwkv_jax.models.family import get_family
 from rwkv_jax.presets import get_preset
 
 ConfigDict = ml_collections.ConfigDict
@@ -26,21 +27,9 @@ def default_config() -> ConfigDict:
     c = ConfigDict()
     c.seed = 0  # seeds the parameter init and the batch order (a pure function of (seed, step))
 
-    c.model = ConfigDict()
-    c.model.family = "rwkv6"  # "rwkv4" | "rwkv6" (RWKV6 covers Eagle and Finch) | "rwkv7" (Goose)
-    c.model.version = "6"  # rwkv6 only: "5.2" (Eagle) or "6" (Finch)
-    c.model.n_layer = 2
-    c.model.n_embd = 64
-    c.model.head_size = 32  # rwkv6 and rwkv7: channels per head (64 in every published model)
-    c.model.vocab_size = 256
-    c.model.ffn_dim = 0  # 0: the family's default (4 x n_embd for RWKV-4, 3.5 x n_embd for Eagle/Finch)
-    c.model.time_mix_extra_dim = 0  # Finch ddlerp LoRA rank; 0: the model's default (32)
-    c.model.time_decay_extra_dim = 0  # Finch decay LoRA rank; 0: the model's default (64)
-    c.model.dtype = "bfloat16"  # compute dtype; parameters and optimiser state stay float32
-    c.model.wkv_impl = "auto"  # rwkv_jax.Impl name: auto | recurrent | scan | chunked | pallas
-    c.model.chunk_size = (
-        32  # rwkv6 / rwkv7 chunked WKV: tokens per chunk (RWKV-7 needs <= 98, see v7_chunked)
-    )
+    # The model: the family's own config fields, passed straight to its config class (Model(**config.model)).
+    c.model = model_section("rwkv6", n_layer=2, n_embd=64, head_size=32, vocab_size=256, chunk_size=32)
+    c.model.dtype = "bfloat16"  # compute dtype; parameters (param_dtype) and optimiser state stay float32
 
     c.data = ConfigDict()
     c.data.prepare = ""  # "shakespeare": build train/val files under data.dir when they are missing
@@ -115,12 +104,34 @@ def default_config() -> ConfigDict:
     return c
 
 
-def set_preset(model: ConfigDict, name: str) -> None:
-    """Fills the ``config.model`` sizes from ``rwkv_jax.presets.PRESETS[name]``."""
-    preset = get_preset(name)
-    model.family, model.version = preset.family, preset.version
-    model.n_layer, model.n_embd, model.vocab_size = preset.n_layer, preset.n_embd, preset.vocab_size
-    model.head_size, model.ffn_dim = preset.head_size, preset.ffn_dim
+def model_section(family: str | None = None, *, preset: str | None = None, **fields: Any) -> ConfigDict:
+    """The ``config.model`` section: ``family`` and every field of that family's config class.
+
+    Values are the config class's defaults (the published architecture), then the sizes of ``preset`` (which
+    also names the family), then ``fields``. A field the family does not have is an error naming the nearest
+    valid ones. The section is locked, so a misspelt field set later fails where it is set.
+    """
+    values: dict[str, Any] = {}
+    if preset is not None:
+        spec = get_preset(preset)
+        if family is not None and family != spec.family:
+            raise ValueError(f"preset {preset!r} is a {spec.family} size, not {family}")
+        family, values = spec.family, dict(spec.fields)
+    if family is None:
+        raise ValueError("model_section needs a family or a preset")
+    record = get_family(family)
+    record.check_fields(fields)
+    section = ConfigDict({"family": family, **record.default_fields(), **values, **fields})
+    section.lock()
+    return section
+
+
+def switch_family(model: ConfigDict, family: str) -> ConfigDict:
+    """A section for ``family`` that keeps every field of ``model`` the new family also has (sizes, dtypes,
+    the WKV form), the others at the new family's defaults."""
+    record = get_family(family)
+    kept = {key: value for key, value in model.items() if key != "family" and key in record.field_names}
+    return model_section(family, **kept)
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
@@ -156,17 +167,30 @@ def load_config(spec: str) -> ConfigDict:
 
 
 def validate(config: ConfigDict) -> None:
-    """Checks that ``config`` has only fields of :func:`default_config`; names the nearest valid ones."""
-    valid = flat_keys(default_config())
+    """Checks that ``config`` has only fields of :func:`default_config` and, in ``model``, only fields of its
+    family's config class; names the nearest valid ones."""
+    valid = [key for key in flat_keys(default_config()) if not key.startswith("model.")]
     for key in flat_keys(config):
-        if key not in valid:
+        if not key.startswith("model.") and key not in valid:
             raise ValueError(f"unknown config key {key!r}; {_nearest_hint(key, valid)}")
+    model = dict(config.model.items())
+    get_family(model.pop("family")).check_fields(model, what="config.model")
 
 
 def apply_override(config: ConfigDict, dotted_key: str, value: str) -> None:
-    """Sets ``config.<dotted_key>`` from the string ``value``, converted to the field's current type."""
+    """Sets ``config.<dotted_key>`` from the string ``value``, converted to the field's current type.
+
+    ``model.family`` switches the model section to another family (:func:`switch_family`); a key under
+    ``model.`` that the family lacks is an error naming that family's nearest fields.
+    """
+    if dotted_key == "model.family":
+        config.model = switch_family(config.model, value)
+        return
     valid = flat_keys(config)
     if dotted_key not in valid:
+        *_, leaf = dotted_key.split(".")
+        if dotted_key.startswith("model.") and dotted_key.count(".") == 1:
+            get_family(config.model.family).check_fields({leaf: None}, what="--config.model")
         raise ValueError(f"unknown config key {dotted_key!r}; {_nearest_hint(dotted_key, valid)}")
     *parents, leaf = dotted_key.split(".")
     holder = config

@@ -8,58 +8,23 @@ each call.
 import dataclasses
 from typing import Any
 
-import jax.numpy as jnp
 from flax import nnx
 
 from rwkv_jax.array_typing import Array
+from rwkv_jax.models.family import get_family
 from rwkv_jax.sharding import logical_axes_of
 from rwkv_jax.training.config import ConfigDict
 
-FAMILIES = ("rwkv4", "rwkv6", "rwkv7")
-
 
 def model_config(model: ConfigDict) -> Any:
-    """The RWKV4Config / RWKV6Config / RWKV7Config described by the ``config.model`` section."""
-    common = dict(
-        vocab_size=model.vocab_size,
-        n_layer=model.n_layer,
-        n_embd=model.n_embd,
-        ffn_dim=model.ffn_dim or None,
-        dtype=jnp.dtype(model.dtype),
-        param_dtype=jnp.float32,
-        wkv_impl=model.wkv_impl,
-    )
-    if model.family == "rwkv4":
-        from rwkv_jax.models.rwkv4 import RWKV4Config
-
-        return RWKV4Config(**common)
-    if model.family == "rwkv6":
-        from rwkv_jax.models.rwkv6 import RWKV6Config
-
-        lora = {
-            name: getattr(model, name)
-            for name in ("time_mix_extra_dim", "time_decay_extra_dim")
-            if getattr(model, name)
-        }
-        return RWKV6Config(
-            **common, version=model.version, head_size=model.head_size, chunk_size=model.chunk_size, **lora
-        )
-    if model.family == "rwkv7":
-        from rwkv_jax.models.rwkv7 import RWKV7Config
-
-        return RWKV7Config(**common, head_size=model.head_size, chunk_size=model.chunk_size)
-    raise ValueError(f"unknown model family {model.family!r}; expected one of {FAMILIES}")
+    """The family config (``RWKV7Config`` ...) of a ``config.model`` section, its fields passed on as is."""
+    fields = dict(model.items())
+    return get_family(fields.pop("family")).make_config(**fields)
 
 
 def build_model(model: ConfigDict, seed: int) -> nnx.Module:
-    """A freshly initialised model (RWKV-LM's initialisation, from the model classes) for ``config.model``."""
-    from rwkv_jax.models.rwkv4 import RWKV4
-    from rwkv_jax.models.rwkv6 import RWKV6
-    from rwkv_jax.models.rwkv7 import RWKV7
-
-    config = model_config(model)
-    model_class = {"rwkv4": RWKV4, "rwkv6": RWKV6, "rwkv7": RWKV7}[model.family]
-    return model_class(config, rngs=nnx.Rngs(seed))
+    """A freshly initialised model (the family's own initialisation) for the ``config.model`` section."""
+    return get_family(model.family).model_class(model_config(model), rngs=nnx.Rngs(seed))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from rwkv_jax.array_typing import Array
-from rwkv_jax.wkv.impl import Impl, resolve
+from rwkv_jax.wkv.forms import WKVForms, without_chunks
+from rwkv_jax.wkv.impl import Impl
 
 # The official CUDA kernel starts the running max at -1e38 ("MIN_VALUE"); the rwkv package uses -1e30.
 # Any very negative value gives the same result: e^{max_exp - p} underflows to 0 on the first step.
@@ -104,33 +105,6 @@ def _absorb_token(w_log: Array, k: Array, v: Array, state: WKV4State, low: Array
     return new, low
 
 
-def _check_inputs(w_log: Array, u: Array, k: Array, v: Array, state: WKV4State | None) -> None:
-    """Raises ValueError naming the offending argument unless the shapes fit the contract of :func:`wkv4`."""
-    if k.ndim != 3:
-        raise ValueError(f"k must be [B, T, C]; got shape {k.shape}")
-    batch, length, channels = k.shape
-    if length < 1:
-        raise ValueError(f"k must have at least one time step; got shape {k.shape}")
-    if v.shape != k.shape:
-        raise ValueError(f"v must have the shape of k {k.shape}; got {v.shape}")
-    for name, x in (("w_log", w_log), ("u", u)):
-        if x.shape != (channels,):
-            raise ValueError(f"{name} must be [C] = ({channels},); got shape {x.shape}")
-    for name, x in (("w_log", w_log), ("u", u), ("k", k), ("v", v)):
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise ValueError(f"{name} must be a float array; got dtype {x.dtype}")
-    if state is not None:
-        for name, x in zip(WKV4State._fields, state, strict=True):
-            if x.shape != (batch, channels):
-                raise ValueError(f"state.{name} must be [B, C] = ({batch}, {channels}); got {x.shape}")
-
-
-def _float32_state(state: WKV4State | None, batch: int, channels: int) -> WKV4State:
-    if state is None:
-        return WKV4State.zeros(batch, channels)
-    return WKV4State(*(x.astype(jnp.float32) for x in state))
-
-
 def wkv4_recurrent(
     w_log: Array, u: Array, k: Array, v: Array, state: WKV4State | None = None
 ) -> tuple[Array, WKV4State]:
@@ -145,8 +119,7 @@ def wkv4_recurrent(
     Returns:
       ``y [B, T, C]`` in ``v.dtype`` and the final state.
     """
-    _check_inputs(w_log, u, k, v, state)
-    batch, _, channels = k.shape
+    initial = WKV4_FORMS.initial_state(state, (w_log, u, k, v))
     w_log = w_log.astype(jnp.float32)
     u = u.astype(jnp.float32)
 
@@ -159,7 +132,6 @@ def wkv4_recurrent(
         return _absorb_token(w_log, k_t, v_t, state, low), y
 
     xs = (jnp.swapaxes(k, 0, 1).astype(jnp.float32), jnp.swapaxes(v, 0, 1).astype(jnp.float32))
-    initial = _float32_state(state, batch, channels)
     (final, low), ys = jax.lax.scan(step, (initial, jnp.zeros_like(initial.max_exp)), xs)
     final = WKV4State(final.num * jnp.exp(low), final.den * jnp.exp(low), final.max_exp)
     return jnp.swapaxes(ys, 0, 1).astype(v.dtype), final
@@ -174,9 +146,8 @@ def wkv4_scan(
     of every prefix is the running maximum of the recurrent form, so the final triple equals
     :func:`wkv4_recurrent`'s up to rounding. Same arguments and results as :func:`wkv4_recurrent`.
     """
-    _check_inputs(w_log, u, k, v, state)
+    state = WKV4_FORMS.initial_state(state, (w_log, u, k, v))
     batch, length, channels = k.shape
-    state = _float32_state(state, batch, channels)
     k32, v32 = k.astype(jnp.float32), v.astype(jnp.float32)
 
     def with_state_first(initial: Array, tokens: Array) -> Array:
@@ -194,6 +165,16 @@ def wkv4_scan(
     return y.astype(v.dtype), WKV4State(prefix.num[:, -1], prefix.den[:, -1], prefix.max_exp[:, -1])
 
 
+def _wkv4_pallas(
+    w_log: Array, u: Array, k: Array, v: Array, state: WKV4State | None
+) -> tuple[Array, WKV4State]:
+    """The Pallas kernel (``pallas_kernels.wkv4``; interpret mode on CPU), imported only when chosen."""
+    from pallas_kernels import wkv4 as kernel
+
+    y, final = kernel.wkv4(w_log, u, k, v, state, interpret=jax.default_backend() == "cpu")
+    return y, WKV4State(*final)
+
+
 def wkv4(
     w_log: Array,
     u: Array,
@@ -203,7 +184,7 @@ def wkv4(
     *,
     impl: Impl | str = Impl.AUTO,
 ) -> tuple[Array, WKV4State]:
-    """WKV-4 in the form ``impl`` picks; AUTO is RECURRENT on CPU and PALLAS on GPU/TPU.
+    """WKV-4 in the form ``impl`` picks (AUTO: RECURRENT on CPU and for one token, SCAN on GPU/TPU).
 
     Args:
       w_log: ``[C]`` log decay (``-exp(time_decay)``), float32, ``<= 0``.
@@ -215,18 +196,7 @@ def wkv4(
     Returns:
       ``y [B, T, C]`` in ``v.dtype`` and the final :class:`WKV4State`.
     """
-    impl = resolve(
-        impl, available=(Impl.RECURRENT, Impl.SCAN, Impl.PALLAS), accelerated=Impl.PALLAS, cpu=Impl.RECURRENT
-    )
-    _check_inputs(w_log, u, k, v, state)
-    if impl is Impl.RECURRENT:
-        return wkv4_recurrent(w_log, u, k, v, state)
-    if impl is Impl.SCAN:
-        return wkv4_scan(w_log, u, k, v, state)
-    from pallas_kernels import wkv4 as kernel  # lazy: the kernels are only needed when chosen
-
-    y, final = kernel.wkv4(w_log, u, k, v, state, interpret=jax.default_backend() == "cpu")
-    return y, WKV4State(*final)
+    return WKV4_FORMS(w_log, u, k, v, state=state, impl=impl)
 
 
 def wkv4_reference(
@@ -238,12 +208,10 @@ def wkv4_reference(
     ``max_exp`` below ~700), which covers the tests. Differentiable. The returned state is rescaled to the
     running maximum exponent ``max(max_exp + w, k)`` so that it compares with the other forms; y is float64.
     """
-    _check_inputs(w_log, u, k, v, state)
     if not jax.config.jax_enable_x64:
         raise RuntimeError("wkv4_reference computes in float64: enable jax_enable_x64 first")
     f64 = jnp.float64
-    batch, _, channels = k.shape
-    state = WKV4State(*(x.astype(f64) for x in state or WKV4State.zeros(batch, channels)))
+    state = WKV4_FORMS.initial_state(state, (w_log, u, k, v), f64)
     w_log, u = w_log.astype(f64), u.astype(f64)
     decay = jnp.exp(w_log)
 
@@ -262,3 +230,21 @@ def wkv4_reference(
     )
     unscale = jnp.exp(-max_exp)
     return jnp.swapaxes(ys, 0, 1), WKV4State(big_num * unscale, big_den * unscale, max_exp)
+
+
+WKV4_FORMS = WKVForms(
+    name="WKV-4",
+    family="rwkv4",
+    inputs=(("w_log", "C"), ("u", "C"), ("k", "BTC"), ("v", "BTC")),
+    state=("BC", "BC", "BC"),
+    state_names=tuple(f"state.{name}" for name in WKV4State._fields),
+    empty_state=lambda sizes: WKV4State.zeros(sizes["B"], sizes["C"]),
+    forms={
+        Impl.RECURRENT: without_chunks(wkv4_recurrent),
+        Impl.SCAN: without_chunks(wkv4_scan),
+        Impl.PALLAS: without_chunks(_wkv4_pallas),
+    },
+    reference=wkv4_reference,
+    auto_cpu=Impl.RECURRENT,
+    auto_accelerated=Impl.SCAN,
+)

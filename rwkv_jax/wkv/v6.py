@@ -23,10 +23,10 @@ Every form has the signature ``(r, k, v, w_log, u, state=None) -> (y, state)``:
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rwkv_jax.array_typing import Array
-from rwkv_jax.wkv.impl import Impl, resolve
+from rwkv_jax.wkv.forms import WKVForms, without_chunks
+from rwkv_jax.wkv.impl import Impl
 from rwkv_jax.wkv.v6_chunked import DEFAULT_CHUNK_SIZE, wkv6_chunked
 
 __all__ = [
@@ -36,14 +36,6 @@ __all__ = [
     "wkv6_reference",
     "wkv6_scan",
 ]
-
-
-def _initial_state(state: Array | None, r: Array, dtype: jnp.dtype) -> Array:
-    """The given state cast to ``dtype``, or zeros ``[B, H, N, N]``."""
-    batch, _, heads, size = r.shape
-    if state is None:
-        return jnp.zeros((batch, heads, size, size), dtype)
-    return state.astype(dtype)
 
 
 def _scan_steps(r: Array, k: Array, v: Array, w_log: Array, u: Array, state: Array) -> tuple[Array, Array]:
@@ -79,7 +71,7 @@ def wkv6_reference(
     """
     if not jax.config.jax_enable_x64:
         raise RuntimeError("wkv6_reference computes in float64: enable it with jax_enable_x64 first")
-    return _scan_steps(r, k, v, w_log, u, _initial_state(state, r, jnp.float64))
+    return _scan_steps(r, k, v, w_log, u, WKV6_FORMS.initial_state(state, (r, k, v, w_log, u), jnp.float64))
 
 
 @jax.jit
@@ -90,7 +82,7 @@ def wkv6_recurrent(
 
     Shapes as in :func:`wkv6_reference`; returns ``y`` in ``v.dtype`` and the float32 final state.
     """
-    y, final = _scan_steps(r, k, v, w_log, u, _initial_state(state, r, jnp.float32))
+    y, final = _scan_steps(r, k, v, w_log, u, WKV6_FORMS.initial_state(state, (r, k, v, w_log, u)))
     return y.astype(v.dtype), final
 
 
@@ -106,8 +98,8 @@ def wkv6_scan(
     Shapes as in :func:`wkv6_reference`; returns ``y`` in ``v.dtype`` and the float32 final state.
     """
     f32, out_dtype = jnp.float32, v.dtype
+    state = WKV6_FORMS.initial_state(state, (r, k, v, w_log, u))
     r, k, v, w_log = (x.astype(f32) for x in (r, k, v, w_log))
-    state = _initial_state(state, r, f32)
     kv = k[..., :, None] * v[..., None, :]  # [B, T, H, key, value]
     # Fold the initial state into the first token's map so that the scan yields S_t, the state after t.
     first = jnp.exp(w_log[:, 0])[..., None] * state + kv[:, 0]
@@ -124,24 +116,15 @@ def wkv6_scan(
     return y.astype(out_dtype), states_after[:, -1]
 
 
-def _validate(r: Array, k: Array, v: Array, w_log: Array, u: Array, state: Array | None) -> None:
-    """Raises a ValueError naming the first argument whose shape, dtype or value is not as documented."""
-    if r.ndim != 4:
-        raise ValueError(f"r must be [B, T, H, N]; got shape {r.shape}")
-    for name, x in (("k", k), ("v", v), ("w_log", w_log)):
-        if x.shape != r.shape:
-            raise ValueError(f"{name} must have r's shape [B, T, H, N] = {r.shape}; got {x.shape}")
-    batch, _, heads, size = r.shape
-    if u.shape != (heads, size):
-        raise ValueError(f"u must be [H, N] = {(heads, size)}; got {u.shape}")
-    if state is not None and state.shape != (batch, heads, size, size):
-        raise ValueError(f"state must be [B, H, N, N] = {(batch, heads, size, size)}; got {state.shape}")
-    for name, x in (("r", r), ("k", k), ("v", v), ("w_log", w_log), ("u", u), ("state", state)):
-        if x is not None and not jnp.issubdtype(x.dtype, jnp.floating):
-            raise ValueError(f"{name} must be a float array; got dtype {x.dtype}")
-    # Values can be checked only outside tracing (under jit, w_log is abstract).
-    if not isinstance(w_log, jax.core.Tracer) and np.any(np.asarray(w_log) > 0):
-        raise ValueError(f"w_log is the log of a decay in (0, 1] and must be <= 0; max is {np.max(w_log)}")
+def _wkv6_pallas(
+    r: Array, k: Array, v: Array, w_log: Array, u: Array, state: Array | None, *, chunk_size: int
+) -> tuple[Array, Array]:
+    """The Pallas kernel (``pallas_kernels.wkv6``; interpret mode on CPU), imported only when chosen."""
+    from pallas_kernels.wkv6 import wkv6 as pallas_wkv6
+
+    interpret = jax.default_backend() == "cpu"
+    w_log, state = w_log.astype(jnp.float32), None if state is None else state.astype(jnp.float32)
+    return pallas_wkv6(r, k, v, w_log, u, state, chunk_size=chunk_size, interpret=interpret)
 
 
 def wkv6(
@@ -155,7 +138,7 @@ def wkv6(
     impl: Impl | str = Impl.AUTO,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[Array, Array]:
-    """WKV-5/6 in the form ``impl`` (AUTO: RECURRENT for T == 1, else CHUNKED on CPU, PALLAS on GPU/TPU).
+    """WKV-5/6 in the form ``impl`` (AUTO: RECURRENT for T == 1, else CHUNKED; see :mod:`rwkv_jax.wkv.forms`).
 
     Args:
       r, k, v: ``[B, T, H, N]`` receptance, key, value (float32 or bfloat16; accumulation is float32).
@@ -168,24 +151,24 @@ def wkv6(
     Returns:
       ``y [B, T, H, N]`` in ``v.dtype`` and the final float32 state ``[B, H, N, N]``.
     """
-    _validate(r, k, v, w_log, u, state)
-    if Impl.parse(impl) is Impl.AUTO and r.shape[1] == 1:
-        impl = Impl.RECURRENT  # decoding one token: one step, no chunk padding or kernel launch
-    impl = resolve(
-        impl,
-        available=(Impl.RECURRENT, Impl.SCAN, Impl.CHUNKED, Impl.PALLAS),
-        accelerated=Impl.PALLAS,
-        cpu=Impl.CHUNKED,
-    )
-    if impl is Impl.RECURRENT:
-        return wkv6_recurrent(r, k, v, w_log, u, state)
-    if impl is Impl.SCAN:
-        return wkv6_scan(r, k, v, w_log, u, state)
-    if impl is Impl.CHUNKED:
-        return wkv6_chunked(r, k, v, w_log, u, state, chunk_size=chunk_size)
-    # Imported lazily: the pure-JAX forms do not need the kernels package.
-    from pallas_kernels.wkv6 import wkv6 as pallas_wkv6
+    return WKV6_FORMS(r, k, v, w_log, u, state=state, impl=impl, chunk_size=chunk_size)
 
-    interpret = jax.default_backend() == "cpu"
-    w_log, state = w_log.astype(jnp.float32), None if state is None else state.astype(jnp.float32)
-    return pallas_wkv6(r, k, v, w_log, u, state, chunk_size=chunk_size, interpret=interpret)
+
+WKV6_FORMS = WKVForms(
+    name="WKV-6",
+    family="rwkv6",
+    inputs=(("r", "BTHN"), ("k", "BTHN"), ("v", "BTHN"), ("w_log", "BTHN"), ("u", "HN")),
+    state=("BHNN",),
+    state_names=("state",),
+    empty_state=lambda sizes: jnp.zeros((sizes["B"], sizes["H"], sizes["N"], sizes["N"]), jnp.float32),
+    forms={
+        Impl.RECURRENT: without_chunks(wkv6_recurrent),
+        Impl.SCAN: without_chunks(wkv6_scan),
+        Impl.CHUNKED: wkv6_chunked,
+        Impl.PALLAS: _wkv6_pallas,
+    },
+    reference=wkv6_reference,
+    auto_cpu=Impl.CHUNKED,
+    auto_accelerated=Impl.CHUNKED,
+    default_chunk_size=DEFAULT_CHUNK_SIZE,
+)

@@ -26,23 +26,13 @@ Pallas kernels are not written yet (``Impl.PALLAS`` raises).
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rwkv_jax.array_typing import Array
-from rwkv_jax.wkv.impl import Impl, resolve
+from rwkv_jax.wkv.forms import WKVForms, without_chunks
+from rwkv_jax.wkv.impl import Impl
 from rwkv_jax.wkv.v7_chunked import DEFAULT_CHUNK_SIZE, check_decay_range, wkv7_chunked
 
 __all__ = ["wkv7", "wkv7_chunked", "wkv7_recurrent", "wkv7_reference", "wkv7_scan"]
-
-NAMES = ("r", "k", "v", "w_log", "a", "b")
-
-
-def _initial_state(state: Array | None, r: Array, dtype: jnp.dtype) -> Array:
-    """The given state cast to ``dtype``, or zeros ``[B, H, N, N]``."""
-    batch, _, heads, size = r.shape
-    if state is None:
-        return jnp.zeros((batch, heads, size, size), dtype)
-    return state.astype(dtype)
 
 
 def _scan_steps(inputs: tuple[Array, ...], state: Array) -> tuple[Array, Array]:
@@ -78,7 +68,9 @@ def wkv7_reference(
     """
     if not jax.config.jax_enable_x64:
         raise RuntimeError("wkv7_reference computes in float64: enable it with jax_enable_x64 first")
-    return _scan_steps((r, k, v, w_log, a, b), _initial_state(state, r, jnp.float64))
+    return _scan_steps(
+        (r, k, v, w_log, a, b), WKV7_FORMS.initial_state(state, (r, k, v, w_log, a, b), jnp.float64)
+    )
 
 
 @jax.jit
@@ -89,7 +81,7 @@ def wkv7_recurrent(
 
     Shapes as in :func:`wkv7_reference`; returns ``y`` in ``v.dtype`` and the float32 final state.
     """
-    y, final = _scan_steps((r, k, v, w_log, a, b), _initial_state(state, r, jnp.float32))
+    y, final = _scan_steps((r, k, v, w_log, a, b), WKV7_FORMS.initial_state(state, (r, k, v, w_log, a, b)))
     return y.astype(v.dtype), final
 
 
@@ -105,8 +97,8 @@ def wkv7_scan(
     ``y`` in ``v.dtype`` and the float32 final state.
     """
     f32, out_dtype = jnp.float32, v.dtype
+    state = WKV7_FORMS.initial_state(state, (r, k, v, w_log, a, b))
     r, k, v, w_log, a, b = (x.astype(f32) for x in (r, k, v, w_log, a, b))
-    state = _initial_state(state, r, f32)
     size = r.shape[-1]
     transition = jnp.exp(w_log)[..., None] * jnp.eye(size, dtype=f32) + a[..., :, None] * b[..., None, :]
     written = v[..., :, None] * k[..., None, :]  # [B, T, H, value, key]
@@ -121,24 +113,6 @@ def wkv7_scan(
     return y.astype(out_dtype), states[:, -1]
 
 
-def _validate(inputs: dict[str, Array], state: Array | None) -> None:
-    """Raises a ValueError naming the first argument whose shape, dtype or value is not as documented."""
-    r = inputs["r"]
-    if r.ndim != 4:
-        raise ValueError(f"r must be [B, T, H, N]; got shape {r.shape}")
-    for name, x in inputs.items():
-        if x.shape != r.shape:
-            raise ValueError(f"{name} must have r's shape [B, T, H, N] = {r.shape}; got {x.shape}")
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise ValueError(f"{name} must be a float array; got dtype {x.dtype}")
-    batch, _, heads, size = r.shape
-    if state is not None and state.shape != (batch, heads, size, size):
-        raise ValueError(f"state must be [B, H, N, N] = {(batch, heads, size, size)}; got {state.shape}")
-    w_log = inputs["w_log"]
-    if not isinstance(w_log, jax.core.Tracer) and np.any(np.asarray(w_log) > 0):
-        raise ValueError(f"w_log is the log of a decay in (0, 1] and must be <= 0; max is {np.max(w_log)}")
-
-
 def wkv7(
     r: Array,
     k: Array,
@@ -151,7 +125,7 @@ def wkv7(
     impl: Impl | str = Impl.AUTO,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[Array, Array]:
-    """WKV-7 in the form ``impl`` (AUTO: RECURRENT for T == 1, else CHUNKED).
+    """WKV-7 in the form ``impl`` (AUTO: RECURRENT for T == 1, else CHUNKED; see :mod:`rwkv_jax.wkv.forms`).
 
     Args:
       r, k, v, w_log, a, b: ``[B, T, H, N]`` (float32 or bfloat16; accumulation is float32); ``w_log <= 0``
@@ -163,13 +137,30 @@ def wkv7(
     Returns:
       ``y [B, T, H, N]`` in ``v.dtype`` and the final float32 state ``[B, H, N, N]``.
     """
-    _validate(dict(zip(NAMES, (r, k, v, w_log, a, b), strict=True)), state)
-    if Impl.parse(impl) is Impl.AUTO and r.shape[1] == 1:
-        impl = Impl.RECURRENT  # decoding one token: one step, no chunk padding
-    available = (Impl.RECURRENT, Impl.SCAN, Impl.CHUNKED)
-    impl = resolve(impl, available=available, accelerated=Impl.CHUNKED, cpu=Impl.CHUNKED)
+    return WKV7_FORMS(r, k, v, w_log, a, b, state=state, impl=impl, chunk_size=chunk_size)
+
+
+def _check_chunk_decay(inputs: dict[str, Array], impl: Impl, chunk_size: int) -> None:
+    """The chunked form's exponents are referenced to the chunk start: bound the decay per chunk."""
     if impl is Impl.CHUNKED:
-        check_decay_range(w_log, chunk_size)
-        return wkv7_chunked(r, k, v, w_log, a, b, state, chunk_size=chunk_size)
-    form = wkv7_scan if impl is Impl.SCAN else wkv7_recurrent
-    return form(r, k, v, w_log, a, b, state)
+        check_decay_range(inputs["w_log"], chunk_size)
+
+
+WKV7_FORMS = WKVForms(
+    name="WKV-7",
+    family="rwkv7",
+    inputs=tuple((name, "BTHN") for name in ("r", "k", "v", "w_log", "a", "b")),
+    state=("BHNN",),
+    state_names=("state",),
+    empty_state=lambda sizes: jnp.zeros((sizes["B"], sizes["H"], sizes["N"], sizes["N"]), jnp.float32),
+    forms={
+        Impl.RECURRENT: without_chunks(wkv7_recurrent),
+        Impl.SCAN: without_chunks(wkv7_scan),
+        Impl.CHUNKED: wkv7_chunked,
+    },
+    reference=wkv7_reference,
+    auto_cpu=Impl.CHUNKED,
+    auto_accelerated=Impl.CHUNKED,
+    default_chunk_size=DEFAULT_CHUNK_SIZE,
+    check_values=_check_chunk_decay,
+)

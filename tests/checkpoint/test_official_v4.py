@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rwkv_jax.checkpoint import convert_v4
 from rwkv_jax.checkpoint.layout import CheckpointLayoutError
 from rwkv_jax.checkpoint.official import detect, load_official, save_official
 from rwkv_jax.checkpoint.pth import PthFormatError, read_pth, write_pth
-from rwkv_jax.models.rwkv4 import RWKV4
+from rwkv_jax.models.rwkv4 import convert as convert_v4
+from rwkv_jax.models.rwkv4.model import RWKV4
 from tests.models.test_rwkv4 import jitted
 
 MODEL_FILE = "tiny-rwkv-4v0-660K.pth"
@@ -35,7 +35,7 @@ def model(checkpoint):
 
 
 def test_detects_rwkv4_with_the_fixture_sizes(checkpoint, model):
-    assert detect(list(read_pth(checkpoint))) is convert_v4
+    assert detect(list(read_pth(checkpoint))).converter is convert_v4
     config = model.config
     assert (config.vocab_size, config.n_embd, config.n_layer, config.ffn_dim) == (256, 128, 4, 256)
     assert isinstance(model, RWKV4)
@@ -137,7 +137,7 @@ def test_truncated_file_raises_format_error(checkpoint, tmp_path):
 
 
 def test_saving_an_unknown_model_is_a_type_error(tmp_path):
-    with pytest.raises(TypeError, match="no official layout for Linear"):
+    with pytest.raises(TypeError, match="Linear belongs to no registered family"):
         save_official(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), tmp_path / "x.pth")
     assert not list(tmp_path.iterdir())
 
@@ -147,7 +147,7 @@ def test_convert_cli_checks_and_round_trips(checkpoint, tmp_path, capsys):
     convert = runpy.run_path(str(script), run_name="convert_cli")
     assert convert["main"]([str(checkpoint), "--check", "--roundtrip", str(tmp_path / "out.pth")]) == 0
     printed = capsys.readouterr().out
-    for line in ("family: RWKV-4", "parameters: 661,504", "78 tensors, all equal"):
+    for line in ("family: rwkv4 (RWKV-4)", "parameters: 661,504", "78 tensors, all equal"):
         assert line in printed
     assert convert["main"]([str(tmp_path / "absent.pth"), "--check"]) == 2
     assert "absent.pth" in capsys.readouterr().err

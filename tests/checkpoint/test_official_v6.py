@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rwkv_jax.checkpoint import convert_v6
 from rwkv_jax.checkpoint.layout import CheckpointLayoutError
 from rwkv_jax.checkpoint.official import load_official, save_official
 from rwkv_jax.checkpoint.pth import read_pth, write_pth
-from rwkv_jax.models.rwkv6 import RWKV6
+from rwkv_jax.models.rwkv6 import convert as convert_v6
+from rwkv_jax.models.rwkv6.model import RWKV6
 from tests.checkpoint.fixture_prompt import assert_prompt_gives
 from tests.models.test_rwkv6 import randomize, tiny_config
 

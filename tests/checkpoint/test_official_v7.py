@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rwkv_jax.checkpoint import convert_v4, convert_v6, convert_v7
 from rwkv_jax.checkpoint.layout import CheckpointLayoutError
 from rwkv_jax.checkpoint.official import load_official, save_official
 from rwkv_jax.checkpoint.pth import read_pth
-from rwkv_jax.models.rwkv7 import RWKV7
+from rwkv_jax.models.rwkv4 import convert as convert_v4
+from rwkv_jax.models.rwkv6 import convert as convert_v6
+from rwkv_jax.models.rwkv7 import convert as convert_v7
+from rwkv_jax.models.rwkv7.model import RWKV7
 from tests.checkpoint.fixture_prompt import assert_prompt_gives
 from tests.models.test_rwkv7 import random_model, tiny_config
 

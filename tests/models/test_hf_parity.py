@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rwkv_jax.checkpoint.convert_v4 import from_hf_names, from_state_dict, to_hf_names, to_state_dict
-from rwkv_jax.models.rwkv4 import RWKV4, RWKV4Config
+from rwkv_jax.models.rwkv4.convert import from_hf_names, from_state_dict, to_hf_names, to_state_dict
+from rwkv_jax.models.rwkv4.model import RWKV4, RWKV4Config
 from rwkv_jax.numerics import relative_error
 from tests.models.test_rwkv4 import jitted, randomize
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rwkv_jax.checkpoint.convert_v4 import to_state_dict
-from rwkv_jax.models import init
-from rwkv_jax.models.rwkv4 import RWKV4, RWKV4Config
+from rwkv_jax.models.rwkv4 import init
+from rwkv_jax.models.rwkv4.convert import to_state_dict
+from rwkv_jax.models.rwkv4.model import RWKV4, RWKV4Config
 from tests.models.contract import assert_prefill_equals_steps_and_pieces, relative_error
 
 CONFIG = RWKV4Config(vocab_size=64, n_layer=2, n_embd=32, ffn_dim=64)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rwkv_jax.checkpoint.convert_v6 import to_state_dict
-from rwkv_jax.models import rwkv6_init
-from rwkv_jax.models.rwkv6 import RWKV6, RWKV6Config, default_ffn_dim
+from rwkv_jax.models.rwkv6 import init as rwkv6_init
+from rwkv_jax.models.rwkv6.convert import to_state_dict
+from rwkv_jax.models.rwkv6.model import RWKV6, RWKV6Config, default_ffn_dim
 from tests.models.contract import (
     assert_gradients_reach_every_parameter,
     assert_prefill_equals_steps_and_pieces,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rwkv_jax.checkpoint.convert_v7 import to_state_dict
-from rwkv_jax.models import rwkv7_init
-from rwkv_jax.models.rwkv7 import RWKV7, RWKV7Config
+from rwkv_jax.models.rwkv7 import init as rwkv7_init
+from rwkv_jax.models.rwkv7.convert import to_state_dict
+from rwkv_jax.models.rwkv7.model import RWKV7, RWKV7Config
 from tests.models.contract import (
     assert_gradients_reach_every_parameter,
     assert_prefill_equals_steps_and_pieces,

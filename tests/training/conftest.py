@@ -6,8 +6,9 @@ import jax
 import numpy as np
 import pytest
 
+from rwkv_jax.models.family import get_family
 from rwkv_jax.training.binidx import write_binidx
-from rwkv_jax.training.config import ConfigDict, default_config
+from rwkv_jax.training.config import ConfigDict, default_config, model_section
 
 WORDS = "the of and to a in that is was he for it with as his on be at by had not are but from or".split()
 
@@ -50,15 +51,24 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return str(root / "train"), str(root / "val")
 
 
+# Small sizes for the fields a family has (a one-layer model that compiles in seconds).
+TINY_FIELDS = dict(head_size=16, time_mix_extra_dim=4, time_decay_extra_dim=8, chunk_size=8)
+
+
+def tiny_model_section(family: str) -> ConfigDict:
+    """``config.model`` of a one-layer, 32-wide, byte-level float32 model of ``family``."""
+    record = get_family(family)
+    wkv_impl = "chunked" if record.wkv is None or "chunked" in record.wkv.form_names else "recurrent"
+    extras = {key: value for key, value in TINY_FIELDS.items() if key in record.field_names}
+    return model_section(
+        family, n_layer=1, n_embd=32, vocab_size=256, dtype="float32", wkv_impl=wkv_impl, **extras
+    )
+
+
 def tiny_config(corpus: tuple[str, str], family: str = "rwkv4") -> ConfigDict:
     """A one-layer byte-level model and a few short steps: compiles and runs in seconds on this CPU."""
     c = default_config()
-    c.model.family = family
-    c.model.n_layer, c.model.n_embd, c.model.head_size = 1, 32, 16
-    c.model.time_mix_extra_dim, c.model.time_decay_extra_dim = 4, 8
-    c.model.dtype = "float32"
-    c.model.wkv_impl = "recurrent" if family == "rwkv4" else "chunked"
-    c.model.chunk_size = 8
+    c.model = tiny_model_section(family)
     c.data.train_path, c.data.val_path = corpus
     c.data.seq_len, c.data.batch_size = 16, 2
     c.optim.lr, c.optim.warmup_steps = 1e-2, 2

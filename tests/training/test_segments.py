@@ -5,18 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rwkv_jax.training.config import default_config
 from rwkv_jax.training.model import ModelFns, build_model
 from rwkv_jax.training.segments import sequence_loss
+from tests.training.conftest import tiny_model_section
 
 
 def tiny(family: str):
-    model = default_config().model
-    model.family, model.n_layer, model.n_embd, model.head_size = family, 1, 32, 16
-    model.time_mix_extra_dim, model.time_decay_extra_dim = 4, 8
-    model.dtype, model.chunk_size = "float32", 8
-    model.wkv_impl = "recurrent" if family == "rwkv4" else "chunked"
-    fns, params = ModelFns.split(build_model(model, seed=0))
+    fns, params = ModelFns.split(build_model(tiny_model_section(family), seed=0))
     # The official init zeroes the output projections, which hides the gradient through the state: perturb.
     keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(params))))
     params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(next(keys), p.shape, p.dtype), params)

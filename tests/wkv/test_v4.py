@@ -228,7 +228,7 @@ def test_dispatcher_rejects_forms_wkv4_lacks():
     ("change", "message"),
     [
         (lambda w, u, k, v, s: (w, u, k[0], v[0], s), r"k must be \[B, T, C\]"),
-        (lambda w, u, k, v, s: (w, u, k, v[:, :1], s), "v must have the shape of k"),
+        (lambda w, u, k, v, s: (w, u, k, v[:, :1], s), "v must have k.s shape"),
         (lambda w, u, k, v, s: (w[:3], u, k, v, s), r"w_log must be \[C\]"),
         (lambda w, u, k, v, s: (w, u[None], k, v, s), r"u must be \[C\]"),
         (lambda w, u, k, v, s: (w, u, k[:, :0], v[:, :0], s), "at least one time step"),

@@ -1,7 +1,7 @@
 """RWKV-4 (arXiv 2305.13048) in Flax NNX: the math of BlinkDL/RWKV-LM ``RWKV-v4neo/src/model.py``.
 
 Attribute names follow the official checkpoint (``emb``, ``blocks[i].ln0/ln1/ln2/att/ffn``, ``ln_out``,
-``head``) so that a parameter's path is its official key (see ``rwkv_jax.checkpoint.convert_v4``).
+``head``) so that a parameter's path is its official key (see ``rwkv_jax.models.rwkv4.convert``).
 ``time_decay`` is stored raw as in the checkpoint; the WKV recurrence gets ``w_log = -exp(time_decay)``.
 
 One call serves training, prefill and decoding::
@@ -21,7 +21,6 @@ import numpy as np
 from flax import nnx
 
 from rwkv_jax.array_typing import Array
-from rwkv_jax.models import init
 from rwkv_jax.models.common import (
     Embedding,
     LayerNorm,
@@ -33,6 +32,7 @@ from rwkv_jax.models.common import (
     token_shift,
 )
 from rwkv_jax.models.language_model import LanguageModel
+from rwkv_jax.models.rwkv4 import init
 from rwkv_jax.wkv.impl import Impl
 from rwkv_jax.wkv.v4 import WKV4State, wkv4
 
@@ -40,6 +40,8 @@ from rwkv_jax.wkv.v4 import WKV4State, wkv4
 @dataclasses.dataclass(frozen=True)
 class RWKV4Config:
     """Sizes and numerics of an RWKV-4 model.
+
+    The defaults are the published RWKV-4 Pile 169M (GPT-NeoX tokenizer).
 
     Attributes:
       vocab_size: V, number of token ids.
@@ -52,9 +54,9 @@ class RWKV4Config:
       layer_norm_eps: epsilon of every LayerNorm (torch's default, 1e-5, in the official model).
     """
 
-    vocab_size: int
-    n_layer: int
-    n_embd: int
+    vocab_size: int = 50277
+    n_layer: int = 12
+    n_embd: int = 768
     ffn_dim: int | None = None
     dtype: np.dtype | str = "float32"
     param_dtype: np.dtype | str = "float32"

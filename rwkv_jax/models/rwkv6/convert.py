@@ -37,11 +37,10 @@ from rwkv_jax.checkpoint.layout import (
     tensor_shape,
 )
 from rwkv_jax.checkpoint.transfer import dotted_name, linear_weights, model_from_tensors, official_tensors
-from rwkv_jax.models.rwkv6 import RWKV6, RWKV6Config
+from rwkv_jax.models.rwkv6.model import RWKV6, RWKV6Config
 from rwkv_jax.wkv.impl import Impl
 
-FAMILY = "RWKV-5/6"
-MODEL = RWKV6
+LAYOUT = "RWKV-5/6"
 
 # Modules stored as torch Linear (weight [out, in]); ours hold the transposed kernel [in, out].
 LINEAR_MODULES = frozenset({"receptance", "key", "value", "output", "gate", "head"})
@@ -174,20 +173,20 @@ def config_from_state_dict(
     """Infers version and sizes from names and shapes (heads from ``time_faaaa``, 5.1: ``time_first``)."""
     version = detect_version(tensors.keys())
     n_layer = block_count(tensors.keys())
-    check_keys(tensors.keys(), official_names(version, n_layer), FAMILY)
-    vocab_size, n_embd = tensor_shape(tensors, "emb.weight", 2, FAMILY)
-    dim_att, _ = tensor_shape(tensors, "blocks.0.att.key.weight", 2, FAMILY)
-    ffn_dim, _ = tensor_shape(tensors, "blocks.0.ffn.key.weight", 2, FAMILY)
+    check_keys(tensors.keys(), official_names(version, n_layer), LAYOUT)
+    vocab_size, n_embd = tensor_shape(tensors, "emb.weight", 2, LAYOUT)
+    dim_att, _ = tensor_shape(tensors, "blocks.0.att.key.weight", 2, LAYOUT)
+    ffn_dim, _ = tensor_shape(tensors, "blocks.0.ffn.key.weight", 2, LAYOUT)
     bonus = "time_first" if version == "5.1" else "time_faaaa"
-    n_head = tensor_shape(tensors, f"blocks.0.att.{bonus}", 1 if version == "5.1" else 2, FAMILY)[0]
+    n_head = tensor_shape(tensors, f"blocks.0.att.{bonus}", 1 if version == "5.1" else 2, LAYOUT)[0]
     if dim_att % n_head:
         raise CheckpointLayoutError(
-            f"{FAMILY} checkpoint: dim_att {dim_att} is not a multiple of {n_head} heads"
+            f"{LAYOUT} checkpoint: dim_att {dim_att} is not a multiple of {n_head} heads"
         )
     lora = {}
     if version == "6":
-        lora["time_mix_extra_dim"] = tensor_shape(tensors, "blocks.0.att.time_maa_w2", 3, FAMILY)[1]
-        lora["time_decay_extra_dim"] = tensor_shape(tensors, "blocks.0.att.time_decay_w1", 2, FAMILY)[1]
+        lora["time_mix_extra_dim"] = tensor_shape(tensors, "blocks.0.att.time_maa_w2", 3, LAYOUT)[1]
+        lora["time_decay_extra_dim"] = tensor_shape(tensors, "blocks.0.att.time_decay_w1", 2, LAYOUT)[1]
     return RWKV6Config(
         version=version,
         vocab_size=vocab_size,
@@ -230,7 +229,7 @@ def from_state_dict(
         tensors, dtype=dtype, param_dtype=param_dtype, wkv_impl=wkv_impl, group_norm_eps=group_norm_eps
     )
     shapes = expected_shapes(config)
-    return model_from_tensors(RWKV6, config, tensors, shapes, official_name, _is_linear, FAMILY)
+    return model_from_tensors(RWKV6, config, tensors, shapes, official_name, _is_linear, LAYOUT)
 
 
 def to_state_dict(model: RWKV6, dtype: np.dtype | str | None = np.float32) -> dict[str, np.ndarray]:

@@ -32,11 +32,10 @@ from rwkv_jax.checkpoint.layout import (
     tensor_shape,
 )
 from rwkv_jax.checkpoint.transfer import dotted_name, linear_weights, model_from_tensors, official_tensors
-from rwkv_jax.models.rwkv4 import RWKV4, RWKV4Config
+from rwkv_jax.models.rwkv4.model import RWKV4, RWKV4Config
 from rwkv_jax.wkv.impl import Impl
 
-FAMILY = "RWKV-4"
-MODEL = RWKV4
+LAYOUT = "RWKV-4"
 
 # Modules stored as torch Linear (weight [out, in]); ours hold the transposed kernel [in, out].
 LINEAR_MODULES = frozenset({"key", "value", "receptance", "output", "head"})
@@ -101,9 +100,9 @@ def config_from_state_dict(
     wkv_impl: Impl | str = Impl.AUTO,
 ) -> RWKV4Config:
     """Infers the sizes from ``emb.weight [V, C]``, ``blocks.0.ffn.key.weight [F, C]`` and the block count."""
-    check_keys(tensors.keys(), layout_keys(tensors.keys()), FAMILY)
-    vocab_size, n_embd = tensor_shape(tensors, "emb.weight", 2, FAMILY)
-    ffn_dim, _ = tensor_shape(tensors, "blocks.0.ffn.key.weight", 2, FAMILY)
+    check_keys(tensors.keys(), layout_keys(tensors.keys()), LAYOUT)
+    vocab_size, n_embd = tensor_shape(tensors, "emb.weight", 2, LAYOUT)
+    ffn_dim, _ = tensor_shape(tensors, "blocks.0.ffn.key.weight", 2, LAYOUT)
     n_layer = block_count(tensors.keys())
     return RWKV4Config(
         vocab_size, n_layer, n_embd, ffn_dim, dtype=dtype, param_dtype=param_dtype, wkv_impl=wkv_impl
@@ -132,7 +131,7 @@ def from_state_dict(
     """
     config = config_from_state_dict(tensors, dtype=dtype, param_dtype=param_dtype, wkv_impl=wkv_impl)
     shapes = expected_shapes(config)
-    return model_from_tensors(RWKV4, config, tensors, shapes, official_name, _is_linear, FAMILY)
+    return model_from_tensors(RWKV4, config, tensors, shapes, official_name, _is_linear, LAYOUT)
 
 
 def to_state_dict(model: RWKV4, dtype: np.dtype | str | None = np.float32) -> dict[str, np.ndarray]:

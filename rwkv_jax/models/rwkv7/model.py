@@ -16,9 +16,10 @@ import numpy as np
 from flax import nnx
 
 from rwkv_jax.array_typing import Array
-from rwkv_jax.models import rwkv6_init, rwkv7_init
+from rwkv_jax.models import official_init
 from rwkv_jax.models.common import (
     Embedding,
+    HeadGroupNorm,
     LayerNorm,
     param,
     require_positive_floats,
@@ -27,8 +28,8 @@ from rwkv_jax.models.common import (
     token_shift,
 )
 from rwkv_jax.models.language_model import LanguageModel
-from rwkv_jax.models.rwkv6_init import orthogonal_linear
-from rwkv_jax.models.rwkv6_layers import HeadGroupNorm
+from rwkv_jax.models.official_init import orthogonal_linear
+from rwkv_jax.models.rwkv7 import init as rwkv7_init
 from rwkv_jax.wkv.impl import Impl
 from rwkv_jax.wkv.v7 import wkv7
 
@@ -136,7 +137,7 @@ class TimeMix(nnx.Module):
                 continue  # the first block's value is v_first itself
             rank = getattr(config, f"{kind}_lora")
             setattr(self, f"{prefix}1", param(jnp.zeros((C, rank), pd), ("embed", "lora")))
-            w2 = rwkv6_init.orthogonal_kernel(rngs.params(), rank, C, rwkv7_init.LORA_W2_SCALE, pd)
+            w2 = official_init.orthogonal_kernel(rngs.params(), rank, C, rwkv7_init.LORA_W2_SCALE, pd)
             setattr(self, f"{prefix}2", param(w2, ("lora", "embed")))
             if prefix != "g":
                 setattr(self, f"{prefix}0", param(jnp.asarray(biases[f"{prefix}0"], pd), ("embed",)))
@@ -144,15 +145,15 @@ class TimeMix(nnx.Module):
         self.k_a = param(jnp.asarray(biases["k_a"], pd), ("embed",))
         self.r_k = param(jnp.full((H, N), rwkv7_init.R_K, pd), ("heads", "head_dim"))
         gains = {
-            "receptance": rwkv6_init.GAIN_RECEPTANCE,
-            "key": rwkv6_init.GAIN_KEY,
-            "value": rwkv6_init.GAIN_VALUE,
-            "output": rwkv6_init.GAIN_OUTPUT,
+            "receptance": official_init.GAIN_RECEPTANCE,
+            "key": official_init.GAIN_KEY,
+            "value": official_init.GAIN_VALUE,
+            "output": official_init.GAIN_OUTPUT,
         }
         for name, gain in gains.items():
             axes = ("heads", "embed") if name == "output" else ("embed", "heads")
             setattr(self, name, orthogonal_linear(rngs, config, (C, C), axes, gain))
-        ln_x_weight = rwkv6_init.ln_x_weight(C, layer, L)
+        ln_x_weight = official_init.ln_x_weight(C, layer, L)
         self.ln_x = HeadGroupNorm(H, ln_x_weight, eps=config.group_norm_eps, param_dtype=pd)
 
     def _lora(self, prefix: str, x: Array, inner=None) -> Array:
@@ -200,8 +201,8 @@ class ChannelMix(nnx.Module):
         C, F = config.n_embd, config.ffn_dim
         weight = rwkv7_init.channel_mix_weight(C, layer, config.n_layer)
         self.x_k = param(jnp.asarray(weight, config.param_dtype), ("embed",))
-        self.key = orthogonal_linear(rngs, config, (C, F), ("embed", "mlp"), rwkv6_init.GAIN_FFN_KEY)
-        self.value = orthogonal_linear(rngs, config, (F, C), ("mlp", "embed"), rwkv6_init.GAIN_FFN_VALUE)
+        self.key = orthogonal_linear(rngs, config, (C, F), ("embed", "mlp"), official_init.GAIN_FFN_KEY)
+        self.value = orthogonal_linear(rngs, config, (F, C), ("mlp", "embed"), official_init.GAIN_FFN_VALUE)
 
     def __call__(self, x: Array, prev: Array) -> Array:
         mixed = x + (prev - x) * self.x_k[...].astype(x.dtype)
@@ -239,7 +240,7 @@ class RWKV7(LanguageModel):
     """RWKV-7 language model: ``model(tokens[B, T], state) -> (logits[B, T, V] float32, state)``.
 
     Parameters are initialised as BlinkDL/RWKV-LM does (``rwkv7_init``); official checkpoints load with
-    ``rwkv_jax.checkpoint.convert_v7``. Attribute paths spell the official keys (``blocks.1.att.v2``, ...).
+    ``rwkv_jax.models.rwkv7.convert``. Attribute paths spell the official keys (``blocks.1.att.v2``, ...).
     """
 
     def __init__(self, config: RWKV7Config, *, rngs: nnx.Rngs):
@@ -247,10 +248,10 @@ class RWKV7(LanguageModel):
             raise TypeError(f"config must be an RWKV7Config, got {type(config).__name__}")
         self.config = config
         C, V, pd = config.n_embd, config.vocab_size, config.param_dtype
-        self.emb = Embedding(rwkv6_init.uniform(rngs.params(), (V, C), rwkv6_init.EMBEDDING_BOUND, pd))
+        self.emb = Embedding(official_init.uniform(rngs.params(), (V, C), official_init.EMBEDDING_BOUND, pd))
         self.blocks = nnx.List(Block(config, layer, rngs) for layer in range(config.n_layer))
         self.ln_out = LayerNorm(C, eps=config.layer_norm_eps, param_dtype=pd)
-        self.head = orthogonal_linear(rngs, config, (C, V), ("embed", "vocab"), rwkv6_init.head_gain(V, C))
+        self.head = orthogonal_linear(rngs, config, (C, V), ("embed", "vocab"), official_init.head_gain(V, C))
 
     def empty_layer_state(self, batch_size: int) -> RWKV7LayerState:
         """Zero token shifts and a zero WKV state, float32."""

@@ -4,7 +4,7 @@ Source: BlinkDL/RWKV-LM, ``RWKV-v7/train_temp/src/model.py`` at commit 118e451: 
 and ``RWKV_CMix_x070.__init__`` (token-shift weights, decay / in-context learning rate / value-residual / gate
 LoRAs and their biases, ``k_k``, ``k_a``, ``r_k``), and ``RWKV.generate_init_weight``, which then replaces
 every ``*.weight`` matrix as for Finch (orthogonal receptance, key x0.1, value; zero output and FFN value;
-``ln_x.weight = ((1 + l) / L) ** 0.7``; the embedding and head as in :mod:`rwkv_jax.models.rwkv6_init`).
+``ln_x.weight = ((1 + l) / L) ** 0.7``; the embedding and head as in :mod:`rwkv_jax.models.official_init`).
 
 Notation of the source: layer ``l`` of ``L``, ``ratio_0_to_1 = l / (L - 1)``, ``ratio_1_to_almost0 =
 1 - l / L``, ``ddd[i] = i / C``; over channels n of C with head size N: ``linear[n] = n / (C - 1) - 0.5`` and
@@ -13,7 +13,7 @@ Notation of the source: layer ``l`` of ``L``, ``ratio_0_to_1 = l / (L - 1)``, ``
 
 import numpy as np
 
-from rwkv_jax.models.rwkv6_init import layer_ratios, ramp_power
+from rwkv_jax.models.official_init import layer_ratios, ramp_power
 
 # Token-shift weights x_r, x_w, x_k, x_v, x_a, x_g: 1 - ddd ** (p * ratio_1_to_almost0).
 TOKEN_SHIFT_POWERS = {"r": 0.2, "w": 0.9, "k": 0.7, "v": 0.7, "a": 0.9, "g": 0.2}

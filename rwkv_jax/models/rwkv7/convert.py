@@ -24,11 +24,10 @@ import numpy as np
 
 from rwkv_jax.checkpoint.layout import block_count, check_keys, tensor_shape
 from rwkv_jax.checkpoint.transfer import dotted_name, linear_weights, model_from_tensors, official_tensors
-from rwkv_jax.models.rwkv7 import RWKV7, RWKV7Config
+from rwkv_jax.models.rwkv7.model import RWKV7, RWKV7Config
 from rwkv_jax.wkv.impl import Impl
 
-FAMILY = "RWKV-7"
-MODEL = RWKV7
+LAYOUT = "RWKV-7"
 
 _is_linear = linear_weights(frozenset({"receptance", "key", "value", "output", "head"}))
 _LORAS = {"w": "decay_lora", "a": "iclr_lora", "v": "value_lora", "g": "gate_lora"}
@@ -100,15 +99,15 @@ def config_from_state_dict(
 ) -> RWKV7Config:
     """Infers the sizes from the names and shapes (heads from ``r_k``, LoRA ranks from ``*1``)."""
     n_layer = block_count(tensors.keys())
-    check_keys(tensors.keys(), official_names(n_layer), FAMILY)
-    vocab_size, n_embd = tensor_shape(tensors, "emb.weight", 2, FAMILY)
-    _, head_size = tensor_shape(tensors, "blocks.0.att.r_k", 2, FAMILY)
-    ffn_dim, _ = tensor_shape(tensors, "blocks.0.ffn.key.weight", 2, FAMILY)
+    check_keys(tensors.keys(), official_names(n_layer), LAYOUT)
+    vocab_size, n_embd = tensor_shape(tensors, "emb.weight", 2, LAYOUT)
+    _, head_size = tensor_shape(tensors, "blocks.0.att.r_k", 2, LAYOUT)
+    ffn_dim, _ = tensor_shape(tensors, "blocks.0.ffn.key.weight", 2, LAYOUT)
     ranks = {}
     for prefix, field in _LORAS.items():
         block = 1 if prefix == "v" else 0  # block 0 has no value residual
         if block < n_layer:
-            ranks[field] = tensor_shape(tensors, f"blocks.{block}.att.{prefix}1", 2, FAMILY)[1]
+            ranks[field] = tensor_shape(tensors, f"blocks.{block}.att.{prefix}1", 2, LAYOUT)[1]
     return RWKV7Config(
         vocab_size=vocab_size,
         n_layer=n_layer,
@@ -140,7 +139,7 @@ def from_state_dict(
         tensors, dtype=dtype, param_dtype=param_dtype, wkv_impl=wkv_impl, group_norm_eps=group_norm_eps
     )
     shapes = expected_shapes(config)
-    return model_from_tensors(RWKV7, config, tensors, shapes, dotted_name, _is_linear, FAMILY)
+    return model_from_tensors(RWKV7, config, tensors, shapes, dotted_name, _is_linear, LAYOUT)
 
 
 def to_state_dict(model: RWKV7, dtype: np.dtype | str | None = np.float32) -> dict[str, np.ndarray]:

@@ -21,9 +21,10 @@ import numpy as np
 from flax import nnx
 
 from rwkv_jax.array_typing import Array
-from rwkv_jax.models import rwkv6_init as official
+from rwkv_jax.models import official_init
 from rwkv_jax.models.common import (
     Embedding,
+    HeadGroupNorm,
     LayerNorm,
     require_positive_floats,
     require_positive_ints,
@@ -31,12 +32,12 @@ from rwkv_jax.models.common import (
     token_shift,
 )
 from rwkv_jax.models.language_model import LanguageModel
-from rwkv_jax.models.rwkv6_init import orthogonal_linear
-from rwkv_jax.models.rwkv6_layers import (
+from rwkv_jax.models.official_init import orthogonal_linear
+from rwkv_jax.models.rwkv6 import init
+from rwkv_jax.models.rwkv6.layers import (
     Bonus,
     ChannelMix,
     DataDependentLerp,
-    HeadGroupNorm,
     LoraDecay,
     StaticDecay,
     StaticLerp,
@@ -139,11 +140,11 @@ def _token_mix(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> StaticLerp | 
     """The time-mix token shift of the version, with its official initial values."""
     C, L, pd = config.n_embd, config.n_layer, config.param_dtype
     if not config.is_finch:
-        weights = official.eagle_time_mix(C, layer, L, gate=config.version == "5.2")
+        weights = init.eagle_time_mix(C, layer, L, gate=config.version == "5.2")
         return StaticLerp(weights, prefix="time_mix_", weights_current=True, param_dtype=pd)
     D = config.time_mix_extra_dim
-    w2 = official.uniform(rngs.params(), (5, D, C), official.LORA_W2_BOUND, pd)
-    maa = official.finch_time_maa(C, layer, L)
+    w2 = official_init.uniform(rngs.params(), (5, D, C), init.LORA_W2_BOUND, pd)
+    maa = init.finch_time_maa(C, layer, L)
     return DataDependentLerp(maa, jnp.zeros((C, 5 * D), pd), w2, param_dtype=pd, dtype=config.dtype)
 
 
@@ -151,21 +152,21 @@ def _decay(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> StaticDecay | Lor
     """The decay of the version, with its official initial values."""
     A, H, N, L, pd = config.dim_att, config.n_head, config.head_size, config.n_layer, config.param_dtype
     if config.version == "5.1":
-        return StaticDecay(official.decay_speed(H, layer, L), param_dtype=pd)
-    speed = official.decay_speed(A, layer, L)
+        return StaticDecay(init.decay_speed(H, layer, L), param_dtype=pd)
+    speed = init.decay_speed(A, layer, L)
     if config.version == "5.2":
         return StaticDecay(speed.reshape(H, N), param_dtype=pd)
     D = config.time_decay_extra_dim
-    w2 = official.uniform(rngs.params(), (D, A), official.LORA_W2_BOUND, pd)
+    w2 = official_init.uniform(rngs.params(), (D, A), init.LORA_W2_BOUND, pd)
     return LoraDecay(speed, jnp.zeros((config.n_embd, D), pd), w2, param_dtype=pd, dtype=config.dtype)
 
 
 def _time_mix(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> TimeMix:
     C, A, H, N, L = config.n_embd, config.dim_att, config.n_head, config.head_size, config.n_layer
     if config.version == "5.1":
-        bonus = np.full((H,), official.BONUS_5_1)
+        bonus = np.full((H,), init.BONUS_5_1)
     else:
-        bonus = official.bonus_zigzag(A, layer, L).reshape(H, N)
+        bonus = init.bonus_zigzag(A, layer, L).reshape(H, N)
     gated = config.version != "5.1"
     # Construction order = BlinkDL's parameter order, so the random draws follow the official file layout.
     mix = _token_mix(config, layer, rngs)
@@ -174,15 +175,18 @@ def _time_mix(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> TimeMix:
         mix=mix,
         decay=decay,
         bonus=Bonus(bonus, param_dtype=config.param_dtype),
-        receptance=orthogonal_linear(rngs, config, (C, A), ("embed", "heads"), official.GAIN_RECEPTANCE),
-        key=orthogonal_linear(rngs, config, (C, A), ("embed", "heads"), official.GAIN_KEY),
-        value=orthogonal_linear(rngs, config, (C, A), ("embed", "heads"), official.GAIN_VALUE),
-        output=orthogonal_linear(rngs, config, (A, C), ("heads", "embed"), official.GAIN_OUTPUT),
-        gate=orthogonal_linear(rngs, config, (C, A), ("embed", "heads"), official.GAIN_GATE)
+        receptance=orthogonal_linear(rngs, config, (C, A), ("embed", "heads"), official_init.GAIN_RECEPTANCE),
+        key=orthogonal_linear(rngs, config, (C, A), ("embed", "heads"), official_init.GAIN_KEY),
+        value=orthogonal_linear(rngs, config, (C, A), ("embed", "heads"), official_init.GAIN_VALUE),
+        output=orthogonal_linear(rngs, config, (A, C), ("heads", "embed"), official_init.GAIN_OUTPUT),
+        gate=orthogonal_linear(rngs, config, (C, A), ("embed", "heads"), official_init.GAIN_GATE)
         if gated
         else None,
         ln_x=HeadGroupNorm(
-            H, official.ln_x_weight(A, layer, L), eps=config.group_norm_eps, param_dtype=config.param_dtype
+            H,
+            official_init.ln_x_weight(A, layer, L),
+            eps=config.group_norm_eps,
+            param_dtype=config.param_dtype,
         ),
         head_size=N,
         wkv_impl=config.wkv_impl,
@@ -192,16 +196,18 @@ def _time_mix(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> TimeMix:
 
 def _channel_mix(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> ChannelMix:
     C, F = config.n_embd, config.ffn_dim
-    weights = official.channel_mix_weights(C, layer, config.n_layer, finch=config.is_finch)
+    weights = init.channel_mix_weights(C, layer, config.n_layer, finch=config.is_finch)
     prefix = "time_maa_" if config.is_finch else "time_mix_"
     mix = StaticLerp(
         weights, prefix=prefix, weights_current=not config.is_finch, param_dtype=config.param_dtype
     )
     return ChannelMix(
         mix=mix,
-        key=orthogonal_linear(rngs, config, (C, F), ("embed", "mlp"), official.GAIN_FFN_KEY),
-        receptance=orthogonal_linear(rngs, config, (C, C), ("embed", None), official.GAIN_FFN_RECEPTANCE),
-        value=orthogonal_linear(rngs, config, (F, C), ("mlp", "embed"), official.GAIN_FFN_VALUE),
+        key=orthogonal_linear(rngs, config, (C, F), ("embed", "mlp"), official_init.GAIN_FFN_KEY),
+        receptance=orthogonal_linear(
+            rngs, config, (C, C), ("embed", None), official_init.GAIN_FFN_RECEPTANCE
+        ),
+        value=orthogonal_linear(rngs, config, (F, C), ("mlp", "embed"), official_init.GAIN_FFN_VALUE),
     )
 
 
@@ -231,7 +237,7 @@ class RWKV6(LanguageModel):
     """Eagle / Finch language model: ``model(tokens[B, T], state) -> (logits[B, T, V] float32, state)``.
 
     Parameters are initialised as BlinkDL/RWKV-LM does (see ``rwkv6_init``); official checkpoints load with
-    ``rwkv_jax.checkpoint.convert_v6``. Attribute paths follow the official keys (``emb.weight``,
+    ``rwkv_jax.models.rwkv6.convert``. Attribute paths follow the official keys (``emb.weight``,
     ``blocks.0.ln0``, ``blocks.i.att.key``, ...) except that a time mix's token-shift weights live in
     ``att.mix``, its decay in ``att.decay`` and its bonus in ``att.bonus`` (the version's pluggable parts).
     """
@@ -241,7 +247,7 @@ class RWKV6(LanguageModel):
             raise TypeError(f"config must be an RWKV6Config, got {type(config).__name__}")
         self.config = config
         C, V, pd = config.n_embd, config.vocab_size, config.param_dtype
-        self.emb = Embedding(official.uniform(rngs.params(), (V, C), official.EMBEDDING_BOUND, pd))
+        self.emb = Embedding(official_init.uniform(rngs.params(), (V, C), official_init.EMBEDDING_BOUND, pd))
         self.blocks = nnx.List(
             Block(
                 ln0=self._layer_norm() if layer == 0 else None,
@@ -253,7 +259,7 @@ class RWKV6(LanguageModel):
             for layer in range(config.n_layer)
         )
         self.ln_out = self._layer_norm()
-        self.head = orthogonal_linear(rngs, config, (C, V), ("embed", "vocab"), official.head_gain(V, C))
+        self.head = orthogonal_linear(rngs, config, (C, V), ("embed", "vocab"), official_init.head_gain(V, C))
 
     def _layer_norm(self) -> LayerNorm:
         c = self.config

@@ -1,0 +1,177 @@
+"""The forms of a WKV recurrence as a table: input validation, the empty state and dispatch, written once.
+
+Each family module (``v4``, ``v6``, ``v7``) declares a :class:`WKVForms`: the names and dimension letters of
+its inputs and state, the function of each :class:`Impl` (all with the family's signature), and what
+``AUTO`` means. Its public function (``wkv6(r, k, v, w_log, u, state, impl=..., chunk_size=...)``) is one
+call of the table.
+
+``AUTO`` means: RECURRENT for one token (decoding: one step, no chunk padding or kernel launch); the
+family's ``auto_cpu`` on CPU; on GPU and TPU the family's Pallas kernel only where that kernel has been
+verified on real hardware (:data:`VERIFIED_KERNEL_PLATFORMS`), else ``auto_accelerated``, a pure-JAX form.
+``Impl.PALLAS`` is always available by name as an explicit opt-in.
+"""
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rwkv_jax.array_typing import Array
+from rwkv_jax.wkv.impl import Impl
+
+# Platforms where a family's Pallas kernel has been run against the float64 reference on real hardware
+# (experiments/check_device.py). Empty until that check has passed on a GPU or TPU: AUTO never picks an
+# unverified kernel.
+VERIFIED_KERNEL_PLATFORMS: dict[str, frozenset[str]] = {}
+
+Form = Callable[..., tuple[Array, Any]]  # form(*inputs, state, chunk_size) -> (y, final state)
+
+
+def without_chunks(form: Callable[..., tuple[Array, Any]]) -> Form:
+    """Adapts ``form(*inputs, state)`` (a form without chunks) to the table's signature."""
+
+    def run(*args: Any, chunk_size: int) -> tuple[Array, Any]:
+        del chunk_size
+        return form(*args)
+
+    return run
+
+
+@dataclasses.dataclass(frozen=True)
+class WKVForms:
+    """One WKV recurrence and its forms.
+
+    Attributes:
+      name: for messages and tables (``"WKV-6"``).
+      family: the registry name of the model family it serves (``"rwkv6"``).
+      inputs: ``(name, dimension letters)`` of each positional input, e.g. ``("r", "BTHN")``, ``("u", "HN")``.
+        The first input whose letters include ``T`` is the anchor the others are compared with.
+      state: dimension letters of each state array (``("BHNN",)``; WKV-4: three ``"BC"``).
+      state_names: names of the state arrays in messages (``("state",)``; WKV-4: ``state.num`` ...).
+      empty_state: ``empty_state(sizes) -> state`` from the dimension sizes (``{"B": 2, "H": 4, ...}``).
+      forms: the function of each concrete form, ``form(*inputs, state, chunk_size=...) -> (y, state)``.
+      reference: the float64 reference, ``reference(*inputs, state) -> (y, state)``.
+      auto_cpu: what AUTO means on CPU for T > 1.
+      auto_accelerated: what AUTO means on GPU and TPU for T > 1 unless a verified kernel exists.
+      default_chunk_size: chunk length of the chunked and Pallas forms when none is given.
+      check_values: optional ``check(inputs, impl, chunk_size)`` for value ranges a form needs (concrete
+        inputs only), raising ValueError.
+    """
+
+    name: str
+    family: str
+    inputs: tuple[tuple[str, str], ...]
+    state: tuple[str, ...]
+    state_names: tuple[str, ...]
+    empty_state: Callable[[dict[str, int]], Any]
+    forms: Mapping[Impl, Form]
+    reference: Callable[..., tuple[Array, Any]]
+    auto_cpu: Impl
+    auto_accelerated: Impl
+    default_chunk_size: int = 64
+    check_values: Callable[[dict[str, Array], Impl, int], None] | None = None
+
+    @property
+    def form_names(self) -> tuple[str, ...]:
+        """The names of the concrete forms, e.g. ``("recurrent", "scan", "chunked", "pallas")``."""
+        return tuple(impl.value for impl in self.forms)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.inputs)
+
+    def resolve(self, impl: Impl | str, length: int) -> Impl:
+        """The concrete form for ``impl`` at sequence length ``length``; an unknown one is an error."""
+        impl = Impl.parse(impl)
+        if impl is Impl.AUTO:
+            impl = Impl.RECURRENT if length == 1 else self._auto()
+        if impl not in self.forms:
+            names = ", ".join(self.form_names)
+            raise ValueError(
+                f"WKV form {impl.value!r} is not implemented for {self.name}; available: {names}"
+            )
+        return impl
+
+    def _auto(self) -> Impl:
+        platform = jax.default_backend()
+        if platform == "cpu":
+            return self.auto_cpu
+        if Impl.PALLAS in self.forms and platform in VERIFIED_KERNEL_PLATFORMS.get(self.name, frozenset()):
+            return Impl.PALLAS
+        return self.auto_accelerated
+
+    def sizes(self, args: tuple[Any, ...], state: Any) -> dict[str, int]:
+        """Checks shapes and dtypes of ``args`` (the inputs) and ``state``; returns the dimension sizes.
+
+        Raises ValueError naming the first argument that is not as declared.
+        """
+        named = dict(zip(self.input_names, args, strict=True))
+        anchor, anchor_letters = next((n, letters) for n, letters in self.inputs if "T" in letters)
+        sizes = _bind(anchor, named[anchor], anchor_letters, {})
+        if sizes["T"] < 1:
+            raise ValueError(f"{anchor} must have at least one time step; got shape {named[anchor].shape}")
+        for name, letters in self.inputs:
+            x = named[name]
+            if letters == anchor_letters and x.shape != named[anchor].shape:
+                legend = _legend(letters)
+                raise ValueError(
+                    f"{name} must have {anchor}'s shape {legend} = {named[anchor].shape}; got {x.shape}"
+                )
+            _bind(name, x, letters, sizes)
+        for name, x in named.items():
+            if not jnp.issubdtype(x.dtype, jnp.floating):
+                raise ValueError(f"{name} must be a float array; got dtype {x.dtype}")
+        if state is not None:
+            arrays = state if len(self.state) > 1 else (state,)
+            for name, letters, x in zip(self.state_names, self.state, arrays, strict=True):
+                _bind(name, x, letters, sizes)
+        w_log = named.get("w_log")
+        if w_log is not None and not isinstance(w_log, jax.core.Tracer) and np.any(np.asarray(w_log) > 0):
+            raise ValueError(
+                f"w_log is the log of a decay in (0, 1] and must be <= 0; max is {np.max(w_log)}"
+            )
+        return sizes
+
+    def __call__(
+        self, *args: Array, state: Any = None, impl: Impl | str = Impl.AUTO, chunk_size: int | None = None
+    ) -> tuple[Array, Any]:
+        """Validates, picks the form and runs it: ``(*inputs, state) -> (y, final state)``."""
+        sizes = self.sizes(args, state)
+        impl = self.resolve(impl, sizes["T"])
+        chunk_size = self.default_chunk_size if chunk_size is None else chunk_size
+        if self.check_values is not None:
+            self.check_values(dict(zip(self.input_names, args, strict=True)), impl, chunk_size)
+        return self.forms[impl](*args, state, chunk_size=chunk_size)
+
+    def initial_state(self, state: Any, args: tuple[Array, ...], dtype: jnp.dtype = jnp.float32) -> Any:
+        """``state`` cast to ``dtype`` (float32 by default), or the empty state for the inputs' sizes.
+
+        Validates ``args`` and ``state`` first (:meth:`sizes`), so every form checks its inputs.
+        """
+        sizes = self.sizes(args, state)
+        initial = self.empty_state(sizes) if state is None else state
+        return jax.tree.map(lambda x: x.astype(dtype), initial)
+
+
+def _legend(letters: str) -> str:
+    return "[" + ", ".join(letters) + "]"
+
+
+def _bind(name: str, x: Array, letters: str, sizes: dict[str, int]) -> dict[str, int]:
+    """Checks ``x.shape`` against ``letters`` given the sizes bound so far, binding the new letters."""
+    expected = tuple(sizes.get(letter, letter) for letter in letters)
+    if len(x.shape) != len(letters) or any(
+        letter in sizes and sizes[letter] != size for letter, size in zip(letters, x.shape, strict=True)
+    ):
+        shown = "" if all(isinstance(e, str) for e in expected) else f" = {expected}"
+        raise ValueError(f"{name} must be {_legend(letters)}{shown}; got shape {x.shape}")
+    # Repeated letters (N in "BHNN") must agree within one array too.
+    for letter, size in zip(letters, x.shape, strict=True):
+        if sizes.setdefault(letter, size) != size:
+            raise ValueError(
+                f"{name} must be {_legend(letters)} with equal {letter} sizes; got shape {x.shape}"
+            )
+    return sizes
