@@ -107,10 +107,9 @@ def _check_index(
     if negative.size:
         i = int(negative[0])
         raise BinIdxFormatError(f"{idx_path}: sequence {i} has {sizes[i]} tokens; expected a size >= 0")
-    ends = pointers + sizes.astype(np.int64) * itemsize  # no overflow: pointers are checked first below
     outside = np.flatnonzero((pointers < 0) | (pointers > bin_bytes) | (pointers % itemsize != 0))
-    if not outside.size:
-        outside = np.flatnonzero(ends > bin_bytes)
+    if not outside.size:  # pointers in [0, bin_bytes] and sizes < 2**31: the ends cannot overflow int64
+        outside = np.flatnonzero(pointers + sizes.astype(np.int64) * itemsize > bin_bytes)
     if outside.size:
         i = int(outside[0])
         raise BinIdxFormatError(
