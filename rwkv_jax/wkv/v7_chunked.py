@@ -193,7 +193,7 @@ def _chunk_backward(
     from_end = t.E @ d_next
     du = from_end[..., :length, :] + _tn(t.scores[..., length:, :length], dy)
     D = _stack(_tn(t.inverse, du), dy)  # [dz; dy]: through the solve, dz = P^T du
-    dv = (from_end + _tn(t.scores, D))[..., length:, :]
+    dv = from_end[..., length:, :] + _tn(t.scores[..., length:], D)
     strict, causal = _masks(length)
     d_scores = _nt(D, U) * np.block([[strict, strict], [causal, causal]])
     dX = _nt(D, state) + d_scores @ t.Y
