@@ -9,10 +9,18 @@ import pathlib
 
 from rwkv_jax.tokenizers.base import Tokenizer
 from rwkv_jax.tokenizers.byte import ByteTokenizer
-from rwkv_jax.tokenizers.hf import HFTokenizer
-from rwkv_jax.tokenizers.world import WorldTokenizer
+from rwkv_jax.tokenizers.hf import HFTokenizer, TokenizerFileError
+from rwkv_jax.tokenizers.world import VocabFormatError, WorldTokenizer
 
-__all__ = ["ByteTokenizer", "HFTokenizer", "Tokenizer", "WorldTokenizer", "get_tokenizer"]
+__all__ = [
+    "ByteTokenizer",
+    "HFTokenizer",
+    "Tokenizer",
+    "TokenizerFileError",
+    "VocabFormatError",
+    "WorldTokenizer",
+    "get_tokenizer",
+]
 
 NAMED = {"byte": ByteTokenizer, "world": WorldTokenizer}
 

@@ -11,8 +11,26 @@ from rwkv_jax.tokenizers.base import Tokenizer, as_id_list, require_str
 EOS_NAMES = ("<|endoftext|>", "</s>", "<eos>")
 
 
+class TokenizerFileError(ValueError):
+    """A tokenizer.json that the ``tokenizers`` library cannot load; the message names the file."""
+
+
+def _load(path: pathlib.Path) -> hf_tokenizers.Tokenizer:
+    """``Tokenizer.from_file(path)``; its errors (Rust errors, panics too) as TokenizerFileError."""
+    try:
+        return hf_tokenizers.Tokenizer.from_file(str(path))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # a Rust panic surfaces as pyo3's PanicException, a BaseException
+        raise TokenizerFileError(
+            f"{path}: not a tokenizer.json the tokenizers library can load ({e})"
+        ) from None
+
+
 class HFTokenizer(Tokenizer):
     """Wraps ``tokenizers.Tokenizer.from_file(path)``; no special tokens are added on encoding.
+
+    A file the library cannot load raises TokenizerFileError (a ValueError) naming it.
 
     ``decode_bytes`` is the UTF-8 of the library's decoded text: a byte-level BPE vocabulary that splits a
     character across ids gives U+FFFD there (the library decodes to str), so ``decode(errors=...)`` cannot
@@ -24,7 +42,7 @@ class HFTokenizer(Tokenizer):
         if not path.is_file():
             raise FileNotFoundError(f"no tokenizer.json at {path}")
         self.path = path
-        self._tokenizer = hf_tokenizers.Tokenizer.from_file(str(path))
+        self._tokenizer = _load(path)
         self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
         self.eos_id = next(
             (i for i in map(self._tokenizer.token_to_id, EOS_NAMES) if i is not None),

@@ -47,23 +47,41 @@ EOS_ID = 0
 SHORT_TEXT_BYTES = 4096
 # The piece cache is emptied when it holds more pieces than this (bounds memory in long-running processes).
 MAX_CACHED_PIECES = 1 << 18
+# Longest vocabulary entry accepted (the shipped vocabulary's longest is 128 bytes). Building the trie keeps
+# every prefix of every entry, so an entry of L bytes costs about L**2 / 2 bytes: the cap bounds that.
+MAX_ENTRY_BYTES = 256
+# A literal longer than this cannot hold MAX_ENTRY_BYTES bytes (4 characters a byte, as in '\\xff', quotes and
+# a b prefix): refused before ast.literal_eval sees it.
+_MAX_LITERAL_CHARS = 4 * MAX_ENTRY_BYTES + 3
+
+
+class VocabFormatError(ValueError):
+    """An RWKV vocabulary file that is malformed or cannot tokenize every text; the message names the file."""
 
 
 def read_vocab(path: str | pathlib.Path = VOCAB_FILE) -> dict[int, bytes]:
-    """Reads an RWKV vocabulary file: lines ``<id> <python str or bytes literal> <byte length>``.
+    """Reads an RWKV vocabulary file: lines ``<id> <python str or bytes literal> <byte length>``, UTF-8.
 
-    Literals are parsed with ``ast.literal_eval`` (never ``eval``). Raises ValueError naming the line for a
-    malformed line, a length that does not match, an id outside [1, VOCAB_SIZE) or a repeated id or entry.
+    Literals are parsed with ``ast.literal_eval`` (never ``eval``), at most _MAX_LITERAL_CHARS long. Raises
+    VocabFormatError naming the file and line for text that is not UTF-8, a malformed line, an entry of 0 or
+    more than MAX_ENTRY_BYTES bytes, a length that does not match, an id outside [1, VOCAB_SIZE) or a
+    repeated id or entry.
     """
     vocab: dict[int, bytes] = {}
     seen: set[bytes] = set()
+    line_no = 0
     with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            token_id, token = _parse_vocab_line(line.rstrip("\n"), f"{path}:{line_no}")
-            if not 0 < token_id < VOCAB_SIZE or token_id in vocab or token in seen:
-                raise ValueError(f"{path}:{line_no}: id {token_id} outside [1, {VOCAB_SIZE}) or repeated")
-            vocab[token_id] = token
-            seen.add(token)
+        try:
+            for line_no, line in enumerate(f, start=1):
+                token_id, token = _parse_vocab_line(line.rstrip("\n"), f"{path}:{line_no}")
+                if not 0 < token_id < VOCAB_SIZE or token_id in vocab or token in seen:
+                    raise VocabFormatError(
+                        f"{path}:{line_no}: id {token_id} outside [1, {VOCAB_SIZE}) or repeated"
+                    )
+                vocab[token_id] = token
+                seen.add(token)
+        except UnicodeDecodeError as e:
+            raise VocabFormatError(f"{path}: not UTF-8 text after line {line_no} ({e.reason})") from None
     return vocab
 
 
@@ -72,11 +90,22 @@ def _parse_vocab_line(line: str, where: str) -> tuple[int, bytes]:
         first, last = line.index(" "), line.rindex(" ")
         token_id, literal, length = int(line[:first]), line[first + 1 : last], int(line[last + 1 :])
         token = _parse_literal(literal)
-    except (ValueError, SyntaxError) as e:
-        raise ValueError(f"{where}: expected '<id> <str or bytes literal> <length>', got {line!r}") from e
-    if len(token) != length or length == 0:
-        raise ValueError(f"{where}: entry {token!r} has {len(token)} bytes, the line says {length}")
+    except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
+        # MemoryError, RecursionError: what the parser raises for deeply nested expressions.
+        raise VocabFormatError(
+            f"{where}: expected '<id> <str or bytes literal> <length>', got {_clip(line)!r}"
+        ) from e
+    if len(token) != length or not 0 < length <= MAX_ENTRY_BYTES:
+        raise VocabFormatError(
+            f"{where}: entry {_clip(repr(token))} has {len(token)} bytes, the line says {length}; expected "
+            f"a length in [1, {MAX_ENTRY_BYTES}]"
+        )
     return token_id, token
+
+
+def _clip(text: str) -> str:
+    """``text`` cut to at most about 120 characters, for error messages."""
+    return text if len(text) <= 120 else f"{text[:80]}...{text[-30:]}"
 
 
 def _parse_literal(literal: str) -> bytes:
@@ -84,6 +113,8 @@ def _parse_literal(literal: str) -> bytes:
     # Fast path (most lines): a quoted str without escapes is its own content.
     if len(literal) >= 2 and literal[0] == literal[-1] and literal[0] in "'\"" and "\\" not in literal:
         return literal[1:-1].encode("utf-8")
+    if len(literal) > _MAX_LITERAL_CHARS:
+        raise ValueError(f"a literal of {len(literal)} characters, more than an entry can need")
     value = ast.literal_eval(literal)
     if isinstance(value, str):
         return value.encode("utf-8")
@@ -93,16 +124,16 @@ def _parse_literal(literal: str) -> bytes:
 
 
 class _Matcher:
-    """What encoding and decoding need, built once from a vocabulary ``{id: bytes}``."""
+    """What encoding and decoding need, built once from a vocabulary ``{id: bytes}`` read from ``path``."""
 
-    def __init__(self, vocab: dict[int, bytes]):
+    def __init__(self, vocab: dict[int, bytes], path: str = "<vocabulary>"):
         # id -> bytes; None for the unused ids.
         self.id_to_bytes: list[bytes | None] = [vocab.get(i) for i in range(VOCAB_SIZE)]
         self.id_to_bytes[EOS_ID] = b""
         missing = sorted(set(range(256)) - {token[0] for token in vocab.values() if len(token) == 1})
         if missing:
-            raise ValueError(
-                f"the vocabulary lacks the single bytes {[bytes([b]) for b in missing[:8]]}: "
+            raise VocabFormatError(
+                f"{path}: the vocabulary lacks the single bytes {[bytes([b]) for b in missing[:8]]}: "
                 "not every text can be encoded"
             )
         joinable = {(a << 8) | b for token in vocab.values() for a, b in itertools.pairwise(token)}
@@ -154,7 +185,7 @@ class _Matcher:
 
 @functools.cache
 def _load_matcher(path: str) -> _Matcher:
-    return _Matcher(read_vocab(path))
+    return _Matcher(read_vocab(path), path)
 
 
 class WorldTokenizer(Tokenizer):
