@@ -33,6 +33,8 @@ class Family:
         :mod:`rwkv_jax.checkpoint.official`); None for a family without an official format.
       presets: published and test sizes, ``{preset name: config fields}``.
       wkv: the family's WKV forms table (:class:`rwkv_jax.wkv.forms.WKVForms`), None if it has no WKV.
+      numerics: the family's cases for the numerics sweep (:mod:`rwkv_jax.numerics`: random WKV inputs per
+        decay regime and how to compare states), None to leave the family out of the sweep.
     """
 
     name: str
@@ -42,6 +44,7 @@ class Family:
     converter: ModuleType | None = None
     presets: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     wkv: Any = None
+    numerics: Any = None
 
     def __post_init__(self):
         if not dataclasses.is_dataclass(self.config_class):
