@@ -469,7 +469,7 @@ def wkv4(
 # Plain jnp reference: the official stable recurrence, float32, one lax.scan step per token.
 
 
-def wkv4_reference(
+def wkv4_float32_reference(
     w_log: Array, u: Array, k: Array, v: Array, state: State | None = None
 ) -> tuple[Array, State]:
     """What the kernel computes, written as the official RWKV-4 recurrence (no Kahan exponent)."""

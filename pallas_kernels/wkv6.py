@@ -524,7 +524,7 @@ def wkv6(
 # Plain jnp reference (float32 scan, one step per token).
 
 
-def wkv6_reference(r, k, v, w_log, u, state=None) -> tuple[jax.Array, jax.Array]:
+def wkv6_float32_reference(r, k, v, w_log, u, state=None) -> tuple[jax.Array, jax.Array]:
     """The recurrence token by token with ``lax.scan`` in float32; shapes and dtypes as :func:`wkv6`."""
     batch, _, heads, size = r.shape
     if state is None:

@@ -143,7 +143,7 @@ def test_empty_state_is_the_default_and_plain_reference_agrees():
     w_log, u, k, v, *_ = make_inputs(5, (2, 13, 24))
     run = functools.partial(kernel.wkv4, target=GPU_SMALL[0], block_sizes=GPU_SMALL[1], interpret=True)
     y_ref, state_ref = wkv4_reference(w_log, u, k, v)
-    for forward in (run, kernel.wkv4_reference):
+    for forward in (run, kernel.wkv4_float32_reference):
         y, state = forward(w_log, u, k, v)
         assert relative_error(y, y_ref) <= 1e-5
         for actual, expected in zip(state, state_ref, strict=True):
