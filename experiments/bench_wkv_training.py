@@ -6,10 +6,11 @@
 
 Each timing is the median of ``--repeats`` runs of a jitted ``jax.value_and_grad`` of a scalar loss with
 respect to every input (WKV-6: r, k, v, w_log, u, state; WKV-7: r, k, v, w_log, a, b, state), after one
-warm-up run (compilation excluded); the
-forms take turns within each repeat. Two clocks: wall time, and this process's CPU time (summed over XLA's
-threads), which moves less when other processes load the machine; its ratio understates a form that uses
-several cores.
+warm-up run (compilation excluded); the forms take turns within each repeat. Two clocks: wall time, and
+this process's CPU time (summed over XLA's threads), which moves less when other processes load the
+machine; its ratio understates a form that uses several cores. "temp MB" is what XLA allocates besides the
+inputs and outputs (the residuals kept for the backward included), from the compiled program's memory
+analysis.
 """
 
 import argparse
@@ -56,6 +57,11 @@ def forward_backward_step(form, num_inputs: int = 6):
     return jax.jit(jax.value_and_grad(loss, argnums=tuple(range(num_inputs))))
 
 
+def temporary_megabytes(step, args: tuple[jax.Array, ...]) -> float:
+    """XLA's temporary buffers of the compiled step (what it allocates besides its inputs and outputs), MB."""
+    return step.lower(*args).compile().memory_analysis().temp_size_in_bytes / 2**20
+
+
 def interleaved_seconds(
     steps: dict, args: tuple[jax.Array, ...], repeats: int
 ) -> dict[str, tuple[float, float]]:
@@ -100,10 +106,11 @@ def main() -> None:
             functools.partial(chunked, chunk_size=chunk_size), len(inputs)
         )
     seconds = interleaved_seconds(steps, inputs, args.repeats)
-    print(f"{'form':<16}{'wall s':>10}{'speed-up':>10}{'CPU s':>10}{'speed-up':>10}")
+    print(f"{'form':<16}{'wall s':>10}{'speed-up':>10}{'CPU s':>10}{'speed-up':>10}{'temp MB':>10}")
     scan_wall, scan_cpu = seconds["lax.scan"]
     for name, (wall, cpu) in seconds.items():
-        print(f"{name:<16}{wall:>10.4f}{scan_wall / wall:>10.1f}{cpu:>10.4f}{scan_cpu / cpu:>10.1f}")
+        speed_ups = f"{wall:>10.4f}{scan_wall / wall:>10.1f}{cpu:>10.4f}{scan_cpu / cpu:>10.1f}"
+        print(f"{name:<16}{speed_ups}{temporary_megabytes(steps[name], inputs):>10.0f}")
 
 
 if __name__ == "__main__":
