@@ -13,7 +13,7 @@ from rwkv_jax.checkpoint.official import detect, load_official, save_official
 from rwkv_jax.checkpoint.pth import PthFormatError, read_pth, write_pth
 from rwkv_jax.models.rwkv4 import convert as convert_v4
 from rwkv_jax.models.rwkv4.model import RWKV4
-from tests.models.test_rwkv4 import jitted
+from tests.models.contract import jitted
 
 MODEL_FILE = "tiny-rwkv-4v0-660K.pth"
 PROMPT = [34, 105, 110]  # the bytes of '"in'

@@ -8,7 +8,8 @@ from flax import nnx
 from rwkv_jax.models.rwkv4.convert import from_hf_names, from_state_dict, to_hf_names, to_state_dict
 from rwkv_jax.models.rwkv4.model import RWKV4, RWKV4Config
 from rwkv_jax.numerics import relative_error
-from tests.models.test_rwkv4 import jitted, randomize
+from tests.models.contract import jitted
+from tests.models.test_rwkv4 import randomize
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -11,7 +11,8 @@ from flax import nnx
 from rwkv_jax.models.rwkv4 import init
 from rwkv_jax.models.rwkv4.convert import to_state_dict
 from rwkv_jax.models.rwkv4.model import RWKV4, RWKV4Config
-from tests.models.contract import assert_prefill_equals_steps_and_pieces, relative_error
+from rwkv_jax.numerics import relative_error
+from tests.models.contract import jitted
 
 CONFIG = RWKV4Config(vocab_size=64, n_layer=2, n_embd=32, ffn_dim=64)
 
@@ -92,18 +93,6 @@ def random_model(config: RWKV4Config = CONFIG, seed: int = 0) -> RWKV4:
     return randomize(RWKV4(config, rngs=nnx.Rngs(seed)), seed)
 
 
-def jitted(model: RWKV4):
-    """``model`` as a jitted pure function ``(tokens, state) -> (logits, state)``, compiled once a shape."""
-    graphdef, params = nnx.split(model)
-    forward = jax.jit(lambda params, tokens, state: nnx.merge(graphdef, params)(tokens, state))
-
-    def call(tokens, state=None):
-        tokens = jnp.asarray(tokens, jnp.int32)
-        return forward(params, tokens, model.init_state(tokens.shape[0]) if state is None else state)
-
-    return call
-
-
 def random_tokens(batch: int, steps: int, seed: int = 1) -> jax.Array:
     return jnp.asarray(np.random.default_rng(seed).integers(0, CONFIG.vocab_size, (batch, steps)), jnp.int32)
 
@@ -115,12 +104,6 @@ def test_float32_logits_match_float64_reference():
     assert logits.shape == (2, 12, CONFIG.vocab_size) and logits.dtype == jnp.float32
     expected = rwkv4_reference(to_state_dict(model), np.asarray(tokens))
     assert relative_error(logits, expected) < 1e-5
-
-
-def test_prefill_equals_one_token_at_a_time_and_two_pieces():
-    model = jitted(random_model())
-    tokens = random_tokens(2, 10)
-    assert_prefill_equals_steps_and_pieces(model, tokens, cut=5)
 
 
 @pytest.fixture(scope="module")
@@ -246,38 +229,3 @@ def test_bad_state_raises_clear_error():
         model(random_tokens(3, 3), state)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         model.init_state(0)
-
-
-def test_gradients_of_loss_are_finite_and_nonzero():
-    graphdef, params = nnx.split(random_model())
-    tokens = random_tokens(2, 9)
-
-    def loss_fn(params):
-        logits, _ = nnx.merge(graphdef, params)(tokens[:, :-1])
-        log_probs = jax.nn.log_softmax(logits)
-        return -jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1).mean()
-
-    grads = jax.jit(jax.grad(loss_fn))(params)
-    for path, variable in nnx.to_flat_state(grads):
-        value = np.asarray(variable.get_value())
-        assert np.isfinite(value).all(), path
-        assert np.abs(value).max() > 0, path
-
-
-def test_jit_via_split_merge_and_of_the_module_pytree_matches_eager():
-    model = random_model()
-    tokens = random_tokens(2, 6)
-    graphdef, params = nnx.split(model)
-
-    @jax.jit
-    def forward(params, tokens, state):
-        return nnx.merge(graphdef, params)(tokens, state)
-
-    eager, eager_state = model(tokens)
-    jitted, jitted_state = forward(params, tokens, model.init_state(2))
-    assert relative_error(jitted, eager) < 2e-6  # measured 2.2e-7
-    for a, b in zip(jax.tree.leaves(jitted_state), jax.tree.leaves(eager_state), strict=True):
-        assert relative_error(a, b) < 2e-6  # measured 2.1e-7
-    # The module itself is a pytree, so plain jax.jit takes it as an argument too.
-    direct, _ = jax.jit(lambda model, tokens: model(tokens))(model, tokens)
-    assert relative_error(direct, eager) < 2e-6  # measured 2.2e-7

@@ -11,11 +11,7 @@ from flax import nnx
 from rwkv_jax.models.rwkv6 import init as rwkv6_init
 from rwkv_jax.models.rwkv6.convert import to_state_dict
 from rwkv_jax.models.rwkv6.model import RWKV6, RWKV6Config, default_ffn_dim
-from tests.models.contract import (
-    assert_gradients_reach_every_parameter,
-    assert_prefill_equals_steps_and_pieces,
-    relative_error,
-)
+from rwkv_jax.numerics import relative_error
 
 VERSIONS = ("5.1", "5.2", "6")
 
@@ -161,13 +157,6 @@ def test_float32_logits_match_float64_reference(version, dim_att):
     assert logits.shape == (2, 9, config.vocab_size) and logits.dtype == jnp.float32
     expected = eagle_finch_reference(to_state_dict(model), np.asarray(tokens), version, config.head_size)
     assert relative_error(logits, expected) < 1e-5
-
-
-@pytest.mark.parametrize("version", VERSIONS)
-def test_prefill_equals_one_token_at_a_time_and_two_pieces(version):
-    model = random_model(tiny_config(version))
-    tokens = random_tokens(2, 8)
-    assert_prefill_equals_steps_and_pieces(model, tokens, cut=3)
 
 
 @pytest.mark.parametrize("version", ["5.2", "6"])
@@ -345,21 +334,9 @@ def test_state_of_wrong_batch_or_depth_raises():
         model(tokens, model.init_state(2)[:1])
 
 
-@pytest.mark.parametrize("version", ["5.2", "6"])
-def test_gradients_are_finite_and_reach_every_parameter(version):
-    model = random_model(tiny_config(version, n_layer=1, wkv_impl="chunked", chunk_size=4))
-    tokens = random_tokens(2, 7)
-    assert_gradients_reach_every_parameter(model, tokens)
-
-
-def test_plain_jax_jit_of_the_module_matches_eager_and_bad_ids_under_jit_give_nan():
+def test_bad_ids_under_jit_give_nan_logits_at_their_positions():
     model = random_model(tiny_config("6", n_layer=1))
     tokens = random_tokens(2, 5)
-    eager, eager_state = model(tokens)
     forward = jax.jit(lambda model, tokens: model(tokens))  # the module is a pytree argument
-    jitted, jitted_state = forward(model, tokens)
-    assert relative_error(jitted, eager) < 1e-5
-    for a, b in zip(jax.tree.leaves(jitted_state), jax.tree.leaves(eager_state), strict=True):
-        assert relative_error(a, b) < 1e-5
     logits, _ = forward(model, tokens.at[1, 3].set(99))  # the range is checked only outside jit
     assert not np.isnan(logits[1, :3]).any() and np.isnan(logits[1, 3]).all()

@@ -15,4 +15,5 @@ PRESETS = {
     "eagle-tiny": dict(version="5.2", n_layer=2, n_embd=64, vocab_size=256, head_size=16),
     "finch-tiny": dict(version="6", n_layer=2, n_embd=64, vocab_size=256, head_size=16),
     "finch-demo": dict(version="6", n_layer=4, n_embd=128, vocab_size=256, head_size=32),
+    "rwkv5.1-tiny": dict(version="5.1", n_layer=2, n_embd=64, vocab_size=256, head_size=16),
 }
