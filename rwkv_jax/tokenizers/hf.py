@@ -43,7 +43,12 @@ class HFTokenizer(Tokenizer):
             raise FileNotFoundError(f"no tokenizer.json at {path}")
         self.path = path
         self._tokenizer = _load(path)
-        self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        # One past the largest id: a vocabulary with gaps in its ids (the library accepts one) would otherwise
+        # encode to ids >= get_vocab_size() that decode then refuses.
+        ids = self._tokenizer.get_vocab(with_added_tokens=True).values()
+        self.vocab_size = max(
+            self._tokenizer.get_vocab_size(with_added_tokens=True), max(ids, default=-1) + 1
+        )
         self.eos_id = next(
             (i for i in map(self._tokenizer.token_to_id, EOS_NAMES) if i is not None),
             None,
