@@ -8,6 +8,7 @@ every work. Token id = byte value; each document ends with the end-of-document t
 """
 
 import hashlib
+import os
 import pathlib
 import subprocess
 import sys
@@ -61,16 +62,22 @@ def split_work(text: bytes, val_fraction: float) -> tuple[bytes, bytes]:
 def prepare(data_dir: str | pathlib.Path, val_fraction: float = 0.05) -> tuple[str, str]:
     """Writes ``data_dir/train`` and ``data_dir/val`` (binidx, uint8 bytes) unless both exist.
 
-    Returns the two binidx prefixes.
+    Safe when several processes prepare the same directory at once (notebooks run in parallel by the test
+    suite): each writes into a private temporary directory, then moves every file into place with an atomic
+    rename, so a reader sees a complete file or none. Returns the two binidx prefixes.
     """
     data_dir = pathlib.Path(data_dir)
     train, val = str(data_dir / "train"), str(data_dir / "val")
     if all(pathlib.Path(p + ext).is_file() for p in (train, val) for ext in (".bin", ".idx")):
         return train, val
-    with tempfile.TemporaryDirectory() as tmp:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory(dir=data_dir) as staging:
         works = read_works(download_archive(pathlib.Path(tmp)))
-    splits = [split_work(text, val_fraction) for text in works.values()]
-    for prefix, part in ((train, 0), (val, 1)):
-        docs = [np.frombuffer(pair[part] + bytes([END_OF_DOCUMENT]), np.uint8) for pair in splits]
-        write_binidx(prefix, docs, np.uint8)
+        splits = [split_work(text, val_fraction) for text in works.values()]
+        for name, part in (("train", 0), ("val", 1)):
+            docs = [np.frombuffer(pair[part] + bytes([END_OF_DOCUMENT]), np.uint8) for pair in splits]
+            write_binidx(str(pathlib.Path(staging) / name), docs, np.uint8)
+        # The index last: a reader that finds both .idx files finds their .bin files too.
+        for name in ("train.bin", "val.bin", "train.idx", "val.idx"):
+            os.replace(pathlib.Path(staging) / name, data_dir / name)
     return train, val
