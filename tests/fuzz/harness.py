@@ -23,7 +23,7 @@ from datetime import timedelta
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-SHORT_EXAMPLES = 12
+SHORT_EXAMPLES = 25
 EXAMPLES = int(os.environ.get("RWKV_JAX_FUZZ_EXAMPLES", SHORT_EXAMPLES))
 # Per example: hypothesis's deadline (reported with the example), and a hard stop far above it.
 DEADLINE_SECONDS = 5.0
