@@ -14,7 +14,7 @@ CELL_TIMEOUT_S = 600
 
 
 def test_there_are_notebooks():
-    assert {p.name for p in NOTEBOOKS} >= {"wkv_numerics.ipynb", "ablation_finch_eagle_rwkv4.ipynb"}
+    assert {p.name for p in NOTEBOOKS} >= {"wkv_numerics.ipynb", "ablation_families.ipynb"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
