@@ -14,25 +14,35 @@ start and ``G(s, t) = exp(c_t - c_s)`` the decay from after s through t::
     S_L = S_0 exp(c_L)           + sum_s (u_s b_s^T + v_s k_s^T) G(s, L)
 
 In matrix form, with the decayed rows ``A = a exp(c_{t-1})``, ``R = r exp(c_t)``, the undecayed columns
-``B = b exp(-c_s)``, ``K = k exp(-c_s)`` (all ``[L, N]``) and the masked scores ``M_ab = strict(A B^T)``,
-``M_ak = strict(A K^T)``, ``Q_b = causal(R B^T)``, ``Q_k = causal(R K^T)`` (``[L, L]``)::
+``B = b exp(-c_s)``, ``K = k exp(-c_s)`` (all ``[L, N]``), the masked scores ``M_ab = strict(A B^T)``,
+``M_ak = strict(A K^T)``, ``Q_b = causal(R B^T)``, ``Q_k = causal(R K^T)`` (``[L, L]``) and the state
+carried transposed, ``S^T [key, value]`` (so that ``A S_0^T`` is a plain matmul)::
 
     u = P z,  z = A S_0^T + M_ak v,  P = (I - M_ab)^-1       (a unit lower-triangular system)
     y = R S_0^T + Q_b u + Q_k v
+    S_L^T = exp(c_L) * S_0^T + B_end^T u + K_end^T v          (B_end = b exp(c_L - c_s), likewise K_end)
 
-and the inverse is a product of ``log2(L)`` matmuls (:func:`_unit_lower_inverse`).
+The inverse is a product of ``log2(L)`` matmuls (:func:`_unit_lower_inverse`). The pairs are stacked along
+the token axis, ``X = [A; R]``, ``Y = [B; K]``, ``U = [u; v]``, so that the four scores are one matmul
+``X Y^T`` and each product with the state is one matmul.
 
 Backward (``jax.custom_vjp``). The forward keeps the state at every chunk start and nothing else; the
 backward runs the chunks in reverse, carrying the gradient of the state, and recomputes each chunk's
-scores and inverse from its inputs. Through the solve, ``dz = P^T du`` and ``dM_ab = strict(dz u^T)``;
-the rest are the transposes of the matmuls above (:func:`_chunk_backward`). The gradient of the log decays
-is assembled per step from the terms of the pairs it lies between (no division by a decay; see
-:func:`_decay_grad`).
+scores, inverse and removed values from its inputs and start state. Through the solve, ``dz = P^T du`` and
+``dM_ab = strict(dz u^T)``; the rest are the transposes of the matmuls above (:func:`_block_backward`).
+The gradient of the log decays is assembled per step from the terms of the pairs it lies between (no
+division by a decay; see :func:`_decay_grad`).
 
-Exponents. The decay factors are split as ``exp(c_t) * exp(-c_s)``, referenced to the chunk start: exact,
-but ``exp(-c_s)`` grows as the chunk decays. RWKV-7's log decay is at least ``-exp(-0.5) ~ -0.61`` per step
-(the model soft-clamps it; the official kernel is named "clampw" for this), so over the default 32 tokens the
-factors stay below ``e^20``. Inputs whose decay over one chunk exceeds ``e^-60`` are rejected when the
+Chunks and blocks. The chunk (``chunk_size``) is the unit of the states kept for the backward; within a
+chunk the math runs per block of :data:`BLOCK_SIZE` tokens, one block after another. The work within a
+block grows with its length (the ``[L, L]`` scores and inverse), the states kept shrink with the chunk's:
+blocks of 16 in chunks of 32 or 64 have both. The backward recomputes the states at the blocks' starts
+from the chunk's.
+
+Exponents. The decay factors are split as ``exp(c_t) * exp(-c_s)``, referenced to the block start: exact,
+but ``exp(-c_s)`` grows as the block decays. RWKV-7's log decay is at least ``-exp(-0.5) ~ -0.61`` per
+step (the model soft-clamps it; the official kernel is named "clampw" for this), so over 16 tokens the
+factors stay below ``e^10``. Inputs whose decay over one chunk exceeds ``e^-60`` are rejected when the
 values are known (:func:`check_decay_range`); under ``jit`` that is the caller's contract.
 
 Execution. As in :mod:`rwkv_jax.wkv.v6_chunked`, a loop over chunks computes one chunk of every batch row
@@ -52,6 +62,7 @@ from rwkv_jax.array_typing import Array
 
 # The fastest on the benchmark's CPU (docs/wkv_training_speed.md).
 DEFAULT_CHUNK_SIZE = 32
+BLOCK_SIZE = 16  # tokens per block of the intra-chunk math (a chunk is the unit of the states kept)
 MAX_CHUNK_LOG_DECAY = 60.0  # the largest |sum of w_log| over one chunk (exp(60) ~ 1e26 < float32 max)
 
 
@@ -164,12 +175,12 @@ def _removed(terms: _Chunk, v: Array, state: Array) -> Array:
     return _stack(terms.inverse @ z, v)
 
 
-def _chunk_forward(
+def _block_forward(
     r: Array, k: Array, v: Array, w: Array, a: Array, b: Array, state: Array
 ) -> tuple[Array, Array]:
-    """One chunk: r, k, v, w, a, b ``[B, H, L, N]`` and the start state ``[B, H, key, value]`` (float32,
+    """One block: r, k, v, w, a, b ``[B, H, L, N]`` and the start state ``[B, H, key, value]`` (float32,
     transposed: each row of ``X`` reads it as a plain matmul) -> ``y [B, H, L, N]`` and the state after
-    the chunk."""
+    the block."""
     terms = _chunk_terms(r, k, w, a, b)
     length = v.shape[-2]
     U = _removed(terms, v, state)
@@ -181,11 +192,11 @@ def _transpose(x: Array) -> Array:
     return jnp.swapaxes(x, -1, -2)
 
 
-def _chunk_backward(
+def _block_backward(
     r: Array, k: Array, v: Array, w: Array, a: Array, b: Array, dy: Array, state: Array, d_next: Array
 ) -> tuple[Array, ...]:
-    """Gradients of one chunk (shapes as :func:`_chunk_forward`) given ``dy``, the start state and the
-    gradient of the state after the chunk: ``(dr, dk, dv, dw, da, db, d_state)``."""
+    """Gradients of one block (shapes as :func:`_block_forward`) given ``dy``, the start state and the
+    gradient of the state after the block: ``(dr, dk, dv, dw, da, db, d_state)``."""
     t = _chunk_terms(r, k, w, a, b)
     length = v.shape[-2]
     U = _removed(t, v, state)
@@ -211,6 +222,45 @@ def _chunk_backward(
     da, dr = _halves(dX * t.row_decay)
     db, dk = _halves(dY * t.undecay + dE * t.to_end)
     return dr, dk, dv, dw, da, db, d_state
+
+
+def _blocks(chunk_size: int) -> int:
+    """The number of blocks of a chunk: blocks of :data:`BLOCK_SIZE` tokens when they divide it."""
+    return chunk_size // BLOCK_SIZE if chunk_size % BLOCK_SIZE == 0 else 1
+
+
+def _split(x: Array, blocks: int) -> list[Array]:
+    """``x [..., L, N]`` cut into ``blocks`` equal blocks along L."""
+    return jnp.split(x, blocks, axis=-2)
+
+
+def _chunk_forward(
+    r: Array, k: Array, v: Array, w: Array, a: Array, b: Array, state: Array
+) -> tuple[Array, Array]:
+    """One chunk, block after block (shapes as :func:`_block_forward`)."""
+    ys = []
+    for block in zip(*(_split(x, _blocks(r.shape[-2])) for x in (r, k, v, w, a, b)), strict=True):
+        y, state = _block_forward(*block, state)
+        ys.append(y)
+    return jnp.concatenate(ys, axis=-2), state
+
+
+def _chunk_backward(
+    r: Array, k: Array, v: Array, w: Array, a: Array, b: Array, dy: Array, state: Array, d_next: Array
+) -> tuple[Array, ...]:
+    """Gradients of :func:`_chunk_forward` given ``dy``, the start state and the gradient of the state
+    after the chunk: ``(dr, dk, dv, dw, da, db, d_state)``. The states at the blocks' starts are recomputed
+    from the chunk's (the forward's ``y`` part of that is dead code, and XLA shares the rest with the
+    blocks' backward)."""
+    blocks = list(zip(*(_split(x, _blocks(r.shape[-2])) for x in (r, k, v, w, a, b, dy)), strict=True))
+    starts = [state]
+    for block in blocks[:-1]:
+        starts.append(_block_forward(*block[:-1], starts[-1])[1])
+    grads = []
+    for block, start in reversed(list(zip(blocks, starts, strict=True))):
+        *block_grads, d_next = _block_backward(*block, start, d_next)
+        grads.insert(0, block_grads)
+    return (*(jnp.concatenate(g, axis=-2) for g in zip(*grads, strict=True)), d_next)
 
 
 def _row_sums(x: Array) -> Array:
