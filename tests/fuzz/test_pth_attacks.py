@@ -10,7 +10,7 @@ import pytest
 
 from rwkv_jax.checkpoint.pth import PthFormatError
 from tests.fuzz import pickles as P  # noqa: N812 (P: the pickle assembler)
-from tests.fuzz.test_pth_fuzz import STORED_MEMORY_FACTOR, check_read_pth, write_torch_zip
+from tests.fuzz.test_pth_fuzz import STORED_MEMORY_FACTOR, _torch, check_read_pth, write_torch_zip
 
 EMPTY = P.PROTO + P.ordered_dict([]) + P.STOP
 COLLIDING_KEYS = b"".join(P.integer(k * (2**61 - 1)) + b"N" for k in range(1, 20_000))
@@ -70,7 +70,7 @@ def test_attack_raises_pth_format_error_within_bounds(tmp_path, attack, mmap):
 
 def test_expanded_tensor_larger_than_the_file_is_refused(tmp_path):
     """A stride-0 view (torch's expand) of one float: 200 MB copied from a 1.5 KB file before the fix."""
-    torch = pytest.importorskip("torch")
+    torch = _torch()
     torch.save({"w": torch.zeros(1).expand(50_000_000)}, tmp_path / "expand.pth")
     outcome = check_read_pth(tmp_path / "expand.pth", True, STORED_MEMORY_FACTOR)
     assert isinstance(outcome, PthFormatError) and "non-contiguous" in str(outcome)
