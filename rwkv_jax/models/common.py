@@ -1,4 +1,5 @@
-"""Building blocks shared by every RWKV version: parameters with logical axes, token shift, LayerNorm, Linear.
+"""Building blocks shared by every RWKV version: parameters with logical axes, token shift, LayerNorm, Linear,
+the config checks, the "plain" initialisation of the ablations and the published-architecture check.
 
 Parameters carry *logical* axis names (``vocab``, ``embed``, ``mlp``, ``heads``, ``head_dim``, ``lora``, ...)
 as the ``logical_axes`` metadata of ``nnx.Param``; only a sharding config maps them to mesh axes. Parameters
@@ -6,7 +7,8 @@ are stored in ``param_dtype`` (float32 by default) and cast to the compute ``dty
 """
 
 import dataclasses
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -14,9 +16,21 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rwkv_jax.array_typing import Array, Tokens
+from rwkv_jax.array_typing import Array, PRNGKey, Tokens
 
 FLOAT_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16))  # compute and storage dtypes supported
+
+# The `init` switch of every family: BlinkDL's formulas, or the plain scheme below (an ablation baseline).
+INITS = ("official", "plain")
+# The plain scheme: every matrix (embedding, projections, LoRAs, head) ~ N(0, PLAIN_STD^2) as GPT-2 / most
+# transformer codebases; every token-shift weight PLAIN_MIX (half this token, half the previous one); one
+# decay for every channel of every layer (PLAIN_DECAY per token, i.e. w_log = log 0.9, a ~7-token memory,
+# inside every family's range, Goose's included: its decay is at least exp(-exp(-0.5)) = 0.545); the bonus
+# of the current token 1 (it counts as much as one fresh state entry); norm weights 1, biases 0.
+PLAIN_STD = 0.02
+PLAIN_MIX = 0.5
+PLAIN_DECAY = 0.9
+PLAIN_BONUS = 1.0
 
 
 def require_positive_ints(config: object, *names: str) -> None:
@@ -33,6 +47,21 @@ def require_positive_floats(config: object, *names: str) -> None:
         value = getattr(config, name)
         if not value > 0:
             raise ValueError(f"{type(config).__name__}.{name} must be > 0, got {value!r}")
+
+
+def require_bools(config: object, *names: str) -> None:
+    """Raises ValueError naming ``Config.name`` for the first attribute that is not True or False."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, bool | np.bool_):
+            raise ValueError(f"{type(config).__name__}.{name} must be True or False, got {value!r}")
+
+
+def require_choice(config: object, name: str, choices: Sequence[Any]) -> None:
+    """Raises ValueError naming ``Config.name`` and the valid values unless the attribute is one of them."""
+    value = getattr(config, name)
+    if value not in choices:
+        raise ValueError(f"{type(config).__name__}.{name} must be one of {tuple(choices)}, got {value!r}")
 
 
 def resolve_float_dtypes(config: object, *names: str) -> None:
@@ -54,6 +83,71 @@ def param(value: Array, axes: Sequence[str | None]) -> nnx.Param:
     if len(axes) != value.ndim:
         raise ValueError(f"parameter of shape {value.shape} needs {value.ndim} axis names, got {axes}")
     return nnx.Param(value, logical_axes=axes)
+
+
+def official_or_constant(config: Any, official: np.ndarray, constant: float) -> np.ndarray:
+    """A vector's initial value: ``official`` (a formula's result) or, under ``config.init == "plain"``, the
+    ``constant`` of the plain scheme in its shape (float64; the caller casts to ``param_dtype``)."""
+    if config.init == "plain":
+        return np.full(np.shape(official), constant, np.float64)
+    return official
+
+
+def official_or_normal(
+    rngs: nnx.Rngs, config: Any, shape: tuple[int, ...], official: Callable[[], Array]
+) -> Array:
+    """A matrix's initial value: ``official()`` or, under ``config.init == "plain"``, ``N(0, PLAIN_STD^2)`` of
+    ``shape`` in ``config.param_dtype``. ``official`` is called only for the official scheme, so the random
+    draws of the official initialisation (and its checkpoint-matching order) stay as they are."""
+    if config.init == "plain":
+        return plain_normal(rngs.params(), shape, config.param_dtype)
+    return official()
+
+
+def plain_normal(key: PRNGKey, shape: tuple[int, ...], dtype: jnp.dtype) -> Array:
+    """``N(0, PLAIN_STD^2)`` of ``shape``, drawn in float32."""
+    return (PLAIN_STD * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+
+def plain_log_rate() -> float:
+    """``log(-w_log)`` of :data:`PLAIN_DECAY`: the raw ``time_decay`` of RWKV-4/5/6 (``w_log =
+    -exp(time_decay)``) whose decay per token is PLAIN_DECAY (-2.25)."""
+    return math.log(-math.log(PLAIN_DECAY))
+
+
+class PublishedArchitecture:
+    """Mixin of a config dataclass with architectural switches (the ablations).
+
+    The config defines :meth:`published_switches`: ``{field: (value, published value)}`` for every switch,
+    values resolved (e.g. Finch's ``decay=None`` is ``"data_dependent"``). An official checkpoint holds the
+    published architecture only; the initialisation scheme is not a switch of the architecture.
+    """
+
+    def published_switches(self) -> dict[str, tuple[Any, Any]]:
+        raise NotImplementedError(f"{type(self).__name__} must define published_switches")
+
+    def unpublished_switches(self) -> list[str]:
+        """``"field=value (published: value)"`` for every switch away from the published architecture."""
+        switches = self.published_switches().items()
+        return [
+            f"{name}={value!r} (published: {want!r})" for name, (value, want) in switches if value != want
+        ]
+
+    @property
+    def is_published(self) -> bool:
+        """True when every switch has its published value (an official checkpoint can hold the model)."""
+        return not self.unpublished_switches()
+
+
+def require_published(config: PublishedArchitecture, layout: str) -> None:
+    """Raises ValueError, before anything is written, when ``config`` is not the published architecture."""
+    changed = config.unpublished_switches()
+    if changed:
+        raise ValueError(
+            f"an official {layout} checkpoint holds the published architecture only; this "
+            f"{type(config).__name__} has {', '.join(changed)}. Keep such a model in the training "
+            "checkpoints (orbax) instead of an official .pth"
+        )
 
 
 def token_shift(x: Array, prev: Array) -> tuple[Array, Array]:

@@ -10,9 +10,11 @@ One call serves training, prefill and decoding::
     logits, state = model(next_tokens, state)  # continue
 
 The state is a tuple with one :class:`RWKV4LayerState` per layer; every leaf is float32 with batch on axis 0.
+The ablation switches (``token_shift``, ``init``) are config fields whose defaults are the published model.
 """
 
 import dataclasses
+import math
 from typing import NamedTuple
 
 import jax
@@ -22,10 +24,19 @@ from flax import nnx
 
 from rwkv_jax.array_typing import Array
 from rwkv_jax.models.common import (
+    INITS,
+    PLAIN_BONUS,
+    PLAIN_MIX,
     Embedding,
     LayerNorm,
     Linear,
+    PublishedArchitecture,
+    official_or_constant,
+    official_or_normal,
     param,
+    plain_log_rate,
+    require_bools,
+    require_choice,
     require_positive_floats,
     require_positive_ints,
     resolve_float_dtypes,
@@ -38,10 +49,11 @@ from rwkv_jax.wkv.v4 import WKV4State, wkv4
 
 
 @dataclasses.dataclass(frozen=True)
-class RWKV4Config:
-    """Sizes and numerics of an RWKV-4 model.
+class RWKV4Config(PublishedArchitecture):
+    """Sizes, numerics and ablation switches of an RWKV-4 model.
 
-    The defaults are the published RWKV-4 Pile 169M (GPT-NeoX tokenizer).
+    The defaults are the published RWKV-4 Pile 169M (GPT-NeoX tokenizer); every switch defaults to the
+    published architecture (arXiv 2305.13048, BlinkDL ``RWKV-v4neo/src/model.py``).
 
     Attributes:
       vocab_size: V, number of token ids.
@@ -52,6 +64,14 @@ class RWKV4Config:
       param_dtype: storage dtype of the parameters (float32 or bfloat16).
       wkv_impl: WKV-4 form (an :class:`Impl` or its name); ``"auto"`` resolves by backend.
       layer_norm_eps: epsilon of every LayerNorm (torch's default, 1e-5, in the official model).
+      token_shift: True (published, paper section 4.1): every mix interpolates this token's input with the
+        previous one's (``time_mix_*``). False: the previous-token input of every mix is the current token,
+        so the mixes are identities and have no ``time_mix_*`` parameters; the state keeps ``att_x`` and
+        ``ffn_x`` (the last inputs), unused.
+      init: "official" (RWKV-LM's fancy init and ``generate_init_weight``, :mod:`rwkv_jax.models.rwkv4.init`)
+        or "plain" (every matrix ``N(0, 0.02^2)``, mixes 0.5, one decay ``exp(w_log) = 0.9`` and bonus
+        ``time_first = 0`` everywhere: see :data:`rwkv_jax.models.common.PLAIN_STD`). Not an architecture
+        switch: an official checkpoint holds either.
     """
 
     vocab_size: int = 50277
@@ -62,6 +82,8 @@ class RWKV4Config:
     param_dtype: np.dtype | str = "float32"
     wkv_impl: Impl | str = Impl.AUTO
     layer_norm_eps: float = 1e-5
+    token_shift: bool = True
+    init: str = "official"
 
     def __post_init__(self):
         require_positive_ints(self, "vocab_size", "n_layer", "n_embd")
@@ -71,6 +93,12 @@ class RWKV4Config:
         resolve_float_dtypes(self, "dtype", "param_dtype")
         object.__setattr__(self, "wkv_impl", Impl.parse(self.wkv_impl))
         require_positive_floats(self, "layer_norm_eps")
+        require_bools(self, "token_shift")
+        require_choice(self, "init", INITS)
+
+    def published_switches(self) -> dict[str, tuple[object, object]]:
+        """``{switch: (value, published value)}`` (see :class:`PublishedArchitecture`)."""
+        return {"token_shift": (self.token_shift, True)}
 
 
 class RWKV4LayerState(NamedTuple):
@@ -94,8 +122,25 @@ class RWKV4LayerState(NamedTuple):
 RWKV4State = tuple[RWKV4LayerState, ...]
 
 
-def _mix(x: Array, shifted: Array, ratio: nnx.Param) -> Array:
-    """``x * ratio + shifted * (1 - ratio)``: interpolation between this token and the previous one."""
+def _mix_weight(config: RWKV4Config, official: np.ndarray) -> nnx.Param | None:
+    """A ``time_mix_*`` weight ``[C]`` of the current token: ``official``, or 0.5 under the plain init; None
+    without token shift (the mix is then the identity)."""
+    if not config.token_shift:
+        return None
+    value = official_or_constant(config, official, PLAIN_MIX)
+    return param(jnp.asarray(value, config.param_dtype), ("embed",))
+
+
+def _zeros(config: RWKV4Config, *shape: int):
+    """The official initial value of a matrix that generate_init_weight zeroes (a thunk, drawing nothing)."""
+    return lambda: jnp.zeros(shape, config.param_dtype)
+
+
+def _mix(x: Array, shifted: Array, ratio: nnx.Param | None) -> Array:
+    """``x * ratio + shifted * (1 - ratio)``: interpolation between this token and the previous one
+    (``x`` itself when ``ratio`` is None: token shift off)."""
+    if ratio is None:
+        return x
     ratio = ratio[...].astype(x.dtype)
     return x * ratio + shifted * (1 - ratio)
 
@@ -106,19 +151,25 @@ class TimeMix(nnx.Module):
     def __init__(self, config: RWKV4Config, layer_id: int, *, rngs: nnx.Rngs):
         C, L, pdt = config.n_embd, config.n_layer, config.param_dtype
         self.wkv_impl = config.wkv_impl
-        self.time_decay = param(jnp.asarray(init.time_decay(layer_id, L, C), pdt), ("mlp",))
-        self.time_first = param(jnp.asarray(init.time_first(C), pdt), ("mlp",))
+        # The attention width (C here) carries "heads" as in Eagle / Finch / Goose (there: H * N channels).
+        decay = official_or_constant(config, init.time_decay(layer_id, L, C), plain_log_rate())
+        self.time_decay = param(jnp.asarray(decay, pdt), ("heads",))
+        bonus = official_or_constant(config, init.time_first(C), math.log(PLAIN_BONUS))
+        self.time_first = param(jnp.asarray(bonus, pdt), ("heads",))
         v_offset = init.time_mix_v_offset(layer_id, L)
-        self.time_mix_k = param(jnp.asarray(init.time_mix(layer_id, L, C, 1.0), pdt), ("embed",))
-        self.time_mix_v = param(jnp.asarray(init.time_mix(layer_id, L, C, 1.0, v_offset), pdt), ("embed",))
-        self.time_mix_r = param(jnp.asarray(init.time_mix(layer_id, L, C, 0.5), pdt), ("embed",))
+        self.time_mix_k = _mix_weight(config, init.time_mix(layer_id, L, C, 1.0))
+        self.time_mix_v = _mix_weight(config, init.time_mix(layer_id, L, C, 1.0, v_offset))
+        self.time_mix_r = _mix_weight(config, init.time_mix(layer_id, L, C, 0.5))
         linear = dict(dtype=config.dtype, param_dtype=pdt)
         # generate_init_weight: att.value orthogonal, att.key / receptance / output zero (init.ZERO_INIT).
-        self.key = Linear(C, C, ("embed", "mlp"), **linear)
-        value = init.orthogonal_kernel(rngs.params(), C, C)
-        self.value = Linear(C, C, ("embed", "mlp"), kernel=value, **linear)
-        self.receptance = Linear(C, C, ("embed", "mlp"), **linear)
-        self.output = Linear(C, C, ("mlp", "embed"), **linear)
+        key = official_or_normal(rngs, config, (C, C), _zeros(config, C, C))
+        self.key = Linear(C, C, ("embed", "heads"), kernel=key, **linear)
+        value = official_or_normal(rngs, config, (C, C), lambda: init.orthogonal_kernel(rngs.params(), C, C))
+        self.value = Linear(C, C, ("embed", "heads"), kernel=value, **linear)
+        receptance = official_or_normal(rngs, config, (C, C), _zeros(config, C, C))
+        self.receptance = Linear(C, C, ("embed", "heads"), kernel=receptance, **linear)
+        output = official_or_normal(rngs, config, (C, C), _zeros(config, C, C))
+        self.output = Linear(C, C, ("heads", "embed"), kernel=output, **linear)
 
     def __call__(self, x: Array, prev_x: Array, wkv_state: WKV4State) -> tuple[Array, Array, WKV4State]:
         """x: ``[B, T, C]`` (ln1 output); returns the block update ``[B, T, C]``, new prev_x and WKV state."""
@@ -137,14 +188,16 @@ class ChannelMix(nnx.Module):
 
     def __init__(self, config: RWKV4Config, layer_id: int, *, rngs: nnx.Rngs):
         C, F, L, pdt = config.n_embd, config.ffn_dim, config.n_layer, config.param_dtype
-        self.time_mix_k = param(jnp.asarray(init.time_mix(layer_id, L, C, 1.0), pdt), ("embed",))
-        self.time_mix_r = param(jnp.asarray(init.time_mix(layer_id, L, C, 1.0), pdt), ("embed",))
+        self.time_mix_k = _mix_weight(config, init.time_mix(layer_id, L, C, 1.0))
+        self.time_mix_r = _mix_weight(config, init.time_mix(layer_id, L, C, 1.0))
         linear = dict(dtype=config.dtype, param_dtype=pdt)
         # generate_init_weight: ffn.key orthogonal (gain sqrt(F / C)), ffn.receptance / value zero.
-        key = init.orthogonal_kernel(rngs.params(), C, F)
+        key = official_or_normal(rngs, config, (C, F), lambda: init.orthogonal_kernel(rngs.params(), C, F))
         self.key = Linear(C, F, ("embed", "mlp"), kernel=key, **linear)
-        self.receptance = Linear(C, C, ("embed", None), **linear)
-        self.value = Linear(F, C, ("mlp", "embed"), **linear)
+        receptance = official_or_normal(rngs, config, (C, C), _zeros(config, C, C))
+        self.receptance = Linear(C, C, ("embed", None), kernel=receptance, **linear)
+        value = official_or_normal(rngs, config, (F, C), _zeros(config, F, C))
+        self.value = Linear(F, C, ("mlp", "embed"), kernel=value, **linear)
 
     def __call__(self, x: Array, prev_x: Array) -> tuple[Array, Array]:
         """x: ``[B, T, C]`` (ln2 output); returns the block update ``[B, T, C]`` and the new prev_x."""
@@ -180,11 +233,15 @@ class RWKV4(LanguageModel):
     def __init__(self, config: RWKV4Config, *, rngs: nnx.Rngs):
         C, V, pdt = config.n_embd, config.vocab_size, config.param_dtype
         self.config = config
-        self.emb = Embedding(init.embedding(rngs.params(), V, C, pdt))
+        self.emb = Embedding(
+            official_or_normal(rngs, config, (V, C), lambda: init.embedding(rngs.params(), V, C, pdt))
+        )
         self.blocks = nnx.List([Block(config, i, rngs=rngs) for i in range(config.n_layer)])
         self.ln_out = LayerNorm(C, eps=config.layer_norm_eps, param_dtype=pdt)
         # generate_init_weight: head orthogonal with gain sqrt(V / C) (when V > C) times 0.5.
-        head = init.orthogonal_kernel(rngs.params(), C, V, init.HEAD_INIT_SCALE)
+        head = official_or_normal(
+            rngs, config, (C, V), lambda: init.orthogonal_kernel(rngs.params(), C, V, init.HEAD_INIT_SCALE)
+        )
         self.head = Linear(C, V, ("embed", "vocab"), kernel=head, dtype=config.dtype, param_dtype=pdt)
 
     def empty_layer_state(self, batch_size: int) -> RWKV4LayerState:

@@ -14,6 +14,8 @@ torch code: the ``time_mix`` / ``time_maa`` powers of ``ddd`` are float32 arithm
 ``time_decay`` and ``time_faaaa`` are Python floats (float64), rounded when the caller casts them.
 """
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from rwkv_jax.models.official_init import layer_ratios, ramp_power
@@ -25,22 +27,24 @@ LORA_W2_BOUND = 0.01
 BONUS_5_1 = -3.0  # RWKV-5.1 time_first (log of the bonus), one per head
 
 
-def eagle_time_mix(channels: int, layer: int, n_layer: int, *, gate: bool) -> dict[str, np.ndarray]:
-    """Eagle's ``att.time_mix_{k,v,r[,g]} [C]`` float32 (weight of the current token)."""
+def eagle_time_mix(channels: int, layer: int, n_layer: int, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Eagle's ``att.time_mix_{name} [C]`` float32 (weight of the current token) for each of ``names``.
+
+    The published Eagle has k, v, r, g (5.2) or k, v, r (5.1); ``w`` (the input of a data-dependent decay,
+    an ablation) gets k's formula, as Finch's ``time_maa_w`` is ``1 -`` k's.
+    """
     r01, r10 = layer_ratios(layer, n_layer)
     full, half = ramp_power(channels, r10), ramp_power(channels, 0.5 * r10)
-    mix = {"k": full, "v": full + np.float32(0.3 * r01), "r": half}
-    if gate:
-        mix["g"] = half.copy()
-    return mix
+    formulas = {"w": full, "k": full, "v": full + np.float32(0.3 * r01), "r": half, "g": half}
+    return {name: formulas[name].copy() for name in names}
 
 
-def finch_time_maa(channels: int, layer: int, n_layer: int) -> dict[str, np.ndarray]:
-    """Finch's ``att.time_maa_{x,w,k,v,r,g} [C]`` float32 (weight of the previous token): 1 - Eagle's mix."""
-    eagle = eagle_time_mix(channels, layer, n_layer, gate=True)
+def finch_time_maa(channels: int, layer: int, n_layer: int, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Finch's ``att.time_maa_{x, *names} [C]`` float32 (weight of the previous token): ``1 -`` Eagle's mix,
+    with ``time_maa_x`` as ``time_maa_k`` (the published Finch: names w, k, v, r, g)."""
+    eagle = eagle_time_mix(channels, layer, n_layer, ("k", *names))
     one = np.float32(1.0)
-    maa = {"x": one - eagle["k"], "w": one - eagle["k"]}
-    return maa | {name: one - eagle[name] for name in "kvrg"}
+    return {"x": one - eagle["k"]} | {name: one - eagle[name] for name in names}
 
 
 def channel_mix_weights(channels: int, layer: int, n_layer: int, *, finch: bool) -> dict[str, np.ndarray]:

@@ -3,11 +3,13 @@
 The generations share everything except two small pluggable parts (arXiv 2404.05892, sections 4 and 5):
 
 - the token-shift mix that makes the inputs of r, k, v, g (and w): Eagle's :class:`StaticLerp` (one learned
-  weight per channel) or Finch's :class:`DataDependentLerp` ("ddlerp": the weights plus a LoRA of the input);
+  weight per channel) or Finch's :class:`DataDependentLerp` ("ddlerp": the weights plus a LoRA of the input),
+  or :class:`Unmixed` when token shift is ablated (every input is the current token);
 - the per-step decay: Eagle's :class:`StaticDecay` (``time_decay`` per head and channel, or per head in
   the early RWKV-5.1) or Finch's :class:`LoraDecay` (``time_decay`` plus a LoRA of the mixed input ``x_w``).
 
-:class:`TimeMix` takes those parts as arguments; only the model (``rwkv6.py``) looks at the version.
+:class:`TimeMix` takes those parts as arguments; only the model builder (``model.py``) picks them, from the
+config's ``token_shift``, ``token_shift_mix`` and ``decay`` fields (defaults: the parts of the version).
 Parameters keep BlinkDL's names (``time_mix_k``, ``time_maa_w1``, ...) but JAX's layout (kernels
 ``[in, out]``, vectors ``[C]`` instead of ``(1, 1, C)``); the math follows BlinkDL/RWKV-LM
 ``RWKV_Tmix_x052``/``x060`` and ``RWKV_CMix_x052``/``x060`` and the inference twin ``rwkv/model.py``.
@@ -26,6 +28,18 @@ from rwkv_jax.wkv.v6 import wkv6
 
 # The inputs a Finch ddlerp produces, in the order of the slots of time_maa_w1 / time_maa_w2.
 DDLERP_NAMES = ("w", "k", "v", "r", "g")
+
+
+class Unmixed(nnx.Module):
+    """Token shift ablated: every mixed input is the current token ``x`` itself (no parameters)."""
+
+    def __init__(self, names: tuple[str, ...]):
+        self.names = tuple(names)
+
+    def __call__(self, x: Array, prev: Array) -> dict[str, Array]:
+        """``x [B, T, C]``; ``prev`` is unused. Returns ``{name: x}``."""
+        del prev
+        return {name: x for name in self.names}
 
 
 def _lerp(x: Array, prev: Array, weight: Array, *, weights_current: bool) -> Array:
@@ -69,8 +83,9 @@ class StaticLerp(nnx.Module):
 class DataDependentLerp(nnx.Module):
     """Finch's ddlerp: ``out_n = x + (prev - x) (time_maa_n + lora_n(x + (prev - x) time_maa_x))``.
 
-    ``lora(z) = tanh(z @ time_maa_w1) @ time_maa_w2[n]`` with ``time_maa_w1 [C, 5 D]`` (5 slots of rank ``D``,
-    in the order w, k, v, r, g) and ``time_maa_w2 [5, D, C]``.
+    ``lora(z) = tanh(z @ time_maa_w1) @ time_maa_w2[n]`` with ``time_maa_w1 [C, S D]`` (S slots of rank ``D``)
+    and ``time_maa_w2 [S, D, C]``. Finch has S = 5 slots in the order w, k, v, r, g; an ablation may use
+    fewer (in the same order), e.g. k, v, r, g with a static decay that needs no ``x_w``.
     """
 
     def __init__(
@@ -82,9 +97,15 @@ class DataDependentLerp(nnx.Module):
         param_dtype: jnp.dtype = jnp.float32,
         dtype: jnp.dtype = jnp.float32,
     ):
-        expected = ("x", *DDLERP_NAMES)
-        if tuple(maa) != expected:
-            raise ValueError(f"ddlerp needs time_maa weights {expected}, got {tuple(maa)}")
+        self.names = tuple(maa)[1:]
+        if tuple(maa)[:1] != ("x",) or self.names != tuple(n for n in DDLERP_NAMES if n in self.names):
+            raise ValueError(
+                f"ddlerp needs time_maa weights x then some of {DDLERP_NAMES} in order, got {tuple(maa)}"
+            )
+        if jnp.shape(w2)[0] != len(self.names):
+            raise ValueError(
+                f"time_maa_w2 has {jnp.shape(w2)[0]} slots for the {len(self.names)} inputs {self.names}"
+            )
         self.dtype = dtype
         for name, value in maa.items():
             setattr(self, "time_maa_" + name, param(jnp.asarray(value, param_dtype), ("embed",)))
@@ -92,17 +113,17 @@ class DataDependentLerp(nnx.Module):
         self.time_maa_w2 = param(jnp.asarray(w2, param_dtype), (None, "lora", "embed"))
 
     def __call__(self, x: Array, prev: Array) -> dict[str, Array]:
-        """``x``, ``prev``: ``[B, T, C]``. Returns ``{w, k, v, r, g: [B, T, C]}`` in the compute dtype."""
+        """``x``, ``prev``: ``[B, T, C]``. Returns ``{name: [B, T, C]}`` in the compute dtype."""
         x, prev = x.astype(self.dtype), prev.astype(self.dtype)
         delta = prev - x
         lora_in = x + delta * self.time_maa_x[...].astype(self.dtype)
         w1 = self.time_maa_w1[...].astype(self.dtype)
         w2 = self.time_maa_w2[...].astype(self.dtype)
         hidden = jnp.tanh(lora_in @ w1)
-        hidden = hidden.reshape(*hidden.shape[:-1], len(DDLERP_NAMES), w2.shape[1])  # [B, T, 5, D]
+        hidden = hidden.reshape(*hidden.shape[:-1], len(self.names), w2.shape[1])  # [B, T, S, D]
         offsets = jnp.einsum("btsd,sdc->sbtc", hidden, w2)
         out = {}
-        for slot, name in enumerate(DDLERP_NAMES):
+        for slot, name in enumerate(self.names):
             weight = getattr(self, "time_maa_" + name)[...].astype(self.dtype) + offsets[slot]
             out[name] = x + delta * weight
         return out
@@ -185,7 +206,8 @@ class TimeMix(nnx.Module):
     """The attention-like block: token-shift mix, r/k/v(/g) projections, WKV-5/6, per-head norm, gate, output.
 
     Args:
-      mix: StaticLerp (Eagle) or DataDependentLerp (Finch); produces at least r, k, v (and g, w when used).
+      mix: StaticLerp (Eagle), DataDependentLerp (Finch) or Unmixed (no token shift); produces at least r, k,
+        v (and g, w when used).
       decay: StaticDecay (Eagle) or LoraDecay (Finch).
       bonus: the bonus ``u``.
       receptance, key, value: ``Linear [C, A]``; gate: ``Linear [C, A]`` or None (5.1: no gate);
@@ -197,7 +219,7 @@ class TimeMix(nnx.Module):
     def __init__(
         self,
         *,
-        mix: StaticLerp | DataDependentLerp,
+        mix: StaticLerp | DataDependentLerp | Unmixed,
         decay: StaticDecay | LoraDecay,
         bonus: Bonus,
         receptance: Linear,
@@ -240,11 +262,11 @@ class TimeMix(nnx.Module):
 class ChannelMix(nnx.Module):
     """The feed-forward block: ``sigmoid(receptance(x_r)) * value(relu(key(x_k))^2)``.
 
-    ``mix``: StaticLerp producing k and r; key ``Linear [C, F]``, value ``Linear [F, C]``, receptance
-    ``Linear [C, C]``.
+    ``mix``: StaticLerp (or Unmixed: no token shift) producing k and r; key ``Linear [C, F]``, value
+    ``Linear [F, C]``, receptance ``Linear [C, C]``.
     """
 
-    def __init__(self, *, mix: StaticLerp, key: Linear, value: Linear, receptance: Linear):
+    def __init__(self, *, mix: StaticLerp | Unmixed, key: Linear, value: Linear, receptance: Linear):
         self.mix, self.key, self.value, self.receptance = mix, key, value, receptance
 
     def __call__(self, x: Array, prev: Array) -> Array:

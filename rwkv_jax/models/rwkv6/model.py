@@ -8,8 +8,9 @@ One model for the three layouts, chosen by ``RWKV6Config.version``:
   scalar per head (bonus stored as a log, ``time_first``), no gate. (BlinkDL's ``rwkv`` package calls this
   layout "v5"; its "v5.1" has a gate.)
 
-The version is looked at here only: it picks the token-shift mix and the decay of each layer
-(``rwkv6_layers``) and the official initialisation (``rwkv6_init``).
+The version is looked at here only: it gives the defaults of the ablation switches ``token_shift_mix`` and
+``decay``, which pick the token-shift mix and the decay of each layer (``layers.py``), and the layout-specific
+parts (gate, bonus, channel-mix names) and the official initialisation (``init.py``).
 ``model(tokens, state) -> (logits, state)`` serves prefill, decoding and training alike.
 """
 
@@ -23,16 +24,25 @@ from flax import nnx
 from rwkv_jax.array_typing import Array
 from rwkv_jax.models import official_init
 from rwkv_jax.models.common import (
+    INITS,
+    PLAIN_BONUS,
+    PLAIN_MIX,
     Embedding,
     HeadGroupNorm,
     LayerNorm,
+    PublishedArchitecture,
+    official_or_constant,
+    official_or_normal,
+    plain_log_rate,
+    require_bools,
+    require_choice,
     require_positive_floats,
     require_positive_ints,
     resolve_float_dtypes,
     token_shift,
 )
 from rwkv_jax.models.language_model import LanguageModel
-from rwkv_jax.models.official_init import orthogonal_linear
+from rwkv_jax.models.official_init import initial_linear
 from rwkv_jax.models.rwkv6 import init
 from rwkv_jax.models.rwkv6.layers import (
     Bonus,
@@ -42,10 +52,14 @@ from rwkv_jax.models.rwkv6.layers import (
     StaticDecay,
     StaticLerp,
     TimeMix,
+    Unmixed,
 )
 from rwkv_jax.wkv.impl import Impl
 
 VERSIONS = ("5.1", "5.2", "6")
+# Values of the token_shift_mix and decay switches; None resolves from the version (DATA_DEPENDENT for "6").
+STATIC, DATA_DEPENDENT = "static", "data_dependent"
+KINDS = (None, STATIC, DATA_DEPENDENT)
 
 
 def default_ffn_dim(n_embd: int) -> int:
@@ -54,8 +68,9 @@ def default_ffn_dim(n_embd: int) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class RWKV6Config:
-    """Sizes and numerics of an Eagle / Finch model.
+class RWKV6Config(PublishedArchitecture):
+    """Sizes, numerics and ablation switches of an Eagle / Finch model (every switch defaults to the
+    published architecture of ``version``).
 
     Attributes:
       version: "6" (Finch), "5.2" (Eagle) or "5.1" (early RWKV-5: per-head scalar decay, no gate).
@@ -72,6 +87,22 @@ class RWKV6Config:
       param_dtype: storage dtype of the parameters.
       wkv_impl: the WKV-5/6 form (``Impl`` or its name).
       chunk_size: chunk length of the chunked WKV form.
+      token_shift: True (published): the time and channel mixes interpolate this token's input with the
+        previous one's (arXiv 2404.05892 section 4). False: the previous-token input of every mix is the
+        current token, so the mixes are identities with no ``time_mix_*`` / ``time_maa_*`` parameters (and
+        no ddlerp LoRA); the state keeps ``att_x`` and ``ffn_x``, unused.
+      token_shift_mix: the time mix's token shift: "data_dependent" (Finch's ddlerp, section 5, BlinkDL
+        ``RWKV_Tmix_x060``: ``time_maa_*`` and the LoRA ``time_maa_w1/w2``) or "static" (Eagle's lerp,
+        ``RWKV_Tmix_x052``: ``time_mix_*``); None: the version's ("6": data_dependent, "5.x": static).
+        Must stay None without token shift. The channel mix is static in every version.
+      decay: "data_dependent" (Finch: ``time_decay [A]`` plus the LoRA ``time_decay_w1/w2`` of the mixed
+        input ``x_w``) or "static" (Eagle: ``time_decay [H, N]``, or ``[H]`` in 5.1); None: the version's.
+        A data-dependent decay adds the mixed input ``w`` to the token shift (Eagle-style mixes get a
+        ``time_mix_w``); a static one drops it from Finch's ddlerp (4 LoRA slots instead of 5).
+      init: "official" (BlinkDL's formulas, ``init.py`` and :mod:`rwkv_jax.models.official_init`; a
+        non-published combination takes the formulas of each part) or "plain" (every matrix
+        ``N(0, 0.02^2)``, mixes 0.5, one decay ``exp(w_log) = 0.9``, bonus 1, ``ln_x`` weight 1: see
+        :data:`rwkv_jax.models.common.PLAIN_STD`). Not an architecture switch.
     """
 
     version: str = "6"
@@ -89,6 +120,10 @@ class RWKV6Config:
     param_dtype: np.dtype | str = "float32"
     wkv_impl: Impl | str = Impl.AUTO
     chunk_size: int = 64
+    token_shift: bool = True
+    token_shift_mix: str | None = None
+    decay: str | None = None
+    init: str = "official"
 
     def __post_init__(self):
         if self.version not in VERSIONS:
@@ -109,6 +144,43 @@ class RWKV6Config:
         require_positive_floats(self, "group_norm_eps", "layer_norm_eps")
         resolve_float_dtypes(self, "dtype", "param_dtype")
         object.__setattr__(self, "wkv_impl", Impl.parse(self.wkv_impl))
+        require_bools(self, "token_shift")
+        require_choice(self, "token_shift_mix", KINDS)
+        require_choice(self, "decay", KINDS)
+        require_choice(self, "init", INITS)
+        if not self.token_shift and self.token_shift_mix is not None:
+            raise ValueError(
+                f"RWKV6Config.token_shift_mix={self.token_shift_mix!r} has no effect with token_shift=False "
+                "(there is no mix); leave token_shift_mix None"
+            )
+
+    @property
+    def published_kind(self) -> str:
+        """The token-shift mix and decay of the published ``version``: data_dependent for "6", else static."""
+        return DATA_DEPENDENT if self.version == "6" else STATIC
+
+    @property
+    def mix_kind(self) -> str:
+        """``token_shift_mix`` resolved: "static" or "data_dependent"."""
+        return self.token_shift_mix or self.published_kind
+
+    @property
+    def decay_kind(self) -> str:
+        """``decay`` resolved: "static" or "data_dependent"."""
+        return self.decay or self.published_kind
+
+    @property
+    def gated(self) -> bool:
+        """Whether the time mix has the output gate ``g`` (every version but 5.1)."""
+        return self.version != "5.1"
+
+    def published_switches(self) -> dict[str, tuple[object, object]]:
+        """``{switch: (value, published value)}`` (see :class:`PublishedArchitecture`)."""
+        return {
+            "token_shift": (self.token_shift, True),
+            "token_shift_mix": (self.mix_kind, self.published_kind),
+            "decay": (self.decay_kind, self.published_kind),
+        }
 
     @property
     def n_head(self) -> int:
@@ -136,55 +208,91 @@ class RWKV6LayerState(NamedTuple):
 RWKV6State = tuple[RWKV6LayerState, ...]
 
 
-def _token_mix(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> StaticLerp | DataDependentLerp:
-    """The time-mix token shift of the version, with its official initial values."""
+def _mix_names(config: RWKV6Config) -> tuple[str, ...]:
+    """The time-mix inputs the layer uses, in ddlerp slot order: w (for a data-dependent decay), k, v, r, g
+    (with the gate)."""
+    names = ("w",) if config.decay_kind == DATA_DEPENDENT else ()
+    return (*names, "k", "v", "r", *(("g",) if config.gated else ()))
+
+
+def _static_lerp(config: RWKV6Config, official: dict[str, np.ndarray], prefix: str, weights_current: bool):
+    """A :class:`StaticLerp` with the ``official`` weights (0.5 each under the plain init)."""
+    weights = {name: official_or_constant(config, value, PLAIN_MIX) for name, value in official.items()}
+    return StaticLerp(weights, prefix=prefix, weights_current=weights_current, param_dtype=config.param_dtype)
+
+
+def _token_mix(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> StaticLerp | DataDependentLerp | Unmixed:
+    """The time-mix token shift of the config, with its initial values."""
     C, L, pd = config.n_embd, config.n_layer, config.param_dtype
-    if not config.is_finch:
-        weights = init.eagle_time_mix(C, layer, L, gate=config.version == "5.2")
-        return StaticLerp(weights, prefix="time_mix_", weights_current=True, param_dtype=pd)
-    D = config.time_mix_extra_dim
-    w2 = official_init.uniform(rngs.params(), (5, D, C), init.LORA_W2_BOUND, pd)
-    maa = init.finch_time_maa(C, layer, L)
-    return DataDependentLerp(maa, jnp.zeros((C, 5 * D), pd), w2, param_dtype=pd, dtype=config.dtype)
+    names = _mix_names(config)
+    if not config.token_shift:
+        return Unmixed(names)
+    if config.mix_kind == STATIC:
+        return _static_lerp(
+            config, init.eagle_time_mix(C, layer, L, names), "time_mix_", weights_current=True
+        )
+    S, D = len(names), config.time_mix_extra_dim
+    w2 = official_or_normal(
+        rngs,
+        config,
+        (S, D, C),
+        lambda: official_init.uniform(rngs.params(), (S, D, C), init.LORA_W2_BOUND, pd),
+    )
+    w1 = official_or_normal(rngs, config, (C, S * D), lambda: jnp.zeros((C, S * D), pd))
+    maa = init.finch_time_maa(C, layer, L, names)
+    maa = {name: official_or_constant(config, value, PLAIN_MIX) for name, value in maa.items()}
+    return DataDependentLerp(maa, w1, w2, param_dtype=pd, dtype=config.dtype)
 
 
 def _decay(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> StaticDecay | LoraDecay:
-    """The decay of the version, with its official initial values."""
+    """The decay of the config, with its initial values."""
     A, H, N, L, pd = config.dim_att, config.n_head, config.head_size, config.n_layer, config.param_dtype
+    if config.decay_kind == DATA_DEPENDENT:
+        C, D = config.n_embd, config.time_decay_extra_dim
+        w2 = official_or_normal(
+            rngs, config, (D, A), lambda: official_init.uniform(rngs.params(), (D, A), init.LORA_W2_BOUND, pd)
+        )
+        w1 = official_or_normal(rngs, config, (C, D), lambda: jnp.zeros((C, D), pd))
+        speed = official_or_constant(config, init.decay_speed(A, layer, L), plain_log_rate())
+        return LoraDecay(speed, w1, w2, param_dtype=pd, dtype=config.dtype)
+    # 5.1: one decay per head; 5.2 (and a static decay in Finch): one per head and channel.
+    speed = init.decay_speed(H, layer, L) if config.version == "5.1" else init.decay_speed(A, layer, L)
+    speed = official_or_constant(config, speed, plain_log_rate())
+    return StaticDecay(speed if config.version == "5.1" else speed.reshape(H, N), param_dtype=pd)
+
+
+def _bonus(config: RWKV6Config, layer: int) -> Bonus:
+    """5.1: a log-bonus per head (``time_first``); else ``time_faaaa [H, N]``."""
+    H, N = config.n_head, config.head_size
     if config.version == "5.1":
-        return StaticDecay(init.decay_speed(H, layer, L), param_dtype=pd)
-    speed = init.decay_speed(A, layer, L)
-    if config.version == "5.2":
-        return StaticDecay(speed.reshape(H, N), param_dtype=pd)
-    D = config.time_decay_extra_dim
-    w2 = official_init.uniform(rngs.params(), (D, A), init.LORA_W2_BOUND, pd)
-    return LoraDecay(speed, jnp.zeros((config.n_embd, D), pd), w2, param_dtype=pd, dtype=config.dtype)
+        value = official_or_constant(config, np.full((H,), init.BONUS_5_1), np.log(PLAIN_BONUS))
+    else:
+        value = official_or_constant(
+            config, init.bonus_zigzag(config.dim_att, layer, config.n_layer), PLAIN_BONUS
+        )
+        value = value.reshape(H, N)
+    return Bonus(value, param_dtype=config.param_dtype)
 
 
 def _time_mix(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> TimeMix:
     C, A, H, N, L = config.n_embd, config.dim_att, config.n_head, config.head_size, config.n_layer
-    if config.version == "5.1":
-        bonus = np.full((H,), init.BONUS_5_1)
-    else:
-        bonus = init.bonus_zigzag(A, layer, L).reshape(H, N)
-    gated = config.version != "5.1"
     # Construction order = BlinkDL's parameter order, so the random draws follow the official file layout.
     mix = _token_mix(config, layer, rngs)
     decay = _decay(config, layer, rngs)
     return TimeMix(
         mix=mix,
         decay=decay,
-        bonus=Bonus(bonus, param_dtype=config.param_dtype),
-        receptance=orthogonal_linear(rngs, config, (C, A), ("embed", "heads"), official_init.GAIN_RECEPTANCE),
-        key=orthogonal_linear(rngs, config, (C, A), ("embed", "heads"), official_init.GAIN_KEY),
-        value=orthogonal_linear(rngs, config, (C, A), ("embed", "heads"), official_init.GAIN_VALUE),
-        output=orthogonal_linear(rngs, config, (A, C), ("heads", "embed"), official_init.GAIN_OUTPUT),
-        gate=orthogonal_linear(rngs, config, (C, A), ("embed", "heads"), official_init.GAIN_GATE)
-        if gated
+        bonus=_bonus(config, layer),
+        receptance=initial_linear(rngs, config, (C, A), ("embed", "heads"), official_init.GAIN_RECEPTANCE),
+        key=initial_linear(rngs, config, (C, A), ("embed", "heads"), official_init.GAIN_KEY),
+        value=initial_linear(rngs, config, (C, A), ("embed", "heads"), official_init.GAIN_VALUE),
+        output=initial_linear(rngs, config, (A, C), ("heads", "embed"), official_init.GAIN_OUTPUT),
+        gate=initial_linear(rngs, config, (C, A), ("embed", "heads"), official_init.GAIN_GATE)
+        if config.gated
         else None,
         ln_x=HeadGroupNorm(
             H,
-            official_init.ln_x_weight(A, layer, L),
+            official_or_constant(config, official_init.ln_x_weight(A, layer, L), 1.0),
             eps=config.group_norm_eps,
             param_dtype=config.param_dtype,
         ),
@@ -196,18 +304,17 @@ def _time_mix(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> TimeMix:
 
 def _channel_mix(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> ChannelMix:
     C, F = config.n_embd, config.ffn_dim
-    weights = init.channel_mix_weights(C, layer, config.n_layer, finch=config.is_finch)
-    prefix = "time_maa_" if config.is_finch else "time_mix_"
-    mix = StaticLerp(
-        weights, prefix=prefix, weights_current=not config.is_finch, param_dtype=config.param_dtype
-    )
+    if config.token_shift:
+        weights = init.channel_mix_weights(C, layer, config.n_layer, finch=config.is_finch)
+        prefix = "time_maa_" if config.is_finch else "time_mix_"
+        mix = _static_lerp(config, weights, prefix, weights_current=not config.is_finch)
+    else:
+        mix = Unmixed(("k", "r"))
     return ChannelMix(
         mix=mix,
-        key=orthogonal_linear(rngs, config, (C, F), ("embed", "mlp"), official_init.GAIN_FFN_KEY),
-        receptance=orthogonal_linear(
-            rngs, config, (C, C), ("embed", None), official_init.GAIN_FFN_RECEPTANCE
-        ),
-        value=orthogonal_linear(rngs, config, (F, C), ("mlp", "embed"), official_init.GAIN_FFN_VALUE),
+        key=initial_linear(rngs, config, (C, F), ("embed", "mlp"), official_init.GAIN_FFN_KEY),
+        receptance=initial_linear(rngs, config, (C, C), ("embed", None), official_init.GAIN_FFN_RECEPTANCE),
+        value=initial_linear(rngs, config, (F, C), ("mlp", "embed"), official_init.GAIN_FFN_VALUE),
     )
 
 
@@ -247,7 +354,14 @@ class RWKV6(LanguageModel):
             raise TypeError(f"config must be an RWKV6Config, got {type(config).__name__}")
         self.config = config
         C, V, pd = config.n_embd, config.vocab_size, config.param_dtype
-        self.emb = Embedding(official_init.uniform(rngs.params(), (V, C), official_init.EMBEDDING_BOUND, pd))
+        self.emb = Embedding(
+            official_or_normal(
+                rngs,
+                config,
+                (V, C),
+                lambda: official_init.uniform(rngs.params(), (V, C), official_init.EMBEDDING_BOUND, pd),
+            )
+        )
         self.blocks = nnx.List(
             Block(
                 ln0=self._layer_norm() if layer == 0 else None,
@@ -259,7 +373,7 @@ class RWKV6(LanguageModel):
             for layer in range(config.n_layer)
         )
         self.ln_out = self._layer_norm()
-        self.head = orthogonal_linear(rngs, config, (C, V), ("embed", "vocab"), official_init.head_gain(V, C))
+        self.head = initial_linear(rngs, config, (C, V), ("embed", "vocab"), official_init.head_gain(V, C))
 
     def _layer_norm(self) -> LayerNorm:
         c = self.config

@@ -24,6 +24,7 @@ import numpy as np
 
 from rwkv_jax.checkpoint.layout import block_count, check_keys, tensor_shape
 from rwkv_jax.checkpoint.transfer import dotted_name, linear_weights, model_from_tensors, official_tensors
+from rwkv_jax.models.common import require_published
 from rwkv_jax.models.rwkv7.model import RWKV7, RWKV7Config
 from rwkv_jax.wkv.impl import Impl
 
@@ -143,5 +144,10 @@ def from_state_dict(
 
 
 def to_state_dict(model: RWKV7, dtype: np.dtype | str | None = np.float32) -> dict[str, np.ndarray]:
-    """Official state dict of ``model`` in the official order; ``dtype=None`` keeps the parameter dtype."""
+    """Official state dict of ``model`` in the official order; ``dtype=None`` keeps the parameter dtype.
+
+    Raises ValueError naming the switches when ``model.config`` is not the published architecture
+    (an ablation), before any tensor is made.
+    """
+    require_published(model.config, LAYOUT)
     return official_tensors(model, dotted_name, _is_linear, expected_shapes(model.config), dtype)

@@ -5,6 +5,9 @@ token-shift mixes of its input, normalises the key per head (``kk``) and runs th
 ``S <- S (diag(decay) - kk (kk * iclr)^T) + v k^T`` (``rwkv_jax.wkv.v7``). The value of every block but the
 first is pulled towards the first block's value (the "value residual", hence ``v_first`` threaded through
 the blocks of one call). ``model(tokens, state) -> (logits, state)`` serves prefill, decoding and training.
+
+Each of those parts is an ablation switch of :class:`RWKV7Config` (``token_shift``, ``value_residual``,
+``delta_rule``, ``bonus``, ``normalize_kk``, and ``init``), every one defaulting to the published x070.
 """
 
 import dataclasses
@@ -18,17 +21,26 @@ from flax import nnx
 from rwkv_jax.array_typing import Array
 from rwkv_jax.models import official_init
 from rwkv_jax.models.common import (
+    INITS,
+    PLAIN_BONUS,
+    PLAIN_DECAY,
+    PLAIN_MIX,
     Embedding,
     HeadGroupNorm,
     LayerNorm,
+    PublishedArchitecture,
+    official_or_constant,
+    official_or_normal,
     param,
+    require_bools,
+    require_choice,
     require_positive_floats,
     require_positive_ints,
     resolve_float_dtypes,
     token_shift,
 )
 from rwkv_jax.models.language_model import LanguageModel
-from rwkv_jax.models.official_init import orthogonal_linear
+from rwkv_jax.models.official_init import initial_linear
 from rwkv_jax.models.rwkv7 import init as rwkv7_init
 from rwkv_jax.wkv.impl import Impl
 from rwkv_jax.wkv.v7 import wkv7
@@ -36,11 +48,17 @@ from rwkv_jax.wkv.v7 import wkv7
 # RWKV-7's log decay is -exp(-0.5) sigmoid(z): the official -softplus(-z) - 0.5, exponentiated once more.
 MAX_LOG_DECAY_RATE = float(np.exp(-0.5))
 LORAS = ("decay", "iclr", "value", "gate")
+SWITCHES = ("token_shift", "value_residual", "delta_rule", "bonus", "normalize_kk")  # published: all True
+# Plain init of the logit biases: w0 gives the decay PLAIN_DECAY (w_log = -exp(-0.5) sigmoid(w0)); a0 = v0 = 0
+# (iclr and the value-residual pull 0.5); k_k = k_a = 1 (kk = k, k scaled by iclr); r_k = PLAIN_BONUS.
+PLAIN_W0 = float(-np.log(MAX_LOG_DECAY_RATE / -np.log(PLAIN_DECAY) - 1.0))
+PLAIN_BIASES = {"w0": PLAIN_W0, "a0": 0.0, "v0": 0.0, "k_k": 1.0, "k_a": 1.0}
 
 
 @dataclasses.dataclass(frozen=True)
-class RWKV7Config:
-    """Sizes and numerics of an RWKV-7 model.
+class RWKV7Config(PublishedArchitecture):
+    """Sizes, numerics and ablation switches of an RWKV-7 model (every switch defaults to the published
+    architecture: arXiv 2503.14456, BlinkDL ``RWKV_Tmix_x070``).
 
     Attributes:
       vocab_size, n_layer, n_embd: V, L, C.
@@ -54,6 +72,25 @@ class RWKV7Config:
       param_dtype: storage dtype of the parameters.
       wkv_impl: the WKV-7 form (``Impl`` or its name: recurrent, scan, chunked or auto).
       chunk_size: chunk length of the chunked WKV-7 form.
+      token_shift: True (published): every mix interpolates this token's input with the previous one's.
+        False: the previous-token input of every mix is the current token, so the mixes are identities with
+        no ``x_*`` parameters; the state keeps ``att_x`` and ``ffn_x``, unused.
+      value_residual: True (published, paper section 4): every block but the first pulls its value towards
+        the first block's, ``v += (v_first - v) sigmoid(v0 + lora_v(x_v))``. False: v is used as is, no
+        ``v0/v1/v2`` in any block.
+      delta_rule: True (published): the state update removes the old value along the key,
+        ``S <- S (diag(w) - kk^T (kk * iclr)) + v^T k`` with the in-context learning rate
+        ``iclr = sigmoid(a0 + lora_a(x_a))``, and k is rescaled by ``1 + (iclr - 1) k_a``. False: no removal
+        (the WKV-7 update gets ``b = 0``, a pure decayed sum like Eagle's), k is not rescaled; no ``x_a``,
+        ``a0/a1/a2``, ``k_k``, ``k_a``.
+      bonus: True (published): the current token's ``(r . (k * r_k)) v`` per head is added after ``ln_x``.
+        False: no bonus term, no ``r_k``.
+      normalize_kk: True (published): the removal key ``kk = k * k_k`` is L2-normalised per head.
+        False: ``kk = k * k_k`` unnormalised. Needs delta_rule (without it there is no removal key).
+      init: "official" (BlinkDL's formulas, ``init.py`` and :mod:`rwkv_jax.models.official_init`) or
+        "plain" (every matrix ``N(0, 0.02^2)``, token-shift weights 0.5, one decay ``exp(w_log) = 0.9``,
+        ``a0 = v0 = 0``, ``k_k = k_a = 1``, ``r_k = 1``, ``ln_x`` weight 1: see :data:`PLAIN_BIASES` and
+        :data:`rwkv_jax.models.common.PLAIN_STD`). Not an architecture switch.
     """
 
     vocab_size: int = 65536
@@ -71,6 +108,12 @@ class RWKV7Config:
     param_dtype: np.dtype | str = "float32"
     wkv_impl: Impl | str = Impl.AUTO
     chunk_size: int = 32
+    token_shift: bool = True
+    value_residual: bool = True
+    delta_rule: bool = True
+    bonus: bool = True
+    normalize_kk: bool = True
+    init: str = "official"
 
     def __post_init__(self):
         require_positive_ints(self, "vocab_size", "n_layer", "n_embd", "head_size", "chunk_size")
@@ -87,6 +130,17 @@ class RWKV7Config:
         require_positive_floats(self, "group_norm_eps", "layer_norm_eps")
         resolve_float_dtypes(self, "dtype", "param_dtype")
         object.__setattr__(self, "wkv_impl", Impl.parse(self.wkv_impl))
+        require_bools(self, *SWITCHES)
+        require_choice(self, "init", INITS)
+        if not self.delta_rule and not self.normalize_kk:
+            raise ValueError(
+                "RWKV7Config.normalize_kk=False has no effect with delta_rule=False (there is no removal key "
+                "kk); leave normalize_kk True"
+            )
+
+    def published_switches(self) -> dict[str, tuple[object, object]]:
+        """``{switch: (value, published value)}`` (see :class:`PublishedArchitecture`)."""
+        return {name: (getattr(self, name), True) for name in SWITCHES}
 
     @property
     def n_head(self) -> int:
@@ -114,13 +168,28 @@ def _normalize_heads(x: Array, head_size: int) -> Array:
     return (heads / jnp.maximum(norm, 1e-12)).reshape(x.shape)
 
 
+def _lerp_previous(x: Array, delta: Array, weight: nnx.Param | None) -> Array:
+    """``x + (prev - x) weight`` (``delta = prev - x``); ``x`` itself without token shift (weight None)."""
+    return x if weight is None else x + delta * weight[...].astype(x.dtype)
+
+
+def _shift_weight(config: "RWKV7Config", official: np.ndarray) -> nnx.Param | None:
+    """A token-shift weight ``[C]`` of the previous token: ``official`` or 0.5 (plain); None without shift."""
+    if not config.token_shift:
+        return None
+    return param(
+        jnp.asarray(official_or_constant(config, official, PLAIN_MIX), config.param_dtype), ("embed",)
+    )
+
+
 class TimeMix(nnx.Module):
     """RWKV-7's attention-like block (``att``); parameters named as the official ``blocks.i.att.*``.
 
     ``x_r ... x_g [C]`` token-shift weights; ``w0 [C]``, ``w1 [C, D]``, ``w2 [D, C]`` the decay;
     ``a0, a1, a2`` the in-context learning rate; ``v0, v1, v2`` the value residual (not in block 0);
     ``g1, g2`` the gate; ``k_k``, ``k_a [C]``; ``r_k [H, N]``; receptance, key, value ``Linear [C, C]``,
-    output ``Linear [C, C]``; ``ln_x`` the per-head GroupNorm.
+    output ``Linear [C, C]``; ``ln_x`` the per-head GroupNorm. The ablation switches of the config remove
+    the parameters of the parts they turn off.
     """
 
     def __init__(self, config: RWKV7Config, layer: int, rngs: nnx.Rngs):
@@ -128,22 +197,40 @@ class TimeMix(nnx.Module):
         self.head_size, self.dtype = N, config.dtype
         self.wkv_impl, self.chunk_size = config.wkv_impl, config.chunk_size
         self.first = layer == 0
+        self.value_residual = config.value_residual and not self.first  # the first block's value is v_first
+        self.delta_rule, self.normalize_kk = config.delta_rule, config.normalize_kk
+        self.inputs = tuple(n for n in "rwkvag" if n != "a" or config.delta_rule)  # x_a feeds iclr only
         for name, value in rwkv7_init.token_shift_weights(C, layer, L).items():
-            setattr(self, f"x_{name}", param(jnp.asarray(value, pd), ("embed",)))
+            if name in self.inputs:
+                setattr(self, f"x_{name}", _shift_weight(config, value))
         biases = rwkv7_init.time_mix_biases(C, N, layer, L)
+        biases = {
+            name: official_or_constant(config, value, PLAIN_BIASES[name]) for name, value in biases.items()
+        }
+        used = {"w": True, "a": config.delta_rule, "v": self.value_residual, "g": True}
         # Construction order = the official parameter order (so random draws follow the file layout).
         for prefix, kind in (("w", "decay"), ("a", "iclr"), ("v", "value"), ("g", "gate")):
-            if prefix == "v" and self.first:
-                continue  # the first block's value is v_first itself
+            if not used[prefix]:
+                continue
             rank = getattr(config, f"{kind}_lora")
-            setattr(self, f"{prefix}1", param(jnp.zeros((C, rank), pd), ("embed", "lora")))
-            w2 = official_init.orthogonal_kernel(rngs.params(), rank, C, rwkv7_init.LORA_W2_SCALE, pd)
+            w1 = official_or_normal(rngs, config, (C, rank), lambda rank=rank: jnp.zeros((C, rank), pd))
+            setattr(self, f"{prefix}1", param(w1, ("embed", "lora")))
+            w2 = official_or_normal(
+                rngs,
+                config,
+                (rank, C),
+                lambda rank=rank: official_init.orthogonal_kernel(
+                    rngs.params(), rank, C, rwkv7_init.LORA_W2_SCALE, pd
+                ),
+            )
             setattr(self, f"{prefix}2", param(w2, ("lora", "embed")))
             if prefix != "g":
                 setattr(self, f"{prefix}0", param(jnp.asarray(biases[f"{prefix}0"], pd), ("embed",)))
-        self.k_k = param(jnp.asarray(biases["k_k"], pd), ("embed",))
-        self.k_a = param(jnp.asarray(biases["k_a"], pd), ("embed",))
-        self.r_k = param(jnp.full((H, N), rwkv7_init.R_K, pd), ("heads", "head_dim"))
+        if config.delta_rule:
+            self.k_k = param(jnp.asarray(biases["k_k"], pd), ("embed",))
+            self.k_a = param(jnp.asarray(biases["k_a"], pd), ("embed",))
+        r_k = official_or_constant(config, np.full((H, N), rwkv7_init.R_K), PLAIN_BONUS)
+        self.r_k = param(jnp.asarray(r_k, pd), ("heads", "head_dim")) if config.bonus else None
         gains = {
             "receptance": official_init.GAIN_RECEPTANCE,
             "key": official_init.GAIN_KEY,
@@ -152,8 +239,8 @@ class TimeMix(nnx.Module):
         }
         for name, gain in gains.items():
             axes = ("heads", "embed") if name == "output" else ("embed", "heads")
-            setattr(self, name, orthogonal_linear(rngs, config, (C, C), axes, gain))
-        ln_x_weight = official_init.ln_x_weight(C, layer, L)
+            setattr(self, name, initial_linear(rngs, config, (C, C), axes, gain))
+        ln_x_weight = official_or_constant(config, official_init.ln_x_weight(C, layer, L), 1.0)
         self.ln_x = HeadGroupNorm(H, ln_x_weight, eps=config.group_norm_eps, param_dtype=pd)
 
     def _lora(self, prefix: str, x: Array, inner=None) -> Array:
@@ -163,34 +250,47 @@ class TimeMix(nnx.Module):
             hidden = inner(hidden)
         return hidden @ getattr(self, f"{prefix}2")[...].astype(self.dtype)
 
+    def _removal(self, k: Array, mixed_a: Array) -> tuple[Array, Array, Array]:
+        """The delta rule's ``(a, b, k)``: removal key ``a = -kk``, ``b = kk * iclr`` and k rescaled by iclr,
+        float32 ``[B, T, C]``; without the delta rule ``a = b = 0`` (no removal) and k as is."""
+        f32 = jnp.float32
+        if not self.delta_rule:
+            zeros = jnp.zeros(k.shape, f32)
+            return zeros, zeros, k.astype(f32)
+        iclr = jax.nn.sigmoid(self.a0[...].astype(f32) + self._lora("a", mixed_a).astype(f32))
+        kk = k.astype(f32) * self.k_k[...].astype(f32)
+        if self.normalize_kk:
+            kk = _normalize_heads(kk, self.head_size)
+        k = k.astype(f32) * (1 + (iclr - 1) * self.k_a[...].astype(f32))
+        return -kk, kk * iclr, k
+
     def __call__(self, x: Array, prev: Array, v_first: Array | None, state: Array) -> tuple[Array, ...]:
         """``x``, ``prev`` ``[B, T, C]`` (ln1 output and its shift), the first block's value (None in block
         0) and the WKV state. Returns ``(out [B, T, C], v_first, state)``."""
         B, T, C = x.shape
         delta = prev - x
-        mixed = {n: x + delta * getattr(self, f"x_{n}")[...].astype(x.dtype) for n in "rwkvag"}
+        mixed = {n: _lerp_previous(x, delta, getattr(self, f"x_{n}", None)) for n in self.inputs}
         r, k, v = self.receptance(mixed["r"]), self.key(mixed["k"]), self.value(mixed["v"])
         f32 = jnp.float32
         decay_logit = self.w0[...].astype(f32) + self._lora("w", mixed["w"], jnp.tanh).astype(f32)
         w_log = -MAX_LOG_DECAY_RATE * jax.nn.sigmoid(decay_logit)
         if self.first:
             v_first = v
-        else:
+        if self.value_residual:
             pull = jax.nn.sigmoid(self.v0[...].astype(f32) + self._lora("v", mixed["v"]).astype(f32))
             v = (v + (v_first - v) * pull).astype(v.dtype)
-        iclr = jax.nn.sigmoid(self.a0[...].astype(f32) + self._lora("a", mixed["a"]).astype(f32))
         gate = self._lora("g", mixed["g"], jax.nn.sigmoid)
-        kk = _normalize_heads(k.astype(f32) * self.k_k[...].astype(f32), self.head_size)
-        k = k.astype(f32) * (1 + (iclr - 1) * self.k_a[...].astype(f32))
+        a, b, k = self._removal(k, mixed.get("a"))
         heads = (B, T, -1, self.head_size)
         r_h, k_h, v_h = r.reshape(heads), k.reshape(heads), v.reshape(heads)
         y, state = wkv7(
-            r_h, k_h, v_h, w_log.reshape(heads), (-kk).reshape(heads), (kk * iclr).reshape(heads), state,
+            r_h, k_h, v_h, w_log.reshape(heads), a.reshape(heads), b.reshape(heads), state,
             impl=self.wkv_impl, chunk_size=self.chunk_size,
         )  # fmt: skip
         y = self.ln_x(y)  # [B, T, C] float32
-        bonus = jnp.sum(r_h.astype(f32) * k_h * self.r_k[...].astype(f32), axis=-1, keepdims=True)
-        y = y + (bonus * v_h.astype(f32)).reshape(B, T, C)
+        if self.r_k is not None:
+            bonus = jnp.sum(r_h.astype(f32) * k_h * self.r_k[...].astype(f32), axis=-1, keepdims=True)
+            y = y + (bonus * v_h.astype(f32)).reshape(B, T, C)
         return self.output(y.astype(self.dtype) * gate), v_first, state
 
 
@@ -199,13 +299,12 @@ class ChannelMix(nnx.Module):
 
     def __init__(self, config: RWKV7Config, layer: int, rngs: nnx.Rngs):
         C, F = config.n_embd, config.ffn_dim
-        weight = rwkv7_init.channel_mix_weight(C, layer, config.n_layer)
-        self.x_k = param(jnp.asarray(weight, config.param_dtype), ("embed",))
-        self.key = orthogonal_linear(rngs, config, (C, F), ("embed", "mlp"), official_init.GAIN_FFN_KEY)
-        self.value = orthogonal_linear(rngs, config, (F, C), ("mlp", "embed"), official_init.GAIN_FFN_VALUE)
+        self.x_k = _shift_weight(config, rwkv7_init.channel_mix_weight(C, layer, config.n_layer))
+        self.key = initial_linear(rngs, config, (C, F), ("embed", "mlp"), official_init.GAIN_FFN_KEY)
+        self.value = initial_linear(rngs, config, (F, C), ("mlp", "embed"), official_init.GAIN_FFN_VALUE)
 
     def __call__(self, x: Array, prev: Array) -> Array:
-        mixed = x + (prev - x) * self.x_k[...].astype(x.dtype)
+        mixed = _lerp_previous(x, prev - x, self.x_k)
         return self.value(jnp.square(jax.nn.relu(self.key(mixed))))
 
 
@@ -248,10 +347,17 @@ class RWKV7(LanguageModel):
             raise TypeError(f"config must be an RWKV7Config, got {type(config).__name__}")
         self.config = config
         C, V, pd = config.n_embd, config.vocab_size, config.param_dtype
-        self.emb = Embedding(official_init.uniform(rngs.params(), (V, C), official_init.EMBEDDING_BOUND, pd))
+        self.emb = Embedding(
+            official_or_normal(
+                rngs,
+                config,
+                (V, C),
+                lambda: official_init.uniform(rngs.params(), (V, C), official_init.EMBEDDING_BOUND, pd),
+            )
+        )
         self.blocks = nnx.List(Block(config, layer, rngs) for layer in range(config.n_layer))
         self.ln_out = LayerNorm(C, eps=config.layer_norm_eps, param_dtype=pd)
-        self.head = orthogonal_linear(rngs, config, (C, V), ("embed", "vocab"), official_init.head_gain(V, C))
+        self.head = initial_linear(rngs, config, (C, V), ("embed", "vocab"), official_init.head_gain(V, C))
 
     def empty_layer_state(self, batch_size: int) -> RWKV7LayerState:
         """Zero token shifts and a zero WKV state, float32."""
