@@ -60,7 +60,8 @@ import numpy as np
 
 from rwkv_jax.array_typing import Array
 
-# The fastest on the benchmark's CPU (docs/wkv_training_speed.md).
+# Two blocks of 16: in the benchmark (docs/wkv_training_speed.md) about as fast as chunks of 16 under a
+# quiet machine and faster under load, with half the states kept.
 DEFAULT_CHUNK_SIZE = 32
 BLOCK_SIZE = 16  # tokens per block of the intra-chunk math (a chunk is the unit of the states kept)
 MAX_CHUNK_LOG_DECAY = 60.0  # the largest |sum of w_log| over one chunk (exp(60) ~ 1e26 < float32 max)
@@ -101,6 +102,13 @@ def _masks(length: int) -> tuple[np.ndarray, np.ndarray]:
     return strict, strict + np.eye(length, dtype=np.float32)
 
 
+def _score_mask(length: int) -> np.ndarray:
+    """The mask of the stacked scores ``[[M_ab, M_ak], [Q_b, Q_k]]`` ``[2L, 2L]``: the removals (rows of A)
+    see the tokens before, the outputs (rows of R) the tokens up to and including their own."""
+    strict, causal = _masks(length)
+    return np.block([[strict, strict], [causal, causal]])
+
+
 def _batched(matrix: np.ndarray, like: Array) -> Array:
     """``matrix [M, L]`` broadcast over the leading axes of ``like [..., L, N]``: a batched matmul with it
     needs no transpose of ``like`` (XLA:CPU would transpose ``[..., L, N]`` to ``[L, ... N]`` for an
@@ -128,8 +136,8 @@ def _stack(top: Array, bottom: Array) -> Array:
     return jnp.concatenate([top, bottom], axis=-2)
 
 
-class _Chunk(NamedTuple):
-    """The state-free quantities of one chunk (module docstring), over ``[B, H]``; the pairs of the module
+class _Block(NamedTuple):
+    """The state-free quantities of one block (module docstring), over ``[B, H]``; the pairs of the module
     docstring are stacked along the token axis, so that each pair is one matmul.
 
     The decay factors: ``row_decay = [exp(c_{t-1}); exp(c_t)]`` ``[2L, N]`` (of ``[a; r]``), ``undecay =
@@ -149,8 +157,8 @@ class _Chunk(NamedTuple):
     inverse: Array
 
 
-def _chunk_terms(r: Array, k: Array, w: Array, a: Array, b: Array) -> _Chunk:
-    """The decay factors, decayed vectors, scores and inverse of a chunk (inputs ``[B, H, L, N]``)."""
+def _block_terms(r: Array, k: Array, w: Array, a: Array, b: Array) -> _Block:
+    """The decay factors, decayed vectors, scores and inverse of a block (inputs ``[B, H, L, N]``)."""
     length = r.shape[-2]
     strict, causal = _masks(length)
     # c_t, c_L - c_t and c_L in one matmul (XLA:CPU's cumsum is a slow reduce-window), each summed from its
@@ -161,14 +169,13 @@ def _chunk_terms(r: Array, k: Array, w: Array, a: Array, b: Array) -> _Chunk:
     undecay, to_end = (jnp.exp(_stack(x, x)) for x in (-c, after))
     X, bk = _stack(a, r) * row_decay, _stack(b, k)
     Y = bk * undecay
-    mask = np.block([[strict, strict], [causal, causal]])
-    scores = _nt(X, Y) * mask
+    scores = _nt(X, Y) * _score_mask(length)
     inverse = _unit_lower_inverse(scores[..., :length, :length])
-    return _Chunk(row_decay, undecay, to_end, jnp.exp(total), X, Y, bk * to_end, scores, inverse)
+    return _Block(row_decay, undecay, to_end, jnp.exp(total), X, Y, bk * to_end, scores, inverse)
 
 
-def _removed(terms: _Chunk, v: Array, state: Array) -> Array:
-    """``U = [u; v]`` ``[B, H, 2L, value]``, ``u = P (A S_0^T + M_ak v)`` the values the chunk's tokens
+def _removed(terms: _Block, v: Array, state: Array) -> Array:
+    """``U = [u; v]`` ``[B, H, 2L, value]``, ``u = P (A S_0^T + M_ak v)`` the values the block's tokens
     remove."""
     length = v.shape[-2]
     z = terms.X[..., :length, :] @ state + terms.scores[..., :length, length:] @ v
@@ -181,7 +188,7 @@ def _block_forward(
     """One block: r, k, v, w, a, b ``[B, H, L, N]`` and the start state ``[B, H, key, value]`` (float32,
     transposed: each row of ``X`` reads it as a plain matmul) -> ``y [B, H, L, N]`` and the state after
     the block."""
-    terms = _chunk_terms(r, k, w, a, b)
+    terms = _block_terms(r, k, w, a, b)
     length = v.shape[-2]
     U = _removed(terms, v, state)
     y = terms.X[..., length:, :] @ state + terms.scores[..., length:, :] @ U
@@ -197,7 +204,7 @@ def _block_backward(
 ) -> tuple[Array, ...]:
     """Gradients of one block (shapes as :func:`_block_forward`) given ``dy``, the start state and the
     gradient of the state after the block: ``(dr, dk, dv, dw, da, db, d_state)``."""
-    t = _chunk_terms(r, k, w, a, b)
+    t = _block_terms(r, k, w, a, b)
     length = v.shape[-2]
     U = _removed(t, v, state)
     # S_L = S_0 decay + E^T U;  y = R S_0 + [Q_b, Q_k] U;  u = P z, z = A S_0 + M_ak v
@@ -205,8 +212,7 @@ def _block_backward(
     du = from_end[..., :length, :] + _tn(t.scores[..., length:, :length], dy)
     D = _stack(_tn(t.inverse, du), dy)  # [dz; dy]: through the solve, dz = P^T du
     dv = from_end[..., length:, :] + _tn(t.scores[..., length:], D)
-    strict, causal = _masks(length)
-    d_scores = _nt(D, U) * np.block([[strict, strict], [causal, causal]])
+    d_scores = _nt(D, U) * _score_mask(length)
     dX = _nt(D, state) + d_scores @ t.Y
     dY = _tn(d_scores, t.X)
     dE = _nt(U, d_next)
@@ -270,7 +276,7 @@ def _row_sums(x: Array) -> Array:
 
 
 def _decay_grad(from_rows: Array, from_before: Array, from_end: Array, from_state: Array) -> Array:
-    """Gradient of a chunk's log decays ``[..., L, N]`` from per-token terms ``X_t = x_t * dx_t`` of the
+    """Gradient of a block's log decays ``[..., L, N]`` from per-token terms ``X_t = x_t * dx_t`` of the
     decayed vectors ``x_t = x exp(e_t)``, grouped by the steps j that their exponent ``e_t`` sums:
 
     - ``from_rows``: exponent ``+-c_t`` (R, and minus B and K), the steps ``j <= t``;
@@ -304,7 +310,7 @@ def _put_chunk(x: Array, index: Array, chunk_size: int, value: Array) -> Array:
 
 def _forward_pass(inputs: tuple[Array, ...], state: Array, chunk_size: int) -> tuple[Array, Array, Array]:
     """inputs (r, k, v, w, a, b) ``[B, T, H, N]`` -> y ``[B, T, H, N]``, the final state and the states at
-    every chunk start ``[T / L, B, H, N, N]``."""
+    every chunk start ``[T / L, B, H, key, value]``."""
 
     def chunk_step(index: Array, carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
         y, starts, s = carry
@@ -322,7 +328,8 @@ def _wkv_chunks(
     r: Array, k: Array, v: Array, w: Array, a: Array, b: Array, state: Array, chunk_size: int
 ) -> tuple[Array, Array]:
     """The chunk loop: r, k, v, w, a, b ``[B, T, H, N]`` (T a multiple of chunk_size), state
-    ``[B, H, N, N]``, all float32 -> (y, final state). Differentiated by :func:`_wkv_chunks_backward`."""
+    ``[B, H, key, value]``, all float32 -> (y, final state). Differentiated by
+    :func:`_wkv_chunks_backward`."""
     y, final, _ = _forward_pass((r, k, v, w, a, b), state, chunk_size)
     return y, final
 
