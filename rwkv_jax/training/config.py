@@ -11,10 +11,14 @@ value to the field's type.
 import ast
 import difflib
 import importlib.util
+import math
 import pathlib
+import sys
 from typing import Any
 
+import jax
 import ml_collections
+import numpy as np
 
 from rwkv_jax.models.family import get_family
 from rwkv_jax.presets import get_preset
@@ -166,15 +170,228 @@ def load_config(spec: str) -> ConfigDict:
     return config
 
 
-def validate(config: ConfigDict) -> None:
-    """Checks that ``config`` has only fields of :func:`default_config` and, in ``model``, only fields of its
-    family's config class; names the nearest valid ones."""
+def validate(config: ConfigDict, device_count: int | None = None) -> None:
+    """Checks ``config`` before any work: only fields of :func:`default_config` and, in ``model``, only fields
+    of its family's config class (naming the nearest valid ones), then every value (:func:`check_values`).
+
+    ``device_count`` (``jax.device_count()``) also checks the mesh against the devices; None skips that
+    check, so that loading a config asks JAX for no devices (a multi-process run connects its processes
+    first).
+    """
     valid = [key for key in flat_keys(default_config()) if not key.startswith("model.")]
     for key in flat_keys(config):
         if not key.startswith("model.") and key not in valid:
             raise ValueError(f"unknown config key {key!r}; {_nearest_hint(key, valid)}")
     model = dict(config.model.items())
     get_family(model.pop("family")).check_fields(model, what="config.model")
+    check_values(config, device_count)
+
+
+class ConfigError(ValueError):
+    """A config value out of its valid range; the message names the field, the value and what is valid."""
+
+
+def check_values(config: ConfigDict, device_count: int | None = None) -> None:
+    """Checks every value of ``config`` (ranges, choices, divisibility, the model's own config class, the
+    WKV form's chunk size); raises :class:`ConfigError` naming the field and what is valid.
+
+    ``device_count`` is given at the start of a run: then the mesh is checked against the devices and the
+    fields a config file may leave to the command line (``data.train_path``) must be set.
+    """
+    _check_fields(config, _RANGES)
+    data, optim, segments = config.data, config.optim, config.segments
+    if data.prepare not in ("", "shakespeare"):
+        _fail("data.prepare", data.prepare, "'shakespeare' or '' (paths given by data.train_path)")
+    if device_count is not None and not data.prepare and not data.train_path:  # a file may leave it to a flag
+        _fail("data.train_path", data.train_path, "a binidx prefix, a text file or a folder of .txt files")
+    if optim.schedule not in _SCHEDULES:
+        _fail("optim.schedule", optim.schedule, f"one of {_SCHEDULES}")
+    if segments.length and data.seq_len % segments.length:
+        _fail("segments.length", segments.length, f"0 or a divisor of data.seq_len ({data.seq_len})")
+    if config.train.steps % optim.accum_steps:
+        _fail("train.steps", config.train.steps, f"a multiple of optim.accum_steps ({optim.accum_steps})")
+    _check_mesh(config, device_count)
+    model_cfg = _check_model(config.model)
+    _check_chunk_size(config.model.family, model_cfg)
+
+
+# Field -> (kind, lower bound, upper bound, whether the lower bound is excluded); None: no bound.
+_RANGES: dict[str, tuple[type, float | None, float | None, bool]] = {
+    "seed": (int, 0, None, False),
+    "data.seq_len": (int, 1, None, False),
+    "data.batch_size": (int, 1, None, False),
+    "optim.lr": (float, 0, None, True),
+    "optim.final_lr_ratio": (float, 0, 1, False),
+    "optim.warmup_steps": (int, 0, None, False),
+    "optim.b1": (float, 0, 1, False),
+    "optim.b2": (float, 0, 1, False),
+    "optim.eps": (float, 0, None, True),
+    "optim.weight_decay": (float, 0, None, False),
+    "optim.clip_norm": (float, 0, None, False),
+    "optim.accum_steps": (int, 1, None, False),
+    "loss.l2wrap": (float, 0, None, False),
+    "segments.length": (int, 0, None, False),
+    "segments.truncate": (bool, None, None, False),
+    "train.steps": (int, 1, None, False),
+    "train.max_seconds": (float, 0, None, False),
+    "train.log_every": (int, 1, None, False),
+    "train.progress": (bool, None, None, False),
+    "ckpt.every": (int, 0, None, False),
+    "ckpt.keep": (int, 1, None, False),
+    "eval.every": (int, 0, None, False),
+    "eval.batches": (int, 1, None, False),
+    "eval.sample_tokens": (int, 0, None, False),
+    "eval.temperature": (float, 0, None, False),
+    "distributed.num_processes": (int, 1, None, False),
+    "distributed.process_id": (int, 0, None, False),
+    "distributed.local_device_count": (int, 0, None, False),
+}
+_SCHEDULES = ("cosine", "linear", "constant")
+_MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def _fail(field: str, value: Any, valid: str) -> None:
+    raise ConfigError(f"config.{field} = {value!r} is invalid; expected {valid}")
+
+
+def _get(config: ConfigDict, dotted: str) -> Any:
+    for name in dotted.split("."):
+        config = config[name]
+    return config
+
+
+def _check_fields(
+    config: ConfigDict, ranges: dict[str, tuple[type, float | None, float | None, bool]]
+) -> None:
+    for field, (kind, low, high, open_low) in ranges.items():
+        value = _get(config, field)
+        if kind is bool:
+            if not isinstance(value, bool):
+                _fail(field, value, "True or False")
+            continue
+        kinds = (int,) if kind is int else (int, float)
+        name = "an integer" if kind is int else "a number"
+        if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+            _fail(field, value, f"{name}{_bounds(low, high, open_low)}")
+        if (low is not None and (value <= low if open_low else value < low)) or (
+            high is not None and value > high
+        ):
+            _fail(field, value, f"{name}{_bounds(low, high, open_low)}")
+    if config.distributed.process_id >= config.distributed.num_processes:
+        _fail("distributed.process_id", config.distributed.process_id, "< distributed.num_processes")
+
+
+def _bounds(low: float | None, high: float | None, open_low: bool) -> str:
+    if low is not None and high is not None:
+        return f" in [{low}, {high}]"
+    if low is not None:
+        return f" {'>' if open_low else '>='} {low}"
+    return ""
+
+
+def _check_mesh(config: ConfigDict, device_count: int | None) -> None:
+    sizes = {axis: config.mesh[axis] for axis in _MESH_AXES}
+    for axis, size in sizes.items():
+        if isinstance(size, bool) or not isinstance(size, int) or size == 0 or size < -1:
+            _fail(f"mesh.{axis}", size, "a positive integer or -1 (every device the other axes leave)")
+    if list(sizes.values()).count(-1) > 1:
+        _fail("mesh", sizes, "at most one axis of size -1")
+    rules = dict(config.sharding_rules)
+    for logical, target in rules.items():
+        named = (target,) if isinstance(target, str) else tuple(target or ())
+        if any(axis not in _MESH_AXES for axis in named):
+            _fail("sharding_rules", f"{logical} -> {target}", f"mesh axes among {_MESH_AXES} or None")
+    if device_count is None:
+        return
+    known = math.prod(size for size in sizes.values() if size != -1)
+    if -1 in sizes.values():
+        if device_count % known:
+            _fail("mesh", sizes, f"sizes whose product ({known}) divides the {device_count} devices")
+        sizes = {axis: device_count // known if size == -1 else size for axis, size in sizes.items()}
+    elif known != device_count:
+        _fail("mesh", sizes, f"sizes whose product ({known}) is the number of devices, {device_count}")
+    batch_axes = rules.get("batch")
+    batch_axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes or ())
+    shards = math.prod(sizes[axis] for axis in batch_axes)
+    if config.data.batch_size % shards:
+        _fail(
+            "data.batch_size",
+            config.data.batch_size,
+            f"a multiple of {shards}, the mesh axes {batch_axes} that shard the batch ({sizes})",
+        )
+
+
+def _check_model(model: ConfigDict) -> Any:
+    """The family's config object (its class validates its own fields), errors prefixed with the section."""
+    fields = dict(model.items())
+    try:
+        return get_family(fields.pop("family")).make_config(**fields)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"config.model: {e}") from None
+
+
+def _check_chunk_size(family_name: str, model_cfg: Any) -> None:
+    """Asks the family's WKV forms table whether the forms ``wkv_impl`` may use take ``chunk_size``.
+
+    Each form that AUTO could pick (on any backend) or the named form is traced abstractly on one chunk
+    (``jax.eval_shape``: no device, no compilation), which runs the form's own chunk-size rules; then the
+    table's value check runs on the strongest decay the family's model can produce, when its model module
+    declares it (``MAX_LOG_DECAY_RATE``: ``w_log >= -MAX_LOG_DECAY_RATE``).
+    """
+    from rwkv_jax.wkv.impl import Impl  # here: the wkv package imports nothing of training
+
+    table = get_family(family_name).wkv
+    chunk_size = getattr(model_cfg, "chunk_size", None)
+    impl = getattr(model_cfg, "wkv_impl", None)
+    if table is None or chunk_size is None or impl is None:
+        return
+    impl = Impl.parse(impl)
+    candidates = {table.auto_cpu, table.auto_accelerated} if impl is Impl.AUTO else {impl}
+    candidates = [c for c in candidates if c in table.forms and c not in (Impl.RECURRENT, Impl.SCAN)]
+    rate = getattr(
+        sys.modules.get(get_family(family_name).model_class.__module__), "MAX_LOG_DECAY_RATE", None
+    )
+    for form in candidates:
+        inputs = _probe_inputs(table, model_cfg, chunk_size)
+        try:
+            jax.eval_shape(lambda *args, form=form: table(*args, impl=form, chunk_size=chunk_size), *inputs)
+        except ValueError as e:
+            _fail(
+                "model.chunk_size", chunk_size, f"a chunk size the {table.name} {form.value} form takes: {e}"
+            )
+        if table.check_values is None or rate is None:
+            continue
+        concrete = {
+            name: np.full(x.shape, -rate if name == "w_log" else 0.0, np.float32)
+            for (name, _), x in zip(table.inputs, inputs, strict=True)
+        }
+
+        def passes(size: int, form: Impl = form, concrete: dict = concrete) -> bool:
+            try:
+                table.check_values(concrete, form, size)
+            except ValueError:
+                return False
+            return True
+
+        if not passes(chunk_size):
+            largest = max((size for size in range(1, chunk_size) if passes(size)), default=None)
+            title = get_family(family_name).title
+            _fail(
+                "model.chunk_size",
+                chunk_size,
+                f"at most {largest} for the {table.name} {form.value} form: {title}'s decays reach "
+                f"w_log = -{rate:.4g} per step, and the form bounds the decay a chunk accumulates",
+            )
+
+
+def _probe_inputs(table: Any, model_cfg: Any, chunk_size: int) -> list[jax.ShapeDtypeStruct]:
+    """Abstract inputs of one chunk for ``table``: B = H = 1, N the config's head size, C = N."""
+    n = getattr(model_cfg, "head_size", 8)
+    sizes = {"B": 1, "T": chunk_size, "H": 1, "N": n, "C": n}
+    dtype = getattr(model_cfg, "dtype", np.float32)
+    return [
+        jax.ShapeDtypeStruct(tuple(sizes[letter] for letter in letters), dtype) for _, letters in table.inputs
+    ]
 
 
 def apply_override(config: ConfigDict, dotted_key: str, value: str) -> None:
