@@ -294,8 +294,10 @@ def _check_mesh(config: ConfigDict, device_count: int | None) -> None:
     for axis, size in sizes.items():
         if isinstance(size, bool) or not isinstance(size, int) or size == 0 or size < -1:
             _fail(f"mesh.{axis}", size, "a positive integer or -1 (every device the other axes leave)")
+    product = " * ".join(f"mesh.{axis}" for axis in _MESH_AXES)
     if list(sizes.values()).count(-1) > 1:
-        _fail("mesh", sizes, "at most one axis of size -1")
+        both = " and ".join(f"mesh.{axis}" for axis, size in sizes.items() if size == -1)
+        _fail(both, -1, "at most one axis of size -1")
     rules = dict(config.sharding_rules)
     for logical, target in rules.items():
         named = (target,) if isinstance(target, str) else tuple(target or ())
@@ -306,10 +308,14 @@ def _check_mesh(config: ConfigDict, device_count: int | None) -> None:
     known = math.prod(size for size in sizes.values() if size != -1)
     if -1 in sizes.values():
         if device_count % known:
-            _fail("mesh", sizes, f"sizes whose product ({known}) divides the {device_count} devices")
+            _fail(
+                product,
+                sizes,
+                f"a product of the sizes not -1 ({known}) that divides the {device_count} devices",
+            )
         sizes = {axis: device_count // known if size == -1 else size for axis, size in sizes.items()}
     elif known != device_count:
-        _fail("mesh", sizes, f"sizes whose product ({known}) is the number of devices, {device_count}")
+        _fail(product, sizes, f"a product ({known}) equal to the number of devices, {device_count}")
     batch_axes = rules.get("batch")
     batch_axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes or ())
     shards = math.prod(sizes[axis] for axis in batch_axes)

@@ -17,7 +17,7 @@ import numpy as np
 from rwkv_jax.sharding import batch_sharding, make_mesh, tree_shardings
 from rwkv_jax.training import distributed, shakespeare
 from rwkv_jax.training.checkpointing import Checkpoints
-from rwkv_jax.training.config import ConfigDict
+from rwkv_jax.training.config import ConfigDict, validate
 from rwkv_jax.training.data import END_OF_DOCUMENT, BatchOrder, encode_text, eval_batches, load_stream
 from rwkv_jax.training.evaluate import evaluate_batches, token_byte_lengths
 from rwkv_jax.training.metrics import MetricWriter, Progress
@@ -50,6 +50,7 @@ def data_paths(data: ConfigDict) -> tuple[str, str]:
 
 def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
     """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the final metrics."""
+    validate(config, device_count=jax.device_count())  # every value, before anything is written or built
     workdir = pathlib.Path(workdir)
     primary = distributed.is_primary()  # the process that writes logs and metrics (checkpoints: all)
     workdir.mkdir(parents=True, exist_ok=True)
