@@ -1,12 +1,16 @@
 """``train_and_evaluate(config, workdir)``: the training run, in banner sections as big_vision's train.py.
 
-The run resumes from the newest complete checkpoint in ``workdir/checkpoints`` and continues with exactly
-the losses an uninterrupted run would have (same batches, same parameters and optimiser state, same program).
-A non-finite loss stops the run at once with :class:`NonFiniteLossError`; nothing is saved after it.
+The run resumes from the newest good checkpoint in ``workdir/checkpoints`` and continues with exactly
+the losses an uninterrupted run would have (same batches, same parameters and optimiser state, same program),
+wherever the previous run was killed (tests/training/test_faults.py): a validation pass comes before the
+checkpoint of its step, so the metrics up to a checkpoint are complete, and every file is written whole
+(a temporary file renamed) or appended a record at a time. A non-finite loss stops the run at once with
+:class:`NonFiniteLossError`; nothing is saved after it. The config is checked before anything is done.
 """
 
 import json
 import math
+import os
 import pathlib
 import time
 from typing import Any
@@ -55,7 +59,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
     primary = distributed.is_primary()  # the process that writes logs and metrics (checkpoints: all)
     workdir.mkdir(parents=True, exist_ok=True)
     if primary:
-        (workdir / "config.json").write_text(config.to_json(indent=2), encoding="utf-8")
+        write_atomically(workdir / "config.json", config.to_json(indent=2))
 
     # ---- Mesh -------------------------------------------------------------------------------------------
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
@@ -84,9 +88,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
 
     # ---- Checkpoint -------------------------------------------------------------------------------------
     ckpts = Checkpoints(workdir / "checkpoints", config.ckpt.keep)
-    start = ckpts.latest_step() or 0
-    if start:
-        params, opt_state = ckpts.restore(start, params, opt_state)
+    phase("restore", 0)
+    start, params, opt_state = ckpts.restore_latest(params, opt_state)
 
     # ---- Update and eval steps --------------------------------------------------------------------------
     step_fn = make_train_step(
@@ -105,6 +108,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
     byte_lengths = token_byte_lengths(config.data.tokenizer, config.model.vocab_size)
 
     def evaluate(step: int) -> dict[str, Any]:
+        phase("eval", step)
         results = {
             f"val_{k}": v for k, v in evaluate_batches(eval_step, params, val_batches, byte_lengths).items()
         }
@@ -125,6 +129,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
     window_steps, step = 0, start
     try:
         while step < total:
+            phase("train", step + 1)
             batch = order.batch(step)
             _check_vocab(batch, config.model.vocab_size, step)
             params, opt_state, metrics = train_step(
@@ -150,24 +155,46 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
                     tokens_per_second=window_steps * batch_size * seq_len / max(elapsed, 1e-9),
                 )
                 window_start, window_steps = time.perf_counter(), 0
-            if config.ckpt.every and step % config.ckpt.every == 0:
-                ckpts.save(step, params, opt_state)
+            # Validation before the checkpoint: a run resumed from this step has its metrics in full.
             if val_batches and config.eval.every and step % config.eval.every == 0 and step < total:
                 evaluate(step)
+            if config.ckpt.every and step % config.ckpt.every == 0:
+                phase("save", step)
+                ckpts.save(step, params, opt_state)
             if out_of_time:
                 progress.write(f"time limit of {config.train.max_seconds:.0f} s reached at step {step}")
                 break
         results.update(train_seconds=time.perf_counter() - began, final_step=step)
-        ckpts.save(step, params, opt_state)
         if val_batches:
             results.update(evaluate(step))
+        phase("save", step)
+        ckpts.save(step, params, opt_state)
     finally:
         progress.close()
         writer.close()
         ckpts.close()
     if primary:
-        (workdir / "final_metrics.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+        write_atomically(workdir / "final_metrics.json", json.dumps(results, indent=2))
+    phase("end", step)
     return results
+
+
+def write_atomically(path: pathlib.Path, text: str) -> None:
+    """Writes ``text`` to a temporary file beside ``path`` and renames it: a kill leaves the old file or
+    the new one, never half of one."""
+    tmp = path.with_name(f"{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def phase(name: str, step: int) -> None:
+    """Test instrumentation: with ``RWKV_JAX_PHASE_LOG=<file>`` set, appends ``"<name> <step>"`` to that
+    file as the run enters each phase (``restore``, ``train`` of a step, ``eval``, ``save``, ``end``), so
+    that tests/training/test_faults.py can SIGKILL the process inside a chosen phase. Unset: does nothing."""
+    path = os.environ.get("RWKV_JAX_PHASE_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{name} {step}\n")
 
 
 def sample_text(config: ConfigDict, fns: ModelFns, params: Any, step: int) -> str:

@@ -2,7 +2,9 @@
 
 ``workdir/metrics.jsonl`` holds one record per line, ``{"step": s, "name": value, ...}``, and
 ``workdir/tensorboard/`` the same scalars as TensorBoard events. On resume from step ``s`` the records after
-``s`` (written by the interrupted run after its last checkpoint) are dropped, so the file reads as one run.
+``s`` (written by the interrupted run after its last checkpoint) are dropped, and so is a last line that a
+kill cut short, so the file reads as one run; a record the resumed run makes again at a step it kept (the
+final validation of a run killed after it) is not written twice.
 """
 
 import json
@@ -30,7 +32,9 @@ class MetricWriter:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _drop_records_after(self.path, resume_step)
+        self._kept = {
+            (r["step"], frozenset(r) - {"step"}) for r in _drop_records_after(self.path, resume_step)
+        }
         self._file = self.path.open("a", encoding="utf-8")
         self._tb = None
         if tensorboard:
@@ -44,6 +48,8 @@ class MetricWriter:
     def write(self, step: int, **scalars: float) -> None:
         """Records ``scalars`` (python floats) at ``step``."""
         if not self._enabled:
+            return
+        if (int(step), frozenset(scalars)) in self._kept:  # logged by the run this one resumes
             return
         record = {"step": int(step), **{k: _json_number(v) for k, v in scalars.items()}}
         self._file.write(json.dumps(record) + "\n")
@@ -62,18 +68,21 @@ class MetricWriter:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` file, in order."""
+    """The records of a ``metrics.jsonl`` file, in order; a last line without its newline (a run killed
+    while writing it) is left out."""
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = f.read().split("\n")
+    return [json.loads(line) for line in lines[:-1] if line.strip()]  # lines[-1]: "" or a torn record
 
 
-def _drop_records_after(path: pathlib.Path, step: int) -> None:
+def _drop_records_after(path: pathlib.Path, step: int) -> list[dict[str, Any]]:
     if not path.is_file():
-        return
+        return []
     kept = [r for r in read_metrics(path) if r["step"] <= step]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
     os.replace(tmp, path)
+    return kept
 
 
 def _json_number(value: Any) -> float | str:

@@ -24,6 +24,24 @@ def losses(workdir: pathlib.Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(workdir / "metrics.jsonl") if "loss" in r}
 
 
+def logged(workdir: pathlib.Path) -> list[tuple[int, str, float]]:
+    """Every value in ``metrics.jsonl`` as ``(step, name, value)`` in file order, but the throughput (wall
+    time): the values a resumed run must repeat exactly."""
+    records = read_metrics(workdir / "metrics.jsonl")
+    return [
+        (r["step"], k, v) for r in records for k, v in r.items() if k not in ("step", "tokens_per_second")
+    ]
+
+
+def assert_logged_like(seen: list[tuple[int, str, float]], reference: list[tuple[int, str, float]]) -> None:
+    """Every value in ``seen`` equals (exactly) the reference's value of that name at that step."""
+    table = {(step, name): value for step, name, value in reference}
+    assert len(table) == len(reference), "the reference logs a value twice"
+    for step, name, value in seen:
+        assert (step, name) in table, f"{name} at step {step} is not in the uninterrupted run"
+        assert value == table[(step, name)], f"{name} at step {step}: {value} != {table[(step, name)]}"
+
+
 @pytest.fixture(scope="module")
 def finished_run(corpus, tmp_path_factory) -> pathlib.Path:
     """An uninterrupted 6-step run with checkpoints every 2 steps and a final validation."""
@@ -57,12 +75,17 @@ def test_interrupted_during_a_save_resumes_bit_for_bit(corpus, finished_run, wor
     with pytest.raises(KeyboardInterrupt):
         loop.train_and_evaluate(tiny_config(corpus), workdir)
     assert Checkpoints(workdir / "checkpoints").latest_step() == 2
+    before_the_kill = logged(workdir)  # steps 1-4: 3 and 4 are logged again after the resume
+    assert sorted({step for step, _, _ in before_the_kill}) == [1, 2, 3, 4]
     monkeypatch.setattr(Checkpoints, "save", real_save)
 
     results = loop.train_and_evaluate(tiny_config(corpus), workdir)
     assert results["start_step"] == 2
     assert Checkpoints(workdir / "checkpoints").complete_steps() == [2, 4, 6]
-    assert losses(workdir) == losses(finished_run)  # exact float equality, every step
+    # Exact float equality of every logged value (loss, grad_norm, lr, the final validation), and of the
+    # values the killed run logged for steps 3 and 4 with the values the resumed run logged for them again.
+    assert logged(workdir) == logged(finished_run)
+    assert_logged_like(before_the_kill, logged(finished_run))
     _, resumed, _, _ = load_run(workdir)
     _, uninterrupted, _, _ = load_run(finished_run)
     for a, b in zip(leaves(resumed), leaves(uninterrupted), strict=True):
