@@ -149,6 +149,17 @@ def kill_inside(child: Child, target: str, delay: float) -> str | None:
     return lines[-1] if child.process.returncode == -signal.SIGKILL else None
 
 
+def _partial_checkpoints(ckpt_dir: pathlib.Path) -> list[pathlib.Path]:
+    """orbax's temporary directories and step directories without their checksums (a kill mid-save)."""
+    if not ckpt_dir.is_dir():
+        return []
+    return [
+        p
+        for p in ckpt_dir.iterdir()
+        if "tmp" in p.name or (p.name.isdigit() and not (p / CHECKSUMS).exists())
+    ]
+
+
 def seen_values(workdir: pathlib.Path) -> list[tuple[int, str, float]]:
     """What the killed run left in metrics.jsonl (``logged``; a torn last line is left out)."""
     return logged(workdir) if (workdir / "metrics.jsonl").exists() else []
@@ -167,34 +178,37 @@ def test_runs_killed_anywhere_resume_to_the_losses_and_parameters_of_an_uninterr
     phases = [line for line in durations if not line.startswith("end")]
 
     rng = random.Random(f"{SEED}-{family}")
+    kinds = ["train", "save", "eval", "restore"]  # in turn, each family from its own place in the cycle
+    offset = 2 * ["rwkv6", "rwkv7"].index(family)
     workdir = tmp_path / "killed" / "run"
     workdir.parent.mkdir()
     seen: list[tuple[int, str, float]] = []
     landed: Counter[str] = Counter()
-    attempts = 0
+    mid_write = attempts = 0
     while sum(landed.values()) < KILLS:
         attempts += 1
         assert attempts <= 4 * KILLS + 4, f"only {sum(landed.values())} kills landed: {landed}"
         resumed_from = Checkpoints(workdir / "checkpoints").latest_step() or 0
-        kind = rng.choice(["train", "save", "eval", "restore"] if resumed_from else ["train", "save", "eval"])
-        choices = [
-            p
-            for p in phases
-            if p.split()[0] == kind and (kind == "restore" or int(p.split()[1]) > resumed_from)
-        ]
-        if not choices:
-            continue
+        kind = kinds[(offset + attempts - 1) % len(kinds)]
+        choices = [p for p in phases if p.split()[0] == kind and (kind == "restore") == (p == "restore 0")]
+        choices = [p for p in choices if kind == "restore" or int(p.split()[1]) > resumed_from]
+        if not choices or (kind == "restore" and not resumed_from):
+            kind, choices = "train", [p for p in phases if p.startswith("train")][resumed_from:]
         target = rng.choice(choices)
         child = start(config_file, workdir, cache, f"attempt{attempts}")
         phase = kill_inside(child, target, rng.uniform(0.0, 0.9) * durations[target])
-        if phase is None:  # the run ended before the kill: start over in a fresh directory
+        if phase is None or phase.startswith("end"):  # the run ended before the kill: start over afresh
             shutil.rmtree(workdir)
             continue
         landed[phase.split()[0]] += 1
+        mid_write += phase.startswith("save") and any(_partial_checkpoints(workdir / "checkpoints"))
         seen += seen_values(workdir)
     finish(start(config_file, workdir, cache, "resumed"))
 
-    print(f"{family}: {sum(landed.values())} kills {dict(landed)} in {attempts} attempts (seed {SEED})")
+    print(
+        f"{family}: {sum(landed.values())} kills by phase {dict(landed)} ({mid_write} left a half-written "
+        f"checkpoint) in {attempts} attempts (seed {SEED})"
+    )
     assert logged(workdir) == logged(reference)  # every step's loss, grad_norm, lr, val_*: exact equality
     assert_logged_like(seen, logged(reference))  # and every value a killed run logged
     assert_same_params(workdir, reference)
