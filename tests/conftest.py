@@ -3,6 +3,7 @@
 import importlib
 import os
 import pathlib
+from types import ModuleType
 from typing import NoReturn
 
 import jax
@@ -45,6 +46,14 @@ def tiny_rwkv_dir() -> pathlib.Path:
     return shared_path("fixtures", "tiny-rwkv")
 
 
+def import_or_skip(module: str, reason: str) -> ModuleType:
+    """``importlib.import_module(module)``; :func:`skip_or_fail` with ``reason`` when it is not installed."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        skip_or_fail(reason)
+
+
 @pytest.fixture
 def blinkdl_rwkv_model(monkeypatch):
     """BlinkDL's ``rwkv.model`` (the official inference package) on the CPU, without its TorchScript JIT.
@@ -53,7 +62,4 @@ def blinkdl_rwkv_model(monkeypatch):
     """
     monkeypatch.setenv("RWKV_JIT_ON", "0")
     monkeypatch.setenv("RWKV_CUDA_ON", "0")
-    try:
-        return importlib.import_module("rwkv.model")
-    except ImportError:
-        skip_or_fail("BlinkDL's rwkv package is not installed (pip install rwkv)")
+    return import_or_skip("rwkv.model", "BlinkDL's rwkv package is not installed (pip install rwkv)")

@@ -17,6 +17,8 @@ from rwkv_jax.checkpoint.official import load_official, save_official
 from rwkv_jax.checkpoint.pth import read_pth, write_pth
 from rwkv_jax.models.rwkv6 import convert as convert_v6
 from rwkv_jax.models.rwkv6.model import RWKV6
+from rwkv_jax.numerics import relative_error
+from rwkv_jax.wkv.v6 import WKV6_FORMS
 from tests.checkpoint.fixture_prompt import assert_prompt_gives
 from tests.models.test_rwkv6 import randomize, tiny_config
 
@@ -34,13 +36,19 @@ def fixture_tensors(tiny_rwkv_dir, tag: str) -> dict[str, np.ndarray]:
     return read_pth(tiny_rwkv_dir / f"tiny-rwkv-{tag}.pth")
 
 
-@pytest.mark.parametrize(("tag", "version", "expected_file", "eps", "other_file"), CASES)
+# Every WKV form on the references made with BlinkDL's eps (the default); the recurrent form on the others.
+FORM_CASES = [
+    (*case, form)
+    for case in CASES
+    for form in (WKV6_FORMS.form_names if case[3] == 64e-5 else ("recurrent",))
+]
+
+
+@pytest.mark.parametrize(("tag", "version", "expected_file", "eps", "other_file", "form"), FORM_CASES)
 def test_trained_model_reproduces_reference_logits_one_byte_at_a_time_and_as_a_sequence(
-    tiny_rwkv_dir, tag, version, expected_file, eps, other_file
+    tiny_rwkv_dir, tag, version, expected_file, eps, other_file, form
 ):
-    model = convert_v6.from_state_dict(
-        fixture_tensors(tiny_rwkv_dir, tag), group_norm_eps=eps, wkv_impl="recurrent"
-    )
+    model = convert_v6.from_state_dict(fixture_tensors(tiny_rwkv_dir, tag), group_norm_eps=eps, wkv_impl=form)
     assert model.config.version == version
     expected = np.load(tiny_rwkv_dir / expected_file)
     serial = assert_prompt_gives(model, expected)
@@ -127,4 +135,4 @@ def test_blinkdl_rwkv_package_runs_our_saved_finch_file_to_the_same_logits(tmp_p
     theirs, _ = blinkdl_rwkv_model.RWKV(str(path), strategy="cpu fp32").forward(tokens, None)
     ours, _ = model(jnp.array([tokens], jnp.int32))
     theirs, ours = theirs.numpy().astype(np.float64), np.asarray(ours[0, -1], np.float64)
-    assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) < 1e-5
+    assert relative_error(ours, theirs) < 1e-5

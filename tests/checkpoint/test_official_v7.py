@@ -19,7 +19,10 @@ from rwkv_jax.models.rwkv4 import convert as convert_v4
 from rwkv_jax.models.rwkv6 import convert as convert_v6
 from rwkv_jax.models.rwkv7 import convert as convert_v7
 from rwkv_jax.models.rwkv7.model import RWKV7
+from rwkv_jax.numerics import relative_error
+from rwkv_jax.wkv.v7 import WKV7_FORMS
 from tests.checkpoint.fixture_prompt import assert_prompt_gives
+from tests.conftest import import_or_skip
 from tests.models.test_rwkv7 import random_model, tiny_config
 
 TAG = "7v0-834K"
@@ -29,7 +32,7 @@ def fixture_tensors(tiny_rwkv_dir) -> dict[str, np.ndarray]:
     return read_pth(tiny_rwkv_dir / f"tiny-rwkv-{TAG}.pth")
 
 
-@pytest.mark.parametrize("wkv_impl", ["recurrent", "scan"])
+@pytest.mark.parametrize("wkv_impl", WKV7_FORMS.form_names)
 def test_trained_model_reproduces_reference_logits_one_byte_at_a_time_and_as_a_sequence(
     tiny_rwkv_dir, wkv_impl
 ):
@@ -98,7 +101,7 @@ print(json.dumps(logits.float().tolist()))
 
 
 def test_blinkdl_rwkv_package_runs_our_saved_file_to_the_same_logits(tmp_path):
-    pytest.importorskip("rwkv.model", reason="BlinkDL's rwkv package is not installed (pip install rwkv)")
+    import_or_skip("rwkv.model", "BlinkDL's rwkv package is not installed (pip install rwkv)")
     model = random_model(tiny_config(head_size=16, n_embd=32))
     path = tmp_path / "tiny-goose.pth"
     save_official(model, path)
@@ -111,4 +114,4 @@ def test_blinkdl_rwkv_package_runs_our_saved_file_to_the_same_logits(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     theirs = np.array(json.loads(done.stdout.strip().splitlines()[-1]), np.float64)
     ours = np.asarray(model(jnp.array([tokens], jnp.int32))[0][0, -1], np.float64)
-    assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) < 1e-5
+    assert relative_error(ours, theirs) < 1e-5

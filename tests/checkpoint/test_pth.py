@@ -16,6 +16,7 @@ import pytest
 
 from rwkv_jax.checkpoint import pth_write
 from rwkv_jax.checkpoint.pth import PthFormatError, read_pth, write_pth
+from tests.conftest import import_or_skip
 
 # Every dtype read_pth understands, by torch dtype name; the last seven are saved with _rebuild_tensor_v3.
 DTYPES = {
@@ -62,7 +63,7 @@ def _torch_dtype_name(dtype: np.dtype) -> str:
 
 def _to_torch(array: np.ndarray):
     """The torch tensor with `array`'s dtype and values (via a same-size int view: from_numpy lacks bf16)."""
-    torch = pytest.importorskip("torch")
+    torch = import_or_skip("torch", "needs torch (pip install -e .[test])")
     if array.dtype.itemsize == 16:  # complex128: from_numpy handles it and there is no int128
         return torch.from_numpy(array.copy())
     raw = torch.from_numpy(np.array(array, order="C").view(f"i{array.dtype.itemsize}"))
@@ -71,7 +72,7 @@ def _to_torch(array: np.ndarray):
 
 def _to_numpy(tensor) -> np.ndarray:
     """The numpy array with `tensor`'s dtype and values (the inverse of `_to_torch`)."""
-    torch = pytest.importorskip("torch")
+    torch = import_or_skip("torch", "needs torch (pip install -e .[test])")
     if tensor.element_size() == 16:
         return tensor.numpy()
     raw = tensor.contiguous().view(getattr(torch, f"int{8 * tensor.element_size()}")).numpy()
@@ -89,7 +90,7 @@ def _assert_same(loaded: dict[str, np.ndarray], expected: dict[str, np.ndarray])
 
 @pytest.mark.parametrize("dtype_name", DTYPES)
 def test_read_pth_reads_torch_save_of_every_dtype_and_shape(tmp_path, dtype_name):
-    torch = pytest.importorskip("torch")
+    torch = import_or_skip("torch", "needs torch (pip install -e .[test])")
     expected = {f"t{i}": _values(shape, DTYPES[dtype_name], i) for i, shape in enumerate(SHAPES)}
     torch.save(collections.OrderedDict((k, _to_torch(v)) for k, v in expected.items()), tmp_path / "x.pth")
     _assert_same(read_pth(tmp_path / "x.pth"), expected)
@@ -98,7 +99,7 @@ def test_read_pth_reads_torch_save_of_every_dtype_and_shape(tmp_path, dtype_name
 
 @pytest.mark.parametrize("mmap", [True, False])
 def test_read_pth_reads_views_with_offsets_strides_and_shared_storage(tmp_path, mmap):
-    torch = pytest.importorskip("torch")
+    torch = import_or_skip("torch", "needs torch (pip install -e .[test])")
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     views = {
         "base": base,
@@ -117,7 +118,7 @@ def test_read_pth_reads_views_with_offsets_strides_and_shared_storage(tmp_path, 
 
 
 def test_read_pth_unwraps_parameters_with_and_without_state(tmp_path):
-    torch = pytest.importorskip("torch")
+    torch = import_or_skip("torch", "needs torch (pip install -e .[test])")
     with_state = torch.nn.Parameter(torch.ones(3))
     with_state.note = "extra attribute"  # pickled through _rebuild_parameter_with_state
     torch.save({"plain": torch.nn.Parameter(torch.zeros(2, 2)), "with_state": with_state}, tmp_path / "p.pth")
@@ -147,7 +148,7 @@ def test_read_pth_reads_deflated_entries(tmp_path):
 
 @pytest.mark.parametrize("mmap", [True, False])
 def test_fixture_checkpoints_match_torch_load(tiny_rwkv_dir, mmap):
-    torch = pytest.importorskip("torch")
+    torch = import_or_skip("torch", "needs torch (pip install -e .[test])")
     for path in sorted(tiny_rwkv_dir.glob("*.pth")):
         expected = torch.load(path, weights_only=True)
         _assert_same(read_pth(path, mmap=mmap), {k: v.numpy() for k, v in expected.items()})
@@ -185,7 +186,7 @@ def _mixed_tensors() -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("weights_only", [True, False])
 @pytest.mark.parametrize("mmap", [True, False])
 def test_torch_load_reads_write_pth_output_exactly(tmp_path, weights_only, mmap):
-    torch = pytest.importorskip("torch")
+    torch = import_or_skip("torch", "needs torch (pip install -e .[test])")
     expected = _written(tmp_path, _mixed_tensors())
     loaded = torch.load(tmp_path / "out.pth", weights_only=weights_only, mmap=mmap)
     assert type(loaded) is collections.OrderedDict
@@ -199,7 +200,7 @@ def test_write_pth_then_read_pth_round_trips(tmp_path):
 
 
 def test_write_pth_accepts_jax_arrays(tmp_path):
-    jnp = pytest.importorskip("jax.numpy")
+    jnp = import_or_skip("jax.numpy", "needs jax.numpy (pip install -e .[test])")
     tensors = {"w": jnp.arange(6, dtype=jnp.bfloat16).reshape(2, 3).T, "b": jnp.ones((), jnp.float32)}
     write_pth(tmp_path / "jax.pth", tensors)
     _assert_same(read_pth(tmp_path / "jax.pth"), {k: np.asarray(v) for k, v in tensors.items()})
@@ -215,7 +216,7 @@ def test_write_pth_can_replace_the_file_its_input_is_mapped_from(tmp_path):
 
 
 def test_empty_state_dict_round_trips(tmp_path):
-    torch = pytest.importorskip("torch")
+    torch = import_or_skip("torch", "needs torch (pip install -e .[test])")
     write_pth(tmp_path / "empty.pth", {})
     assert torch.load(tmp_path / "empty.pth", weights_only=True) == collections.OrderedDict()
     assert read_pth(tmp_path / "empty.pth") == {}
@@ -234,7 +235,7 @@ def _data_offsets(path) -> dict[str, int]:
 
 @pytest.mark.parametrize("zip64_above_bytes", [pth_write._ZIP64_ENTRY_BYTES, -1])
 def test_write_pth_uses_torch_layout_with_aligned_storages(tmp_path, monkeypatch, zip64_above_bytes):
-    torch = pytest.importorskip("torch")
+    torch = import_or_skip("torch", "needs torch (pip install -e .[test])")
     monkeypatch.setattr(pth_write, "_ZIP64_ENTRY_BYTES", zip64_above_bytes)  # -1: every entry zip64
     tensors = {"a": np.ones(3, np.float16), "b": np.arange(7, dtype=np.int64), "c": np.zeros((), np.float32)}
     write_pth(tmp_path / "model.v1.pth", tensors)
@@ -328,7 +329,7 @@ def _tensor_pickle(storage_numel: int, offset: int, size: tuple, stride: tuple, 
 
     With `state`, the pickle also sets that as the tensor's attributes (pickle's BUILD opcode).
     """
-    torch = pytest.importorskip("torch")
+    torch = import_or_skip("torch", "needs torch (pip install -e .[test])")
     storage = object()
 
     class StoragePickler(pickle.Pickler):
@@ -346,7 +347,7 @@ def _tensor_pickle(storage_numel: int, offset: int, size: tuple, stride: tuple, 
 
 def _misused_rebuild_pickle() -> bytes:
     """data.pkl calling _rebuild_tensor_v2 (an allowed global) on a string instead of a storage."""
-    torch = pytest.importorskip("torch")
+    torch = import_or_skip("torch", "needs torch (pip install -e .[test])")
     rebuild = _Call(
         torch._utils._rebuild_tensor_v2, "no storage", 0, (1,), (1,), False, collections.OrderedDict()
     )
@@ -355,7 +356,7 @@ def _misused_rebuild_pickle() -> bytes:
 
 def test_crafted_tensor_pickle_is_what_torch_loads(tmp_path):
     """Checks the crafting helper of the malformed-file tests on a well-formed case."""
-    torch = pytest.importorskip("torch")
+    torch = import_or_skip("torch", "needs torch (pip install -e .[test])")
     _torch_zip(
         tmp_path / "ok.pth",
         _tensor_pickle(6, 1, (2, 2), (1, 2)),
@@ -366,7 +367,7 @@ def test_crafted_tensor_pickle_is_what_torch_loads(tmp_path):
 
 
 def _save_with_torch(path, obj, **save_options) -> None:
-    torch = pytest.importorskip("torch")
+    torch = import_or_skip("torch", "needs torch (pip install -e .[test])")
     torch.save(obj, path, **save_options)
 
 

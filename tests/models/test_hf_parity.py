@@ -2,17 +2,17 @@
 
 import jax
 import numpy as np
-import pytest
 from flax import nnx
 
 from rwkv_jax.models.rwkv4.convert import from_hf_names, from_state_dict, to_hf_names, to_state_dict
 from rwkv_jax.models.rwkv4.model import RWKV4, RWKV4Config
 from rwkv_jax.numerics import relative_error
+from tests.conftest import import_or_skip
 from tests.models.contract import jitted
 from tests.models.test_rwkv4 import randomize
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = import_or_skip("torch", "needs torch (pip install -e .[test])")
+transformers = import_or_skip("transformers", "needs transformers (pip install -e .[test])")
 
 VOCAB, WIDTH, LAYERS, FFN = 64, 32, 2, 128
 

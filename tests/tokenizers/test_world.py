@@ -7,6 +7,7 @@ import pytest
 
 from rwkv_jax.tokenizers import world, world_fast
 from rwkv_jax.tokenizers.world import WorldTokenizer, read_vocab
+from tests.conftest import import_or_skip
 
 # (first, last) code points of ranges with assigned characters, across the planes; surrogates excluded.
 UNICODE_RANGES = [
@@ -36,7 +37,7 @@ def tokenizer() -> WorldTokenizer:
 
 @pytest.fixture(scope="module")
 def reference():
-    module = pytest.importorskip("rwkv.rwkv_tokenizer", reason="needs the rwkv package (pip install rwkv)")
+    module = import_or_skip("rwkv.rwkv_tokenizer", "needs the rwkv package (pip install rwkv)")
     return module.TRIE_TOKENIZER(str(world.VOCAB_FILE))
 
 

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rwkv_jax.numerics import relative_error
 from rwkv_jax.wkv.impl import Impl
 from rwkv_jax.wkv.v4 import WKV4State, wkv4, wkv4_recurrent, wkv4_reference, wkv4_scan
 
@@ -15,13 +16,6 @@ FORMS = {"recurrent": wkv4_recurrent, "scan": wkv4_scan}
 # log(-w_log) for each decay regime: w_log = -exp(time_decay).
 TIME_DECAY = {"normal": (0.0, 1.0), "near_zero": (5.0, 0.1), "near_one": (np.log(1e-6), 0.1)}
 BATCH, CHANNELS = 2, 8
-
-
-def relative_error(actual, expected) -> float:
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    assert not np.isnan(actual).any(), "NaN in result"
-    assert np.isfinite(actual).all(), "Inf in result"
-    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
 
 
 def make_inputs(
