@@ -194,23 +194,35 @@ def test_runs_killed_anywhere_resume_to_the_losses_and_parameters_of_an_uninterr
         choices = [p for p in choices if kind == "restore" or int(p.split()[1]) > resumed_from]
         if not choices or (kind == "restore" and not resumed_from):
             kind, choices = "train", [p for p in phases if p.startswith("train")][resumed_from:]
+        if not choices:  # killed after its last checkpoint: let it finish, check it, start afresh
+            finish(start(config_file, workdir, cache, f"attempt{attempts}"))
+            assert_resumed_like(workdir, reference, seen)
+            shutil.rmtree(workdir)
+            continue
         target = rng.choice(choices)
         child = start(config_file, workdir, cache, f"attempt{attempts}")
         phase = kill_inside(child, target, rng.uniform(0.0, 0.9) * durations[target])
-        if phase is None or phase.startswith("end"):  # the run ended before the kill: start over afresh
+        if phase is None or phase.startswith("end"):  # it ended before the kill: check it, start afresh
+            assert_resumed_like(workdir, reference, seen)
             shutil.rmtree(workdir)
             continue
         landed[phase.split()[0]] += 1
         mid_write += phase.startswith("save") and any(_partial_checkpoints(workdir / "checkpoints"))
         seen += seen_values(workdir)
     finish(start(config_file, workdir, cache, "resumed"))
+    assert_resumed_like(workdir, reference, seen)
 
     print(
         f"{family}: {sum(landed.values())} kills by phase {dict(landed)} ({mid_write} left a half-written "
         f"checkpoint) in {attempts} attempts (seed {SEED})"
     )
-    assert logged(workdir) == logged(reference)  # every step's loss, grad_norm, lr, val_*: exact equality
-    assert_logged_like(seen, logged(reference))  # and every value a killed run logged
+
+
+def assert_resumed_like(workdir: pathlib.Path, reference: pathlib.Path, seen: list) -> None:
+    """``workdir`` ends as the uninterrupted ``reference``: every logged value (loss, grad_norm, lr, val_*
+    of every step) and every value ``seen`` in the metrics of its killed runs, and the final parameters."""
+    assert logged(workdir) == logged(reference)  # exact equality
+    assert_logged_like(seen, logged(reference))
     assert_same_params(workdir, reference)
     final = json.loads((workdir / "final_metrics.json").read_text())
     assert final["val_loss"] == json.loads((reference / "final_metrics.json").read_text())["val_loss"]
