@@ -1,9 +1,9 @@
-r"""Finch (RWKV-6) on Shakespeare's works, byte level: the CPU demo (about 7 minutes on 2 cores).
+r"""Finch (RWKV-6) on Shakespeare's works, byte level: the CPU demo (measured times in docs/demo.md).
 
     python experiments/train.py --config configs/shakespeare_finch.py --workdir workdir/demo
 
 The first run downloads and prepares the data (``data/shakespeare/{train,val}.{bin,idx}``). Variants:
-``:size=<preset>`` picks another RWKV-6 size from rwkv_jax.presets (``finch-tiny``, ``eagle-tiny``, ...);
+``:size=<preset>`` picks another Eagle/Finch size (rwkv_jax/models/rwkv6/presets.py) (``finch-tiny``, ``eagle-tiny``, ...);
 ``:runlocal`` trains a few steps of the tiny model (a smoke test). Any field can be overridden, e.g.
 ``--config.optim.lr=2e-3 --config.train.steps=400``.
 """
@@ -17,7 +17,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.model = model_section(preset="finch-tiny" if arg.runlocal else arg.size)
     c.model.time_mix_extra_dim = 16  # smaller LoRA ranks than the published 32/64: the model is tiny
     c.model.time_decay_extra_dim = 32
-    c.model.dtype = "bfloat16"  # parameters and optimiser state stay float32; ~35% less CPU per step here
+    c.model.dtype = "bfloat16"  # parameters and optimiser state stay float32; faster here (docs/demo.md)
     c.model.wkv_impl = "chunked"
     c.model.chunk_size = 32
 
