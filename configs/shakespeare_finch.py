@@ -3,8 +3,8 @@ r"""Finch (RWKV-6) on Shakespeare's works, byte level: the CPU demo (measured ti
     python experiments/train.py --config configs/shakespeare_finch.py --workdir workdir/demo
 
 The first run downloads and prepares the data (``data/shakespeare/{train,val}.{bin,idx}``). Variants:
-``:size=<preset>`` picks another Eagle/Finch size (rwkv_jax/models/rwkv6/presets.py) (``finch-tiny``, ``eagle-tiny``, ...);
-``:runlocal`` trains a few steps of the tiny model (a smoke test). Any field can be overridden, e.g.
+``:size=<preset>`` picks another Eagle/Finch size (``finch-tiny``, ``eagle-tiny``, ...: see
+rwkv_jax/models/rwkv6/presets.py); ``:runlocal`` trains a few steps of the tiny model (a smoke test). Any field can be overridden, e.g.
 ``--config.optim.lr=2e-3 --config.train.steps=400``.
 """
 
