@@ -4,8 +4,8 @@ r"""Finch (RWKV-6) on Shakespeare's works, byte level: the CPU demo (measured ti
 
 The first run downloads and prepares the data (``data/shakespeare/{train,val}.{bin,idx}``). Variants:
 ``:size=<preset>`` picks another Eagle/Finch size (``finch-tiny``, ``eagle-tiny``, ...: see
-rwkv_jax/models/rwkv6/presets.py); ``:runlocal`` trains a few steps of the tiny model (a smoke test). Any field can be overridden, e.g.
-``--config.optim.lr=2e-3 --config.train.steps=400``.
+rwkv_jax/models/rwkv6/presets.py); ``:runlocal`` trains a few steps of the tiny model (a smoke test).
+Any field can be overridden, e.g. ``--config.optim.lr=2e-3 --config.train.steps=400``.
 """
 
 from rwkv_jax.training.config import ConfigDict, default_config, model_section, parse_arg
