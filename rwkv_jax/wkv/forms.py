@@ -46,7 +46,6 @@ class WKVForms:
 
     Attributes:
       name: for messages and tables (``"WKV-6"``).
-      family: the registry name of the model family it serves (``"rwkv6"``).
       inputs: ``(name, dimension letters)`` of each positional input, e.g. ``("r", "BTHN")``, ``("u", "HN")``.
         The first input whose letters include ``T`` is the anchor the others are compared with.
       state: dimension letters of each state array (``("BHNN",)``; WKV-4: three ``"BC"``).
@@ -62,7 +61,6 @@ class WKVForms:
     """
 
     name: str
-    family: str
     inputs: tuple[tuple[str, str], ...]
     state: tuple[str, ...]
     state_names: tuple[str, ...]

@@ -234,7 +234,6 @@ def wkv4_reference(
 
 WKV4_FORMS = WKVForms(
     name="WKV-4",
-    family="rwkv4",
     inputs=(("w_log", "C"), ("u", "C"), ("k", "BTC"), ("v", "BTC")),
     state=("BC", "BC", "BC"),
     state_names=tuple(f"state.{name}" for name in WKV4State._fields),

@@ -156,7 +156,6 @@ def wkv6(
 
 WKV6_FORMS = WKVForms(
     name="WKV-6",
-    family="rwkv6",
     inputs=(("r", "BTHN"), ("k", "BTHN"), ("v", "BTHN"), ("w_log", "BTHN"), ("u", "HN")),
     state=("BHNN",),
     state_names=("state",),

@@ -148,7 +148,6 @@ def _check_chunk_decay(inputs: dict[str, Array], impl: Impl, chunk_size: int) ->
 
 WKV7_FORMS = WKVForms(
     name="WKV-7",
-    family="rwkv7",
     inputs=tuple((name, "BTHN") for name in ("r", "k", "v", "w_log", "a", "b")),
     state=("BHNN",),
     state_names=("state",),
