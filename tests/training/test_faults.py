@@ -149,6 +149,14 @@ def kill_inside(child: Child, target: str, delay: float) -> str | None:
     return lines[-1] if child.process.returncode == -signal.SIGKILL else None
 
 
+def targets(phases: list[str], kind: str, resumed_from: int) -> list[str]:
+    """The lines of ``phases`` of ``kind`` that a run resumed from ``resumed_from`` reaches (a training
+    step if none of ``kind``: the restore needs a checkpoint)."""
+    if kind == "restore":
+        return ["restore 0"] if resumed_from else targets(phases, "train", resumed_from)
+    return [p for p in phases if p.split()[0] == kind and int(p.split()[1]) > resumed_from]
+
+
 def _partial_checkpoints(ckpt_dir: pathlib.Path) -> list[pathlib.Path]:
     """orbax's temporary directories and step directories without their checksums (a kill mid-save)."""
     if not ckpt_dir.is_dir():
@@ -190,15 +198,12 @@ def test_runs_killed_anywhere_resume_to_the_losses_and_parameters_of_an_uninterr
         assert attempts <= 4 * KILLS + 4, f"only {sum(landed.values())} kills landed: {landed}"
         resumed_from = Checkpoints(workdir / "checkpoints").latest_step() or 0
         kind = kinds[(offset + attempts - 1) % len(kinds)]
-        choices = [p for p in phases if p.split()[0] == kind and (kind == "restore") == (p == "restore 0")]
-        choices = [p for p in choices if kind == "restore" or int(p.split()[1]) > resumed_from]
-        if not choices or (kind == "restore" and not resumed_from):
-            kind, choices = "train", [p for p in phases if p.startswith("train")][resumed_from:]
-        if not choices:  # killed after its last checkpoint: let it finish, check it, start afresh
-            finish(start(config_file, workdir, cache, f"attempt{attempts}"))
+        choices = targets(phases, kind, resumed_from)
+        if not choices and resumed_from:  # past its last checkpoint: let it finish, check, start afresh
+            finish(start(config_file, workdir, cache, f"attempt{attempts}-finish"))
             assert_resumed_like(workdir, reference, seen)
             shutil.rmtree(workdir)
-            continue
+            choices = targets(phases, kind, 0)
         target = rng.choice(choices)
         child = start(config_file, workdir, cache, f"attempt{attempts}")
         phase = kill_inside(child, target, rng.uniform(0.0, 0.9) * durations[target])
