@@ -195,11 +195,12 @@ def conclusion(results: Sequence[RunResult], baseline: str | None = None) -> str
             continue
         difference = row["mean"] - base["mean"]
         spread = max(row["max"] - row["min"], base["max"] - base["min"])
-        verdict = (
-            "within the spread over seeds: not a measurable difference at this budget"
-            if abs(difference) <= spread or row["seeds"] < 2
-            else ("worse" if difference > 0 else "better") + " by more than the spread over seeds"
-        )
+        if min(row["seeds"], base["seeds"]) < 2:
+            verdict = "one seed: no spread to judge the difference against"
+        elif abs(difference) <= spread:
+            verdict = "within the spread over seeds: not a measurable difference at this budget"
+        else:
+            verdict = ("worse" if difference > 0 else "better") + " by more than the spread over seeds"
         lines.append(
             f"{row['variant']} vs {baseline}: {difference:+.3f} nats ({verdict}; spread {spread:.3f})."
         )
