@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import math
 import pathlib
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -37,6 +38,7 @@ class RunResult:
     steps, losses: the logged training steps and their losses (nats per token).
     val_steps, val_losses: the validation passes (nats per token); the last is the final one.
     parameters: trainable parameter count; seconds: wall time of the run (compilation included).
+    diverged_at: the step whose loss was NaN or Inf (the run stopped there), None if it finished.
     """
 
     variant: str
@@ -47,10 +49,12 @@ class RunResult:
     val_losses: tuple[float, ...]
     parameters: int
     seconds: float
+    diverged_at: int | None = None
 
     @property
     def final_val_loss(self) -> float:
-        return self.val_losses[-1]
+        """The last validation loss; NaN for a run that diverged (it has no final model)."""
+        return math.nan if self.diverged_at is not None or not self.val_losses else self.val_losses[-1]
 
 
 def variant_model(base: ConfigDict, changes: Mapping[str, Any]) -> ConfigDict:
@@ -125,7 +129,12 @@ def _slug(name: str) -> str:
 
 def _train_one(name: str, config: ConfigDict, workdir: pathlib.Path) -> RunResult:
     began = time.perf_counter()
-    loop.train_and_evaluate(config, workdir)
+    diverged_at = None
+    try:
+        loop.train_and_evaluate(config, workdir)
+    except loop.NonFiniteLossError as error:  # a result of the ablation, not a failure of the study
+        found = re.search(r"at step (\d+)", str(error))
+        diverged_at = int(found.group(1)) if found else -1
     records = read_metrics(workdir / "metrics.jsonl")
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
@@ -138,25 +147,28 @@ def _train_one(name: str, config: ConfigDict, workdir: pathlib.Path) -> RunResul
         val_losses=tuple(v for _, v in val),
         parameters=parameter_count(config.model),
         seconds=time.perf_counter() - began,
+        diverged_at=diverged_at,
     )
 
 
 def summarize(results: Sequence[RunResult]) -> list[dict[str, Any]]:
-    """Per variant, in first-seen order: final validation loss mean, std (over seeds), min, max, seeds,
-    parameters and mean wall time."""
+    """Per variant, in first-seen order: final validation loss mean, std (over the seeds that finished; NaN
+    when none did), min, max, seeds, diverged (runs whose loss became NaN/Inf), parameters, mean wall time."""
     names = list(dict.fromkeys(r.variant for r in results))
     rows = []
     for name in names:
         runs = [r for r in results if r.variant == name]
-        finals = np.array([r.final_val_loss for r in runs])
+        finals = np.array([r.final_val_loss for r in runs if r.diverged_at is None])
+        empty = finals.size == 0
         rows.append(
             dict(
                 variant=name,
-                mean=float(finals.mean()),
+                mean=math.nan if empty else float(finals.mean()),
                 std=float(finals.std(ddof=1)) if len(finals) > 1 else 0.0,
-                min=float(finals.min()),
-                max=float(finals.max()),
-                seeds=len(runs),
+                min=math.nan if empty else float(finals.min()),
+                max=math.nan if empty else float(finals.max()),
+                seeds=len(finals),
+                diverged=[r.diverged_at for r in runs if r.diverged_at is not None],
                 parameters=runs[0].parameters,
                 seconds=float(np.mean([r.seconds for r in runs])),
             )
@@ -167,13 +179,14 @@ def summarize(results: Sequence[RunResult]) -> list[dict[str, Any]]:
 def summary_table(results: Sequence[RunResult]) -> str:
     """The summary as a Markdown table (final validation loss in nats per byte for byte-level data)."""
     lines = [
-        "| variant | parameters | final val loss (mean ± std) | min | max | seeds | seconds / run |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| variant | parameters | final val loss (mean ± std) | min | max | seeds | diverged | s / run |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for row in summarize(results):
+        diverged = ", ".join(f"step {step}" for step in row["diverged"]) or "-"
         lines.append(
             f"| {row['variant']} | {row['parameters']:,} | {row['mean']:.4f} ± {row['std']:.4f} | "
-            f"{row['min']:.4f} | {row['max']:.4f} | {row['seeds']} | {row['seconds']:.0f} |"
+            f"{row['min']:.4f} | {row['max']:.4f} | {row['seeds']} | {diverged} | {row['seconds']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -184,14 +197,21 @@ def conclusion(results: Sequence[RunResult], baseline: str | None = None) -> str
     rows = summarize(results)
     baseline = baseline or rows[0]["variant"]
     base = next(r for r in rows if r["variant"] == baseline)
-    ranked = sorted(rows, key=lambda r: r["mean"])
+    ranked = sorted((r for r in rows if r["seeds"]), key=lambda r: r["mean"])
     lines = [
         "Ranking by final validation loss (lower is better): "
         + ", ".join(f"{r['variant']} {r['mean']:.3f}" for r in ranked)
         + "."
     ]
     for row in rows:
-        if row is base:
+        if row["diverged"]:
+            steps = ", ".join(map(str, row["diverged"]))
+            runs = len(row["diverged"]) + row["seeds"]
+            count = len(row["diverged"])
+            lines.append(
+                f"{row['variant']} diverged (NaN/Inf loss) in {count} of {runs} runs, at step(s) {steps}."
+            )
+        if row is base or not row["seeds"]:
             continue
         difference = row["mean"] - base["mean"]
         spread = max(row["max"] - row["min"], base["max"] - base["min"])
@@ -215,8 +235,11 @@ def plot_results(results: Sequence[RunResult], title: str = "", path: str | path
     fig, (curves, finals) = plt.subplots(1, 2, figsize=(11, 4))
     for index, row in enumerate(summarize(results)):
         runs = [r for r in results if r.variant == row["variant"]]
-        steps = np.array(runs[0].steps)
-        losses = np.array([r.losses[: len(steps)] for r in runs])
+        logged = min(len(r.steps) for r in runs)  # a diverged run logged fewer steps
+        if logged == 0:
+            continue
+        steps = np.array(runs[0].steps[:logged])
+        losses = np.array([r.losses[:logged] for r in runs])
         (line,) = curves.plot(steps, losses.mean(0), label=row["variant"])
         curves.fill_between(steps, losses.min(0), losses.max(0), color=line.get_color(), alpha=0.2)
         low, high = row["mean"] - row["min"], row["max"] - row["mean"]

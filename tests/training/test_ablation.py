@@ -1,12 +1,15 @@
 """The ablation helpers: variants change only the model section, parameter counts are matched, and the
 summary and conclusion follow the numbers (the notebooks run the training itself)."""
 
+import dataclasses
+
 from rwkv_jax.training.ablation import (
     RunResult,
     conclusion,
     match_parameters,
     parameter_count,
     summarize,
+    summary_table,
     variant_model,
 )
 from rwkv_jax.training.config import load_config
@@ -46,3 +49,16 @@ def test_conclusion_separates_differences_beyond_the_seed_spread_from_noise():
     assert "B vs A: +0.100 nats (worse by more than the spread" in text
     assert "C vs A: +0.002 nats (within the spread" in text
     assert "one seed" in conclusion([result("A", 0, 1.0), result("B", 0, 1.1)])
+
+
+def test_a_diverged_run_is_reported_and_left_out_of_the_statistics():
+    results = [result("A", 0, 1.7), result("A", 1, 1.72), result("B", 0, 1.9)]
+    results.append(dataclasses.replace(result("B", 1, 0.0), diverged_at=41))
+    results.append(dataclasses.replace(result("C", 0, 0.0), diverged_at=7))
+    rows = {row["variant"]: row for row in summarize(results)}
+    assert rows["B"]["seeds"] == 1 and rows["B"]["mean"] == 1.9 and rows["B"]["diverged"] == [41]
+    assert rows["C"]["seeds"] == 0 and rows["C"]["diverged"] == [7]
+    text = conclusion(results)
+    assert "B diverged (NaN/Inf loss) in 1 of 2 runs, at step(s) 41." in text
+    assert "C diverged (NaN/Inf loss) in 1 of 1 runs, at step(s) 7." in text
+    assert "C vs A" not in text and "| step 41 |" in summary_table(results)
