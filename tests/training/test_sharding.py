@@ -46,9 +46,8 @@ def test_default_mesh_puts_every_device_on_data():
 
 
 SCRIPT = """
-import jax, numpy as np, sys
-sys.path.insert(0, {tests!r})
-from training.conftest import tiny_config
+import jax, numpy as np
+from tests.training.conftest import tiny_config  # the repository root is on PYTHONPATH
 from rwkv_jax.training import loop
 assert len(jax.devices()) == 4
 results = []
@@ -64,9 +63,7 @@ np.testing.assert_allclose(results[0], results[1], rtol=1e-4)
 
 @pytest.mark.parametrize("family", ["rwkv4", "rwkv6"])  # rwkv6: the chunked WKV, heads split on tensor
 def test_fsdp_and_tensor_sharded_training_matches_data_parallel(corpus, tmp_path, family):
-    script = SCRIPT.format(
-        tests=str(REPO / "tests"), train=corpus[0], val=corpus[1], workdir=str(tmp_path), family=family
-    )
+    script = SCRIPT.format(train=corpus[0], val=corpus[1], workdir=str(tmp_path), family=family)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     done = subprocess.run(

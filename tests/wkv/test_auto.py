@@ -33,7 +33,7 @@ def verify(monkeypatch: pytest.MonkeyPatch, table: WKVForms, *platforms: str) ->
 
 
 def test_every_registered_family_has_a_wkv_table_and_no_kernel_is_verified_yet():
-    assert {table.family for table in TABLES} >= {"rwkv4", "rwkv6", "rwkv7"}
+    assert {table.name for table in TABLES} >= {"WKV-4", "WKV-6", "WKV-7"}
     assert forms.VERIFIED_KERNEL_PLATFORMS == {}
 
 
@@ -44,7 +44,7 @@ def test_auto_on_an_accelerator_is_the_pure_jax_form(monkeypatch, table, platfor
     resolved = table.resolve(Impl.AUTO, 4096)
     assert resolved is table.auto_accelerated
     assert resolved is not Impl.PALLAS
-    assert resolved is (Impl.SCAN if table.family == "rwkv4" else Impl.CHUNKED)
+    assert resolved is (Impl.SCAN if table.name == "WKV-4" else Impl.CHUNKED)
     assert table.resolve("auto", 2) is resolved
 
 
@@ -114,7 +114,7 @@ def recording(table: WKVForms, monkeypatch: pytest.MonkeyPatch) -> list[Impl]:
 def test_a_model_with_wkv_impl_auto_runs_the_chunked_form_on_an_accelerator(monkeypatch, platform):
     model = rwkv_jax.get_preset("finch-tiny").build()
     assert model.config.wkv_impl is Impl.AUTO
-    table = next(t for t in TABLES if t.family == "rwkv6")
+    table = rwkv_jax.get_family("rwkv6").wkv
     calls = recording(table, monkeypatch)
     use_backend(monkeypatch, platform)
     tokens = jnp.arange(2 * 5, dtype=jnp.int32).reshape(2, 5) % model.config.vocab_size
