@@ -1,18 +1,20 @@
-"""Compares every WKV form with the float64 reference: y, final state and gradients, per dtype, T and decay.
+"""Compares every WKV form with the float64 reference: y, final state and gradients, per dtype, T and regime.
 
-    python experiments/compare_numerics.py --out /tmp/numerics            # both families, T up to 16384
-    python experiments/compare_numerics.py --families v6 --lengths 64,1024 --regimes typical,near1
+    python experiments/compare_numerics.py --out /tmp/numerics            # every family, T up to 16384
+    python experiments/compare_numerics.py --families rwkv6 --lengths 64,1024 --regimes typical,near1
     python experiments/compare_numerics.py --out /tmp/numerics --render /tmp/numerics/numerics.csv
 
-For each family (v4: RWKV-4, v6: Eagle/Finch), form (recurrent, scan, chunked for v6, pallas), input dtype
-(float32, bfloat16), length T and decay regime (typical, near0, near1, mixed, and large_k for v4) it prints
-one row of relative errors ``||a - b|| / ||b||`` against the float64 reference on the same inputs (see
-``rwkv_jax.numerics``), and writes ``numerics.csv`` (every gradient) and ``numerics.md`` (a summary of the
-worst errors per form and dtype, then the worst gradient of every row) to ``--out``; ``--render`` remakes
-the Markdown from an earlier CSV without running anything. Shapes are small (B=1, H=2, N=16; C=32 for v4)
-so that the float64 reference stays cheap at T=16384. On CPU the Pallas kernels run in the interpreter,
-which is slow: Pallas is run up to ``--pallas-max-length`` only there (the output says which rows were
-skipped).
+For each registered family with a numerics case (``rwkv_jax.numerics.swept_families()``: RWKV-4, Eagle/Finch,
+Goose), each form of its WKV table (recurrent, scan, chunked, pallas: those it has), input dtype (float32,
+bfloat16), length T and regime (the family's: decay regimes, plus large keys for RWKV-4 and extreme
+in-context learning rates for Goose) it prints one row of relative errors ``||a - b|| / ||b||`` against the
+float64 reference on the same inputs (see ``rwkv_jax.numerics``), and writes ``numerics.csv`` (every
+gradient) and ``numerics.md`` (the regimes, a summary of the worst errors per form and dtype, then the worst
+gradient of every row) to ``--out``; ``--render`` remakes the Markdown from an earlier CSV without running
+anything. Shapes are small (each family's default: B=1, H=2, N=16; C=32 for RWKV-4) so that the float64
+reference stays cheap at T=16384. On CPU the Pallas kernels run in the interpreter, which is slow: Pallas is
+run up to ``--pallas-max-length`` only there, and ``--max-length FORM=T`` caps any other form (the output
+says which rows were skipped).
 """
 
 import argparse
@@ -27,35 +29,57 @@ import time
 import jax
 
 from rwkv_jax import numerics
+from rwkv_jax.models.family import Family
 
 
 def parse_list(text: str, convert=str) -> tuple:
     return tuple(convert(item) for item in text.split(",") if item)
 
 
+def parse_limits(entries: list[str]) -> dict[str, int]:
+    """``["scan=4096", "rwkv7:scan=1024"]`` -> ``{"scan": 4096, "rwkv7:scan": 1024}`` (ValueError if bad)."""
+    limits = {}
+    for entry in entries:
+        key, _, value = entry.partition("=")
+        if not key or not value.isdigit() or int(value) < 1:
+            raise ValueError(f"expected FORM=T or FAMILY:FORM=T with T >= 1; got {entry!r}")
+        limits[key] = int(value)
+    return limits
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    names = [family.name for family in numerics.swept_families()]
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--out", type=pathlib.Path, required=True, help="folder for numerics.csv and numerics.md"
     )
-    parser.add_argument("--families", default="v4,v6", help="comma-separated: v4, v6")
+    parser.add_argument("--families", default="", help=f"comma-separated, some of {', '.join(names)} (all)")
     parser.add_argument("--forms", default="", help="comma-separated forms (default: all of each family)")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--lengths", default="16,256,4096,16384", help="comma-separated sequence lengths T")
+    parser.add_argument("--regimes", default="", help="comma-separated regimes (default: all of each family)")
+    parser.add_argument("--batch", type=int, help="B (default: each family's)")
+    parser.add_argument("--heads", type=int, help="H (default: each family's)")
     parser.add_argument(
-        "--regimes", default="", help="comma-separated decay regimes (default: all of each family)"
+        "--head-size", type=int, help="N (RWKV-4: C = heads * head-size; default: each family's)"
     )
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--heads", type=int, default=2)
-    parser.add_argument("--head-size", type=int, default=16, help="N for v6; v4 has C = heads * head-size")
-    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument(
+        "--chunk-size", type=int, help="chunk of the chunked and Pallas forms (default: each family's)"
+    )
     parser.add_argument(
         "--pallas-max-length",
         type=int,
         default=1024,
         help="longest T for the Pallas form on CPU, where it runs in the slow interpreter (0: no limit)",
+    )
+    parser.add_argument(
+        "--max-length",
+        action="append",
+        default=[],
+        metavar="[FAMILY:]FORM=T",
+        help="longest T for a form (of one family), on every backend; repeatable",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -64,19 +88,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="only write numerics.md from this numerics.csv (with the run's options, for the header)",
     )
     args = parser.parse_args(argv)
-    for family in parse_list(args.families):
-        if family not in numerics.FAMILIES:
-            parser.error(f"--families: unknown family {family!r}; expected some of {numerics.FAMILIES}")
-    for option, known in (("forms", numerics.FORMS), ("regimes", numerics.REGIMES)):
-        every = {name for names in known.values() for name in names}
+    args.families = parse_list(args.families) or tuple(names)
+    for family in args.families:
+        if family not in names:
+            parser.error(f"--families: unknown family {family!r}; expected some of {names}")
+    swept = [numerics.swept_family(name) for name in args.families]
+    for option, known in (("forms", form_names), ("regimes", regime_names)):
+        every = {name for family in swept for name in known(family)}
         for name in parse_list(getattr(args, option)):
             if name not in every:
                 parser.error(f"--{option}: unknown {name!r}; expected some of {sorted(every)}")
     try:
         args.lengths = parse_list(args.lengths, int)
-    except ValueError:
-        parser.error(f"--lengths must be comma-separated integers; got {args.lengths!r}")
+        args.max_length = parse_limits(args.max_length)
+    except ValueError as error:
+        parser.error(f"--lengths / --max-length: {error}")
     return args
+
+
+def form_names(family: Family) -> tuple[str, ...]:
+    return family.wkv.form_names
+
+
+def regime_names(family: Family) -> tuple[str, ...]:
+    return tuple(family.numerics.regimes)
 
 
 def selected(chosen: tuple[str, ...], available: tuple[str, ...]) -> tuple[str, ...]:
@@ -84,18 +119,24 @@ def selected(chosen: tuple[str, ...], available: tuple[str, ...]) -> tuple[str, 
     return tuple(name for name in available if not chosen or name in chosen)
 
 
-def form_limits(pallas_max_length: int) -> dict[str, int]:
-    """The Pallas interpreter's length limit, on CPU only (real kernels run at every T)."""
-    if jax.default_backend() == "cpu" and pallas_max_length > 0:
-        return {"pallas": pallas_max_length}
-    return {}
+def form_limits(family: str, args: argparse.Namespace) -> dict[str, int]:
+    """The longest T per form of ``family``: ``--max-length`` (``FORM=T``, then ``FAMILY:FORM=T``), and the
+    Pallas interpreter's ``--pallas-max-length`` on CPU only (real kernels run at every T)."""
+    limits = {}
+    if jax.default_backend() == "cpu" and args.pallas_max_length > 0:
+        limits["pallas"] = args.pallas_max_length
+    for key, length in args.max_length.items():
+        name, _, form = key.rpartition(":")
+        if name in ("", family):
+            limits[form] = length
+    return limits
 
 
 def print_row(row: numerics.Row) -> None:
     name, worst = row.worst_gradient()
     ok = "-" if row.skipped else ("ok" if row.within_bounds() else "FAIL")
     errors = " ".join(f"{numerics.format_error(e):>8}" for e in (row.y, row.state, worst))
-    label = f"{row.family:<3} {row.form:<10}{row.dtype:<9}{row.length:>6} {row.regime:<8}"
+    label = f"{row.family:<7}{row.form:<10}{row.dtype:<9}{row.length:>6} {row.regime:<11}"
     print(f"{label}{errors} {name:<14}{ok:<5}{row.note}", flush=True)
 
 
@@ -108,7 +149,7 @@ def write_atomically(path: pathlib.Path, text: str) -> None:
 
 def csv_text(rows: list[numerics.Row]) -> str:
     flat = [row.flat() for row in rows]
-    columns = list(dict.fromkeys(key for record in flat for key in record))  # v4 and v6 gradient names
+    columns = list(dict.fromkeys(key for record in flat for key in record))  # every family's gradient names
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
@@ -116,8 +157,31 @@ def csv_text(rows: list[numerics.Row]) -> str:
     return buffer.getvalue()
 
 
+def regimes_table(rows: list[numerics.Row]) -> str:
+    """A Markdown table of the regimes of the families in ``rows``, as each family's case describes them."""
+    lines = ["| family | regime | inputs |", "|---|---|---|"]
+    for name in dict.fromkeys(row.family for row in rows):
+        family = numerics.swept_family(name)
+        used = {row.regime for row in rows if row.family == name}
+        for regime, description in family.numerics.regimes.items():
+            if regime in used:
+                lines.append(f"| {name} | {regime} | {description} |")
+    return "\n".join(lines)
+
+
+def sizes_line(rows: list[numerics.Row], args: argparse.Namespace) -> str:
+    """``Shapes: rwkv4 B=1 C=32, chunk -; ...`` from the rows (T per row) and the chunk sizes used."""
+    parts = []
+    for name in dict.fromkeys(row.family for row in rows):
+        shape = next(row.shape for row in rows if row.family == name)
+        sizes = " ".join(size for size in shape.split() if not size.startswith("T="))
+        wkv = numerics.swept_family(name).wkv
+        chunk = (args.chunk_size or wkv.default_chunk_size) if "chunked" in wkv.form_names else "-"
+        parts.append(f"{name} ({wkv.name}) {sizes}, chunk size {chunk}")
+    return "Shapes (T per row): " + "; ".join(parts) + f"; seed {args.seed}."
+
+
 def markdown_report(rows: list[numerics.Row], args: argparse.Namespace, seconds: float) -> str:
-    limits = form_limits(args.pallas_max_length)
     bounds = "; ".join(
         f"{dtype}: outputs <= {b.forward:g}, gradients <= {b.gradient:g}"
         for dtype, b in numerics.BOUNDS.items()
@@ -128,18 +192,46 @@ def markdown_report(rows: list[numerics.Row], args: argparse.Namespace, seconds:
         f"Generated by `python experiments/compare_numerics.py {' '.join(sys.argv[1:])}` on "
         f"{jax.default_backend()} (jax {jax.__version__})"
         + ("." if math.isnan(seconds) else f" in {seconds:.0f} s."),
-        f"Shapes: B={args.batch}, H={args.heads}, N={args.head_size} (v4: C={args.heads * args.head_size}); "
-        f"chunk size {args.chunk_size}; seed {args.seed}.",
+        sizes_line(rows, args),
         "",
         "Relative errors `||a - b|| / ||b||` of y, of the final state and of the worst gradient (of a fixed "
         "random projection of y and the final state, with respect to every input and the initial state). "
         f"Bounds ({bounds}). NaN/Inf are printed as such.",
     ]
-    if limits:
-        lines.append(f"Pallas runs in interpret mode on this backend, up to T = {limits['pallas']}.")
+    skipped = sorted({f"{row.family} {row.note.removeprefix('skipped: ')}" for row in rows if row.skipped})
+    if skipped:
+        lines.append("Skipped (NaN rows): " + "; ".join(skipped) + ".")
+    lines += ["", "## Regimes", "", regimes_table(rows)]
     lines += ["", "## Worst errors per form and dtype", "", numerics.summary_table(rows)]
     lines += ["", "## Every comparison", "", numerics.markdown_table(rows), ""]
     return "\n".join(lines)
+
+
+def sweep(args: argparse.Namespace) -> list[numerics.Row]:
+    """The rows of every chosen family, printed as they come."""
+    rows = []
+    for name in args.families:
+        family = numerics.swept_family(name)
+        forms = selected(parse_list(args.forms), form_names(family))
+        regimes = selected(parse_list(args.regimes), regime_names(family))
+        if not forms or not regimes:
+            print(f"{name}: none of the chosen forms or regimes apply; skipped")
+            continue
+        rows += numerics.compare_forms(
+            name,
+            forms=forms,
+            dtypes=parse_list(args.dtypes),
+            lengths=args.lengths,
+            regimes=regimes,
+            batch=args.batch,
+            heads=args.heads,
+            size=args.head_size,
+            chunk_size=args.chunk_size,
+            max_lengths=form_limits(name, args),
+            seed=args.seed,
+            progress=print_row,
+        )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,32 +242,11 @@ def main(argv: list[str] | None = None) -> int:
             rows = [numerics.Row.from_flat(record) for record in csv.DictReader(file)]
         write_atomically(args.out / "numerics.md", markdown_report(rows, args, seconds=math.nan))
         return 0
-    limits = form_limits(args.pallas_max_length)
-    print(f"backend {jax.default_backend()}; lengths {args.lengths}; limits {limits or 'none'}")
-    print(f"{'fam':<4}{'form':<10}{'dtype':<9}{'T':>6} {'regime':<8}{'y':>8} {'state':>8} {'grad':>8} "
+    print(f"backend {jax.default_backend()}; lengths {args.lengths}; families {', '.join(args.families)}")
+    print(f"{'family':<7}{'form':<10}{'dtype':<9}{'T':>6} {'regime':<11}{'y':>8} {'state':>8} {'grad':>8} "
           f"{'worst input':<14}{'ok':<5}note")  # fmt: skip
     start = time.perf_counter()
-    rows = []
-    for family in parse_list(args.families):
-        forms = selected(parse_list(args.forms), numerics.FORMS[family])
-        regimes = selected(parse_list(args.regimes), numerics.REGIMES[family])
-        if not forms or not regimes:
-            print(f"{family}: none of the chosen forms or regimes apply; skipped")
-            continue
-        rows += numerics.compare_forms(
-            family,
-            forms=forms,
-            dtypes=parse_list(args.dtypes),
-            lengths=args.lengths,
-            regimes=regimes,
-            batch=args.batch,
-            heads=args.heads,
-            size=args.head_size,
-            chunk_size=args.chunk_size,
-            max_lengths=limits,
-            seed=args.seed,
-            progress=print_row,
-        )
+    rows = sweep(args)
     seconds = time.perf_counter() - start
     write_atomically(args.out / "numerics.csv", csv_text(rows))
     write_atomically(args.out / "numerics.md", markdown_report(rows, args, seconds))

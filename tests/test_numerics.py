@@ -1,17 +1,24 @@
-"""rwkv_jax.numerics: the error metric, the random inputs of each decay regime, and a tiny sweep of the
-pure-JAX forms against the float64 references."""
+"""rwkv_jax.numerics: the error metric, the random inputs of each family's regimes, and a tiny sweep of the
+pure-JAX forms of every registered family against the float64 references; the compare_numerics CLI."""
 
 import csv
 import importlib.util
 import math
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from rwkv_jax import numerics
-from rwkv_jax.numerics import BOUNDS, Row, compare_forms, make_inputs, markdown_table, relative_error
+from rwkv_jax.models.family import families
+from rwkv_jax.numerics import Bounds, Row, compare_forms, make_inputs, markdown_table, relative_error
+from rwkv_jax.wkv import v7_chunked
+from rwkv_jax.wkv.numerics_case import LOG_DECAY_RANGES
+from rwkv_jax.wkv.v4_numerics import LARGE_KEY
+from rwkv_jax.wkv.v7 import WKV7_FORMS
+from rwkv_jax.wkv.v7_numerics import LARGE_ICLR, STRONGEST_LOG_DECAY
 
 
 def test_relative_error_is_the_norm_ratio():
@@ -47,58 +54,95 @@ def test_format_error_spells_out_non_finite_values():
     assert [numerics.format_error(e) for e in (math.nan, math.inf, 1.234e-5)] == ["NaN", "Inf", "1.2e-05"]
 
 
-def decays_of(family: str, inputs: tuple) -> np.ndarray:
-    return np.asarray(inputs[0] if family == "v4" else inputs[3])
+SWEPT = [family.name for family in numerics.swept_families()]
+REGIMES = [
+    (family.name, regime) for family in numerics.swept_families() for regime in family.numerics.regimes
+]
 
 
-@pytest.mark.parametrize(
-    ("family", "regime"), [(f, r) for f in numerics.FAMILIES for r in numerics.REGIMES[f]]
-)
-def test_decays_lie_in_the_regime_range(family, regime):
-    inputs = make_inputs(family, length=32, regime=regime, seed=3)
-    w_log = decays_of(family, inputs)
-    low, high = numerics.DECAY_LOG_RANGES["typical" if regime == "large_k" else regime]
-    assert w_log.dtype == np.float32
+def test_every_registered_family_with_a_wkv_is_swept():
+    assert SWEPT == [family.name for family in families() if family.wkv is not None]
+    assert {"rwkv4", "rwkv6", "rwkv7"} <= set(SWEPT)
+
+
+def log_decays_of(family: str, inputs: tuple) -> np.ndarray:
+    names = numerics.swept_family(family).wkv.input_names
+    return np.asarray(inputs[names.index("w_log")])
+
+
+@pytest.mark.parametrize(("family", "regime"), REGIMES)
+def test_inputs_of_every_regime_fit_the_wkv_table(family, regime):
+    """Shapes as the family's WKV table declares them, finite values, float32 log decays <= 0."""
+    record = numerics.swept_family(family)
+    inputs, state = make_inputs(family, batch=2, length=5, heads=3, size=4, dtype="bfloat16", regime=regime)
+    sizes = record.wkv.sizes(inputs, state)  # raises if a shape is not as declared
+    assert sizes["B"] == 2 and sizes["T"] == 5
+    w_log = log_decays_of(family, inputs)
+    assert w_log.dtype == np.float32 and np.all(w_log <= 0)
+    leaves = [*inputs, *jax.tree.leaves(state)]
+    assert all(np.isfinite(np.asarray(x, np.float32)).all() for x in leaves)
+    assert {x.dtype for x in jax.tree.leaves(state)} == {jnp.dtype("float32")}
+    assert jnp.dtype("bfloat16") in {x.dtype for x in inputs}
+
+
+@pytest.mark.parametrize("regime", numerics.swept_family("rwkv6").numerics.regimes)
+def test_shared_decay_regimes_lie_in_their_ranges(regime):
+    w_log = log_decays_of("rwkv6", make_inputs("rwkv6", length=32, regime=regime, seed=3)[0])
+    low, high = LOG_DECAY_RANGES[regime]
     # w_log = -exp(x), x in [low, high]; float32 rounding allowed for.
     assert np.all(w_log <= -np.exp(low) * (1 - 1e-6)) and np.all(w_log >= -np.exp(high) * (1 + 1e-6))
 
 
 def test_named_regimes_reach_their_extremes():
-    near0 = make_inputs("v6", length=64, regime="near0")[3]
-    near1 = make_inputs("v6", length=64, regime="near1")[3]
+    near0 = log_decays_of("rwkv6", make_inputs("rwkv6", length=64, regime="near0")[0])
+    near1 = log_decays_of("rwkv6", make_inputs("rwkv6", length=64, regime="near1")[0])
     assert np.all(np.exp(np.asarray(near0, np.float64)) < 1e-39)  # below float32's smallest normal
-    assert np.all(np.asarray(near1) >= -1e-6)
-    w_mixed = np.asarray(make_inputs("v6", length=256, regime="mixed")[3])
+    assert np.all(near1 >= -1e-6)
+    w_mixed = log_decays_of("rwkv6", make_inputs("rwkv6", length=256, regime="mixed")[0])
     assert w_mixed.min() < -50 and w_mixed.max() > -1e-5  # spans both ends
 
 
 def test_large_keys_only_in_the_large_k_regime():
-    k_large = np.asarray(make_inputs("v4", length=256, regime="large_k")[2])
-    k_typical = np.asarray(make_inputs("v4", length=256, regime="typical")[2])
-    assert 40 < np.abs(k_large).max() <= numerics.LARGE_KEY
+    k_large = np.asarray(make_inputs("rwkv4", length=256, regime="large_k")[0][2])
+    k_typical = np.asarray(make_inputs("rwkv4", length=256, regime="typical")[0][2])
+    assert 40 < np.abs(k_large).max() <= LARGE_KEY
     assert np.abs(k_typical).max() < 8
 
 
-@pytest.mark.parametrize("dtype", numerics.DTYPES)
-def test_inputs_have_the_contract_shapes_and_dtypes(dtype):
-    r, k, v, w_log, u, state = make_inputs("v6", batch=2, length=5, heads=3, size=4, dtype=dtype)
-    assert r.shape == k.shape == v.shape == w_log.shape == (2, 5, 3, 4)
-    assert u.shape == (3, 4) and state.shape == (2, 3, 4, 4)
-    assert r.dtype == k.dtype == v.dtype == jnp.dtype(dtype)
-    assert w_log.dtype == u.dtype == state.dtype == jnp.float32
-    w_log, u, k, v, num, den, max_exp = make_inputs("v4", batch=2, length=5, heads=3, size=4, dtype=dtype)
-    assert w_log.shape == u.shape == (12,) and k.shape == v.shape == (2, 5, 12)
-    assert num.shape == den.shape == max_exp.shape == (2, 12) and np.all(np.asarray(den) > 0)
-    assert k.dtype == v.dtype == jnp.dtype(dtype) and num.dtype == jnp.float32
+def goose_inputs(regime: str) -> dict[str, np.ndarray]:
+    inputs, _ = make_inputs("rwkv7", length=64, regime=regime, seed=1)
+    return {name: np.asarray(x, np.float64) for name, x in zip(WKV7_FORMS.input_names, inputs, strict=True)}
+
+
+@pytest.mark.parametrize("regime", numerics.swept_family("rwkv7").numerics.regimes)
+def test_goose_inputs_are_the_models(regime):
+    """a = -kk with kk a unit vector per head, b = kk * iclr with iclr in (0, 1], decays within the model's
+    soft clamp and the chunked form's bound at the default chunk size."""
+    x = goose_inputs(regime)
+    kk = -x["a"]
+    np.testing.assert_allclose(np.linalg.norm(kk, axis=-1), 1.0, rtol=1e-6)
+    iclr = x["b"] / kk
+    assert np.all(iclr > 0) and np.all(iclr <= 1 + 1e-6)
+    assert np.all(x["w_log"] >= STRONGEST_LOG_DECAY * (1 + 1e-6)) and np.all(x["w_log"] < 0)
+    assert -x["w_log"].min() * WKV7_FORMS.default_chunk_size <= v7_chunked.MAX_CHUNK_LOG_DECAY
+
+
+def test_goose_regimes_reach_their_extremes():
+    assert np.all(goose_inputs("near1")["w_log"] >= -1e-6)
+    np.testing.assert_allclose(goose_inputs("strongest")["w_log"], STRONGEST_LOG_DECAY, rtol=1e-7)
+    large = goose_inputs("large_iclr")
+    assert np.all(large["b"] / -large["a"] >= LARGE_ICLR[0] * (1 - 1e-6))
+    typical = goose_inputs("typical")
+    assert (typical["b"] / -typical["a"]).max() < LARGE_ICLR[0]
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         (dict(family="v5"), "unknown family 'v5'"),
-        (dict(family="v6", regime="large_k"), "unknown regime for v6 'large_k'"),
-        (dict(family="v4", dtype="float16"), "unknown dtype 'float16'"),
-        (dict(family="v4", length=0), "length must be >= 1"),
+        (dict(family="rwkv6", regime="large_k"), "unknown regime for rwkv6 'large_k'"),
+        (dict(family="rwkv4", dtype="float16"), "unknown dtype 'float16'"),
+        (dict(family="rwkv4", length=0), "length must be >= 1"),
     ],
 )
 def test_bad_input_requests_raise_clear_errors(kwargs, message):
@@ -107,13 +151,13 @@ def test_bad_input_requests_raise_clear_errors(kwargs, message):
 
 
 def test_sweep_rejects_forms_a_family_lacks():
-    with pytest.raises(ValueError, match="unknown form of v4 'chunked'"):
-        compare_forms("v4", forms=("chunked",))
+    with pytest.raises(ValueError, match="unknown form of rwkv4 'chunked'"):
+        compare_forms("rwkv4", forms=("chunked",))
 
 
 def row_with(**errors) -> Row:
-    defaults = dict(family="v6", form="scan", dtype="float32", length=8, regime="typical", shape="", y=1e-7)
-    return Row(**{**defaults, "state": 1e-7, **errors})
+    defaults = dict(family="rwkv6", wkv="WKV-6", form="scan", dtype="float32", length=8, regime="typical")
+    return Row(**{**defaults, "shape": "", "y": 1e-7, "state": 1e-7, **errors})
 
 
 def test_rows_fail_on_nan_and_ignore_underflowing_gradients():
@@ -125,30 +169,45 @@ def test_rows_fail_on_nan_and_ignore_underflowing_gradients():
     assert not row_with(gradients={"r": 1e-6, "w_log": 1.0}).within_bounds()
 
 
-@pytest.mark.parametrize(
-    ("family", "forms"), [("v4", ("recurrent", "scan")), ("v6", ("recurrent", "scan", "chunked"))]
-)
-def test_tiny_sweep_is_within_the_bounds(family, forms):
-    """T = 20 is not a multiple of the chunk. near0: grad w_log underflows float32 (flagged only)."""
-    rows = compare_forms(
-        family, forms, lengths=(20,), regimes=("mixed", "near0"), heads=2, size=4, chunk_size=16
-    )
-    assert len(rows) == len(forms) * 2 * len(numerics.DTYPES)
+# The tiny sweep: T = 20 (not a multiple of the chunk, 16), N = 4; every pure-JAX form in float32 and the
+# form AUTO picks on CPU in bfloat16 (each form and dtype costs a compilation of its gradient).
+TINY = dict(lengths=(20,), heads=2, size=4, chunk_size=16)
+# Worst errors measured over every family (2026-12, this CPU): float32 y / state 1.1e-6 (WKV-4 recurrent,
+# large_k), gradients 2.1e-6 (WKV-4 scan, state.max_exp); bfloat16 (the AUTO forms) y 1.7e-3 (the bf16
+# rounding of y), gradients 3.5e-3 (WKV-4 recurrent, large_k). Bounds at most 10x those (bfloat16: the
+# project's BOUNDS, 2.9x).
+TINY_BOUNDS = {"float32": Bounds(forward=1e-5, gradient=2e-5), "bfloat16": numerics.BOUNDS["bfloat16"]}
+
+
+@pytest.mark.parametrize("family", SWEPT)
+def test_tiny_sweep_is_within_the_bounds(family):
+    """Every pure-JAX form of every swept family, in the first and the last of its regimes."""
+    record = numerics.swept_family(family)
+    regimes = tuple(record.numerics.regimes)[:: len(record.numerics.regimes) - 1]
+    forms = tuple(form for form in record.wkv.form_names if form != "pallas")
+    rows = compare_forms(family, forms, ("float32",), regimes=regimes, **TINY)
+    rows += compare_forms(family, (record.wkv.auto_cpu.value,), ("bfloat16",), regimes=regimes, **TINY)
+    assert len(rows) == (len(forms) + 1) * len(regimes)
     for row in rows:
-        bounds = BOUNDS[row.dtype]
+        bounds = TINY_BOUNDS[row.dtype]
         assert row.y <= bounds.forward and row.state <= bounds.forward, row
         assert row.worst_gradient()[1] <= bounds.gradient, row
         assert row.within_bounds() and not row.skipped
-        assert set(row.gradients) == set(numerics.INPUT_NAMES[family])
-    near0 = [row for row in rows if row.regime == "near0"]
-    assert all(row.underflowing == ("w_log",) and "below float32 range" in row.note for row in near0)
+        assert set(row.gradients) == set(numerics.gradient_names(record))
     table = markdown_table(rows)
     assert table.count("\n") == len(rows) + 1 and "**no**" not in table
 
 
+def test_underflowing_gradients_are_flagged_not_counted():
+    """near0 (decay ~ e^-148): the reference gradient of w_log is below float32 range."""
+    rows = compare_forms("rwkv6", ("recurrent",), ("float32",), regimes=("near0",), **TINY)
+    assert all(row.underflowing == ("w_log",) and "below float32 range" in row.note for row in rows)
+    assert all(row.within_bounds() for row in rows)
+
+
 def test_forms_over_their_length_limit_are_skipped_with_a_note():
     rows = compare_forms(
-        "v4", ("recurrent",), ("float32",), (8,), ("typical",), size=2, max_lengths={"recurrent": 4}
+        "rwkv4", ("recurrent",), ("float32",), (8,), ("typical",), size=2, max_lengths={"recurrent": 4}
     )
     (row,) = rows
     assert row.skipped and "T > 4" in row.note and math.isnan(row.y)
@@ -164,24 +223,33 @@ def load_compare_numerics():
 
 
 def test_cli_writes_csv_and_markdown_that_render_again(tmp_path):
+    """Two families (their gradient columns differ), a regime one of them lacks, a form capped by length."""
     script = load_compare_numerics()
-    options = ["--families", "v4", "--forms", "recurrent", "--dtypes", "float32", "--lengths", "4,8"]
-    assert script.main(["--out", str(tmp_path), *options, "--regimes", "typical,near0"]) == 0
+    tiny = ["--lengths", "20", "--heads", "2", "--head-size", "4", "--chunk-size", "16"]
+    options = ["--families", "rwkv4,rwkv7", "--forms", "recurrent", "--dtypes", "float32", *tiny]
+    limit = ["--max-length", "rwkv7:recurrent=16"]
+    assert script.main(["--out", str(tmp_path), *options, "--regimes", "typical,near0", *limit]) == 0
     with open(tmp_path / "numerics.csv", newline="") as file:
         records = list(csv.DictReader(file))
-    assert [(r["length"], r["regime"]) for r in records] == [
-        ("4", "typical"), ("4", "near0"), ("8", "typical"), ("8", "near0")
+    assert [(r["family"], r["regime"]) for r in records] == [
+        ("rwkv4", "typical"), ("rwkv4", "near0"), ("rwkv7", "typical")
     ]  # fmt: skip
     rows = [Row.from_flat(record) for record in records]
-    assert rows[1].underflowing == ("w_log",) and all(row.within_bounds() for row in rows)
+    assert rows[1].underflowing == ("w_log",) and all(row.within_bounds() for row in rows[:2])
+    assert rows[2].skipped and set(rows[2].gradients) == {*WKV7_FORMS.input_names, "state"}
     markdown = (tmp_path / "numerics.md").read_text()
-    assert markdown.count("| v4 | recurrent | float32 |") == 5  # one summary row and four rows
+    assert markdown.count("| rwkv4 | WKV-4 | recurrent | float32 |") == 3  # one summary row and two rows
+    assert "| rwkv7 | typical |" in markdown and "rwkv7 T > 16 for recurrent" in markdown
     (tmp_path / "numerics.md").unlink()
     assert script.main(["--out", str(tmp_path), "--render", str(tmp_path / "numerics.csv")]) == 0
-    assert (tmp_path / "numerics.md").read_text().split("## Worst")[1] == markdown.split("## Worst")[1]
+    assert (tmp_path / "numerics.md").read_text().split("## Regimes")[1] == markdown.split("## Regimes")[1]
 
 
 def test_cli_rejects_unknown_names():
     script = load_compare_numerics()
     with pytest.raises(SystemExit):
         script.parse_args(["--out", "x", "--forms", "fast"])
+    with pytest.raises(SystemExit):
+        script.parse_args(["--out", "x", "--families", "v4"])
+    with pytest.raises(SystemExit):
+        script.parse_args(["--out", "x", "--max-length", "scan"])

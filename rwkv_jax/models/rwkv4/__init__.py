@@ -5,6 +5,7 @@ from rwkv_jax.models.rwkv4 import convert
 from rwkv_jax.models.rwkv4.model import RWKV4, RWKV4Config
 from rwkv_jax.models.rwkv4.presets import PRESETS
 from rwkv_jax.wkv.v4 import WKV4_FORMS
+from rwkv_jax.wkv.v4_numerics import WKV4_NUMERICS
 
 FAMILY = Family(
     name="rwkv4",
@@ -14,6 +15,7 @@ FAMILY = Family(
     converter=convert,
     presets=PRESETS,
     wkv=WKV4_FORMS,
+    numerics=WKV4_NUMERICS,
 )
 
 __all__ = ["FAMILY", "RWKV4", "RWKV4Config"]

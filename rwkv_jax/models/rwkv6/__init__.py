@@ -5,6 +5,7 @@ from rwkv_jax.models.rwkv6 import convert
 from rwkv_jax.models.rwkv6.model import RWKV6, RWKV6Config
 from rwkv_jax.models.rwkv6.presets import PRESETS
 from rwkv_jax.wkv.v6 import WKV6_FORMS
+from rwkv_jax.wkv.v6_numerics import WKV6_NUMERICS
 
 FAMILY = Family(
     name="rwkv6",
@@ -14,6 +15,7 @@ FAMILY = Family(
     converter=convert,
     presets=PRESETS,
     wkv=WKV6_FORMS,
+    numerics=WKV6_NUMERICS,
 )
 
 __all__ = ["FAMILY", "RWKV6", "RWKV6Config"]
