@@ -190,10 +190,18 @@ def reference_functions(name: str) -> tuple[Callable, Callable]:
     return jax.jit(run), jax.jit(value_and_gradients(loss))
 
 
+def host_cpu() -> jax.Device:
+    """The host's CPU device; a clear error when JAX_PLATFORMS leaves the CPU backend out."""
+    try:
+        return jax.devices("cpu")[0]
+    except RuntimeError as error:
+        raise SystemExit(f"check_device needs the CPU backend for the float64 reference ({error})") from None
+
+
 def host_reference(family: Family, inputs: tuple, state: Any, seed: int) -> Reference:
     """Runs the float64 reference on the host CPU; the projection's weights from ``default_rng(seed)``."""
     forward, check = reference_functions(family.name)
-    with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
+    with jax.enable_x64(True), jax.default_device(host_cpu()):
         inputs64, state64 = to_float64((jax.device_get(inputs), jax.device_get(state)))
         weights = projection_weights(forward, family.numerics.comparable_state, inputs64, state64, seed)
         (_, (y, final, compared)), grads = check(inputs64, state64, to_float64(weights), None)
@@ -317,6 +325,7 @@ class Timing(NamedTuple):
     forward_ms: float
     backward_ms: float
     note: str
+    shape: str = ""  # the timed sizes, "B=8 T=4096 H=32 N=64"
 
 
 NOT_TIMED = Timing(math.nan, math.nan, "not timed")
@@ -340,7 +349,7 @@ def time_form(family: Family, form: str, case: tuple, weights: tuple, plan: Plan
             times[name] = median_ms(executable, args, plan.repeats)
         except Exception as error:
             notes.append(f"{name} {error_note(error)}")
-    return Timing(times["fwd"], times["fwd+bwd"], "; ".join(notes))
+    return Timing(times["fwd"], times["fwd+bwd"], "; ".join(notes), shape_label(family, inputs, state))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -470,6 +479,21 @@ def format_ms(ms: float) -> str:
     return "–" if math.isnan(ms) else f"{ms:.2f}"
 
 
+def size_lines(results: Sequence[FormResult], families: Sequence[Family], plan: Plan) -> list[str]:
+    """Per family: the sizes checked (regimes) and timed, as the rows recorded them."""
+    lines = []
+    for family in families:
+        mine = [r for r in results if r.family == family.name]
+        checked = next((row.shape for r in mine for row in r.rows), "?")
+        timed = next((r.timing.shape for r in mine if r.timing.shape), "?")
+        regimes = ", ".join(plan.regimes_for(family))
+        lines.append(
+            f"{family.wkv.name}: checked at {checked} (regimes {regimes}) against float64 on the host CPU; "
+            f"timed at {timed}, median of {plan.repeats}"
+        )
+    return lines
+
+
 def markdown_table(results: Sequence[FormResult]) -> str:
     """One row per (family, form, dtype): errors (worst over regimes), times, verdict, notes."""
     header = "| WKV | form | dtype | y | state | worst grad | fwd ms | fwd+bwd ms | verdict | note |"
@@ -541,7 +565,7 @@ def verdict_lines(results: Sequence[FormResult], families: Sequence[Family], pla
         per_dtype = ", ".join(
             f"{r.dtype} {r.verdict()}" for r in results if r.wkv == family.wkv.name and r.form == auto
         )
-        lines.append(f"AUTO on GPU/TPU for {family.wkv.name} (unverified kernel): {auto}: {per_dtype}")
+        lines.append(f"AUTO's pure-JAX form on GPU/TPU for {family.wkv.name}, {auto}: {per_dtype}")
     lines.append(final_line(verdicts, platform, interpret))
     return lines
 
@@ -563,6 +587,7 @@ def form_record(result: FormResult) -> dict[str, Any]:
         family=result.family, wkv=result.wkv, form=result.form, dtype=result.dtype, kernel=result.kernel,
         verdict=result.verdict(), forward_ms=result.timing.forward_ms,
         forward_backward_ms=result.timing.backward_ms, timing_note=result.timing.note,
+        timing_shape=result.timing.shape,
         rows=[row.flat() for row in result.rows],
     )  # fmt: skip
 
@@ -584,12 +609,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="check at B=1, T=1024, one regime; 3 repeats")
-    parser.add_argument("--small", action="store_true", help="tiny shapes (B=1, T=40, H=2, N=16), chunk 16")
+    parser.add_argument(
+        "--small", action="store_true", help="tiny shapes (B=1, T=40, H=2, N=16), chunk 16, float32 only"
+    )
     parser.add_argument(
         "--interpret", action="store_true", help="run on the CPU, kernels in the Pallas interpreter"
     )
     parser.add_argument("--families", default="", help="comma-separated (default: those with a kernel)")
-    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument(
+        "--dtypes", default="", help="comma-separated (default: float32,bfloat16; --small: float32)"
+    )
     parser.add_argument("--repeats", type=int, default=0, help="timed calls per form (default 5 / 3 / 1)")
     parser.add_argument("--chunk-size", type=int, help="chunk of the chunked and Pallas forms")
     parser.add_argument(
@@ -598,7 +627,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--json", type=pathlib.Path, help="write every result to this JSON file")
     args = parser.parse_args(argv)
-    args.dtypes = tuple(d for d in args.dtypes.split(",") if d)
+    default_dtypes = "float32" if args.small else ",".join(numerics.DTYPES)
+    args.dtypes = tuple(d for d in (args.dtypes or default_dtypes).split(",") if d)
     for dtype in args.dtypes:
         if dtype not in numerics.DTYPES:
             parser.error(f"--dtypes: unknown {dtype!r}; expected some of {', '.join(numerics.DTYPES)}")
@@ -640,13 +670,8 @@ def main(argv: list[str] | None = None) -> int:
         time_family(family, plan, by_form, progress)
         results.extend(by_form.values())
     print()
-    for family in families:
-        check, timing = (plan.sizes_for(family, s) for s in (plan.check, plan.timing))
-        print(
-            f"{family.wkv.name}: checked at B={check.batch} T={check.length} (regimes "
-            f"{', '.join(plan.regimes_for(family))}) against float64 on the host; timed at B={timing.batch} "
-            f"T={timing.length}, median of {plan.repeats}; H={check.heads} N={check.size}"
-        )
+    for line in size_lines(results, families, plan):
+        print(line)
     print()
     print(markdown_table(results))
     print()
@@ -657,8 +682,8 @@ def main(argv: list[str] | None = None) -> int:
         header = dict(
             platform=platform, device_kind=device.device_kind, jax_version=jax.__version__, mode=plan.mode,
             interpret=args.interpret, matmul_precision=args.matmul_precision, chunk_size=plan.chunk_size,
-            check=dataclasses.asdict(plan.check), timing=dataclasses.asdict(plan.timing),
-            repeats=plan.repeats, elapsed_s=progress.elapsed(),
+            dtypes=plan.dtypes, repeats=plan.repeats, sizes=size_lines(results, families, plan),
+            elapsed_s=progress.elapsed(),
         )  # fmt: skip
         write_json(args.json, results, header, lines)
     verdicts = kernel_verdicts(results)
