@@ -1,9 +1,13 @@
 """Checks the Pallas WKV kernels on a real GPU or TPU against the float64 reference, and times every form.
 
-    python experiments/check_device.py                          # on a GPU/TPU host: model sizes, < 10 min
-    python experiments/check_device.py --quick                  # shorter check (B=1, T=1024), ~3 min
+    python experiments/check_device.py                          # on a GPU/TPU host: model sizes
+    python experiments/check_device.py --quick                  # shorter check: B=1, T=1024, one regime
     python experiments/check_device.py --json /tmp/check.json   # also write every result as JSON
     python experiments/check_device.py --interpret --small      # smoke test on CPU (Pallas interpreter)
+
+The full run is sized to take under ten minutes on its first run (estimated, not yet measured on a device):
+compiling about 40 programs, and the float64 reference on the host at B=2, T=4096 (WKV-6: a few minutes on a
+loaded 2-core CPU); progress lines with the elapsed seconds say where the time goes.
 
 For each family whose WKV table has a Pallas kernel (``--families``: any with a numerics case, e.g. rwkv7 for
 its pure-JAX forms) it
@@ -12,8 +16,8 @@ its pure-JAX forms) it
    reference computed on the host CPU (``jax.enable_x64``): the output y, the final state and the gradient
    of a fixed random projection of both with respect to every input and the initial state, as
    ``rwkv_jax.numerics`` does; errors are ``||a - b|| / ||b||`` (``rwkv_jax.numerics.relative_error``) and a
-   row passes within ``rwkv_jax.numerics.BOUNDS`` of its dtype. The check runs at T = 4096 with a moderate B
-   (the float64 host reference is the slow part) in the regimes "mixed" (decays over the whole range) and,
+   row passes within ``rwkv_jax.numerics.BOUNDS`` of its dtype. The check runs at T = 4096 with B = 2 (the
+   float64 host reference is the slow part) in the regimes "mixed" (decays over the whole range) and,
    for RWKV-4, "large_k". The float32 case runs on the bfloat16 case's inputs cast to float32 (exactly
    representable), so one reference serves both dtypes;
 2. times every form at model size (WKV-6: B=8, T=4096, H=32, N=64; RWKV-4: C=4096), forward and
@@ -29,7 +33,7 @@ Printed: one Markdown table (errors as the worst over the regimes, times, a verd
 decide), one verdict line per kernel, AUTO's form per family, and a final line naming what to add to
 ``VERIFIED_KERNEL_PLATFORMS`` (``rwkv_jax/wkv/forms.py``) when every kernel passed. ``--interpret`` runs on
 the CPU with the Pallas interpreter (TPU layout): it checks this script and the kernels' logic, and verifies
-no hardware.
+no hardware; ``--small`` (tiny shapes, chunk 16, float32 only unless ``--dtypes``) keeps that run short.
 """
 
 import argparse
