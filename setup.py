@@ -30,6 +30,12 @@ TEST = [
     "torch==2.13.0",
     "transformers>=4.45,<6",
     "rwkv==0.8.32",
+    # flash-linear-attention's RWKV-7 model runs our Hugging Face folders with its torch reference ops
+    # (tests/checkpoint/test_hf.py); fla imports triton, which installs (and imports) on a CPU-only machine.
+    "flash-linear-attention==0.6.0",
+    "fla-core==0.6.0",
+    "triton>=3.2",
+    "safetensors>=0.4",
     # The notebooks are executed headless by tests/test_notebooks.py.
     "nbclient>=0.10,<1",
     "nbformat>=5.9,<6",

@@ -1,4 +1,8 @@
-"""Load and save BlinkDL's official ``.pth`` checkpoints, whatever the RWKV version.
+"""Load and save BlinkDL's official checkpoints, whatever the RWKV version.
+
+A checkpoint is a ``.pth`` file, a ``.safetensors`` file with the same (BlinkDL) tensor names, or a Hugging
+Face folder (``config.json`` + weights, :mod:`rwkv_jax.checkpoint.hf`), whose names are mapped to BlinkDL's
+first. :func:`load_official` tells them apart by the path alone.
 
 Each registered family (:mod:`rwkv_jax.models.family`) with an official format names its converter module;
 the family of a file is found from its tensor names alone, and nothing is built before the names and shapes
@@ -18,8 +22,10 @@ from typing import Any
 
 from flax import nnx
 
+from rwkv_jax.checkpoint.hf import blinkdl_names_hint, is_hf_folder, read_hf
 from rwkv_jax.checkpoint.layout import CheckpointLayoutError, describe_difference, key_difference
 from rwkv_jax.checkpoint.pth import read_pth, write_pth
+from rwkv_jax.checkpoint.safetensors_io import read_safetensors, write_safetensors
 from rwkv_jax.models.family import Family, families, family_of
 from rwkv_jax.wkv.impl import Impl
 
@@ -50,8 +56,22 @@ def detect(keys: list[str]) -> Family:
     known = ", ".join(family.title for family in candidates)
     raise CheckpointLayoutError(
         f"unknown checkpoint layout (known: {known}); closest is {closest.title}: "
-        f"{describe_difference(missing, unexpected)}"
+        f"{describe_difference(missing, unexpected)}{blinkdl_names_hint(keys)}"
     )
+
+
+def _is_safetensors(path: str | os.PathLike) -> bool:
+    return os.fspath(path).endswith(".safetensors")
+
+
+def read_official(path: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
+    """``(tensors under BlinkDL names, load options the file implies)`` of a ``.pth``, a ``.safetensors``
+    file or a Hugging Face folder; the tensors are memory-mapped views."""
+    if is_hf_folder(path):
+        return read_hf(path)
+    if os.path.isdir(path):
+        raise FileNotFoundError(f"{path} is a folder without config.json: not a Hugging Face checkpoint")
+    return (read_safetensors(path) if _is_safetensors(path) else read_pth(path)), {}
 
 
 def load_official(
@@ -60,17 +80,18 @@ def load_official(
     wkv_impl: Impl | str = Impl.AUTO,
     **options: Any,
 ) -> nnx.Module:
-    """Reads an official ``.pth`` (never executing code from it) and returns the model it holds.
+    """Reads an official checkpoint (never executing code from it) and returns the model it holds.
 
     Args:
-      path: the checkpoint file.
+      path: a ``.pth`` or ``.safetensors`` file with BlinkDL's names, or a Hugging Face folder.
       dtype: compute dtype of the model (``"float32"`` or ``"bfloat16"``).
       wkv_impl: the WKV form the model uses.
       **options: passed to the detected family's ``from_state_dict``: ``param_dtype`` for all families,
         ``group_norm_eps`` for Eagle/Finch (1e-5 reproduces rwkv.cpp's RWKV-5 logits). An option the
-        detected family does not take is an error naming the options it does take.
+        detected family does not take is an error naming the options it does take. A Hugging Face
+        folder implies some (RWKV-7: ``group_norm_eps`` from ``config.json``); given ones take precedence.
     """
-    tensors = read_pth(path)
+    tensors, implied = read_official(path)
     family = detect(list(tensors))
     converter = family.converter
     accepted = set(inspect.signature(converter.from_state_dict).parameters) - {"tensors", "dtype", "wkv_impl"}
@@ -79,12 +100,18 @@ def load_official(
         raise TypeError(
             f"{family.title} checkpoints take no option(s) {unknown}; they take {sorted(accepted)}"
         )
-    return converter.from_state_dict(tensors, dtype=dtype, wkv_impl=wkv_impl, **options)
+    return converter.from_state_dict(tensors, dtype=dtype, wkv_impl=wkv_impl, **{**implied, **options})
 
 
 def save_official(model: nnx.Module, path: str | os.PathLike) -> None:
-    """Writes ``model`` as an official float32 ``.pth`` (atomically: a temporary file, then a rename)."""
+    """Writes ``model`` in BlinkDL's float32 layout, atomically (a temporary file, then a rename): a
+    ``.safetensors`` file when ``path`` ends so, else a ``.pth``. For the Hugging Face folder see
+    :func:`rwkv_jax.checkpoint.hf.save_hf`."""
     family = family_of(model)
     if family.converter is None:
         raise TypeError(f"{family.title} ({type(model).__name__}) has no official checkpoint layout")
-    write_pth(path, family.converter.to_state_dict(model))
+    tensors = family.converter.to_state_dict(model)
+    if _is_safetensors(path):
+        write_safetensors(path, tensors, metadata={"format": "pt"})
+    else:
+        write_pth(path, tensors)
