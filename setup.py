@@ -20,6 +20,9 @@ CORE = [
     "matplotlib>=3.8,<4",
 ]
 
+# lm-evaluation-harness: the model "rwkv_jax" (rwkv_jax/evaluation/lm_eval_adapter.py, experiments/lm_eval.py)
+EVAL = ["lm-eval==0.4.13"]
+
 TEST = [
     "pytest>=8,<10",
     "pytest-xdist>=3.5,<4",
@@ -40,6 +43,7 @@ TEST = [
     "nbclient>=0.10,<1",
     "nbformat>=5.9,<6",
     "ipykernel>=6,<8",
+    *EVAL,
 ]
 
 NOTEBOOKS = ["jupyterlab>=4", "ipykernel>=6", "nbclient>=0.10"]
@@ -57,6 +61,6 @@ setup(
     packages=find_packages(include=["rwkv_jax", "rwkv_jax.*", "pallas_kernels", "pallas_kernels.*"]),
     package_data={"rwkv_jax.tokenizers": ["data/*"]},
     install_requires=CORE,
-    extras_require={"test": TEST, "notebooks": NOTEBOOKS},
+    extras_require={"test": TEST, "eval": EVAL, "notebooks": NOTEBOOKS},
     license="Apache-2.0",
 )

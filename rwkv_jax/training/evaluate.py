@@ -95,9 +95,12 @@ def last_word_accuracy(
     return {"accuracy": correct / count, "word_nll": nll_total / count, "passages": float(count)}
 
 
-def load_run(workdir: str | os.PathLike, step: int | None = None) -> tuple[ModelFns, Any, ConfigDict, int]:
+def load_run(
+    workdir: str | os.PathLike, step: int | None = None, model_overrides: dict[str, Any] | None = None
+) -> tuple[ModelFns, Any, ConfigDict, int]:
     """The model of a training run: ``(fns, params, config, step)`` from ``workdir/config.json`` and its
-    checkpoint at ``step`` (the newest complete one by default)."""
+    checkpoint at ``step`` (the newest complete one by default). ``model_overrides`` replace fields of
+    ``config.model`` that leave the parameters as they are (``dtype``, ``wkv_impl``)."""
     workdir = pathlib.Path(workdir)
     config_file = workdir / "config.json"
     if not config_file.is_file():
@@ -108,7 +111,8 @@ def load_run(workdir: str | os.PathLike, step: int | None = None) -> tuple[Model
         step = ckpts.latest_step() if step is None else step
         if step is None or step not in ckpts.complete_steps():
             raise FileNotFoundError(f"no complete checkpoint {step or ''} in {ckpts.directory}")
-        fns, params = ModelFns.split(build_model(config.model, config.seed))
+        model_section = ConfigDict({**config.model.to_dict(), **(model_overrides or {})})
+        fns, params = ModelFns.split(build_model(model_section, config.seed))
         params, _ = ckpts.restore(step, params)
     finally:
         ckpts.close()
