@@ -5,7 +5,8 @@
 
 model_args: ``path`` (a ``.pth`` / ``.safetensors`` file, a Hugging Face folder or a training workdir),
 ``tokenizer`` (byte, world or a tokenizer.json; default the workdir's, else implied by the vocabulary),
-``dtype`` (float32 or bfloat16: the compute dtype), ``wkv_impl``, ``step`` (of a workdir), ``pieces``
+``dtype`` (float32 or bfloat16: the compute dtype), ``wkv_impl`` (default: auto, or a workdir's own),
+``step`` (of a workdir; default its newest checkpoint), ``pieces``
 (``128-16-1``: see :mod:`rwkv_jax.evaluation.scoring`), ``prefix_token`` (the id that conditions an empty
 context and the first token of a rolling document; default the tokenizer's end-of-document id, else 0),
 ``max_gen_toks`` (default for generation), ``seed``. ``batch_size`` comes from lm-eval's ``--batch_size``.
@@ -51,7 +52,7 @@ class RWKVJaxLM(TemplateLM):
         path: str,
         tokenizer: str | None = None,
         dtype: str = "float32",
-        wkv_impl: str = "auto",
+        wkv_impl: str | None = None,
         step: int | None = None,
         batch_size: int | str | None = None,
         pieces: str | int = "-".join(map(str, scoring.DEFAULT_PIECES)),
@@ -63,7 +64,7 @@ class RWKVJaxLM(TemplateLM):
         super().__init__()
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype={dtype!r}: expected float32 or bfloat16")
-        model, recorded = load_model(str(path), dtype=dtype, wkv_impl=wkv_impl, step=step)
+        model, recorded, _ = load_model(str(path), dtype=dtype, wkv_impl=wkv_impl, step=step)
         self.tokenizer_choice = str(tokenizer or default_tokenizer(recorded, model.config.vocab_size))
         self.rwkv_tokenizer = get_tokenizer(self.tokenizer_choice)
         self.scorer = scoring.RecurrentScorer(model, _batch_size(batch_size), _pieces(pieces))

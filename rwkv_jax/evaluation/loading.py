@@ -3,6 +3,7 @@ BlinkDL ``.pth`` or ``.safetensors`` file."""
 
 import os
 import pathlib
+from typing import NamedTuple
 
 from flax import nnx
 
@@ -13,6 +14,15 @@ from rwkv_jax.training.evaluate import load_run
 TOKENIZER_BY_VOCAB = {256: "byte", 65536: "world"}
 
 
+class Loaded(NamedTuple):
+    """A loaded checkpoint: the model, the tokenizer its run recorded (None for files), the step (None for
+    files)."""
+
+    model: nnx.Module
+    tokenizer: str | None
+    step: int | None
+
+
 def is_workdir(path: str | os.PathLike) -> bool:
     """True for a training run directory of experiments/train.py (config.json and checkpoints/)."""
     path = pathlib.Path(path)
@@ -20,19 +30,21 @@ def is_workdir(path: str | os.PathLike) -> bool:
 
 
 def load_model(
-    path: str | os.PathLike, dtype: str = "float32", wkv_impl: str = "auto", step: int | None = None
-) -> tuple[nnx.Module, str | None]:
-    """``(model, tokenizer name the checkpoint records or None)`` of the checkpoint at ``path``.
+    path: str | os.PathLike, dtype: str | None = None, wkv_impl: str | None = None, step: int | None = None
+) -> Loaded:
+    """The checkpoint at ``path``, any kind.
 
-    A workdir gives its checkpoint at ``step`` (default the newest complete one) and its config's
-    tokenizer; anything else goes to :func:`rwkv_jax.checkpoint.official.load_official`.
+    A workdir gives its checkpoint at ``step`` (default the newest complete one), its config's tokenizer,
+    and its config's dtype and WKV form unless ``dtype`` / ``wkv_impl`` are given; anything else goes to
+    :func:`rwkv_jax.checkpoint.official.load_official` (default float32, auto).
     """
     if is_workdir(path):
-        fns, params, config, _ = load_run(path, step, model_overrides={"dtype": dtype, "wkv_impl": wkv_impl})
-        return fns.module(params), config.data.get("tokenizer")
+        overrides = {key: value for key, value in (("dtype", dtype), ("wkv_impl", wkv_impl)) if value}
+        fns, params, config, step = load_run(path, step, model_overrides=overrides)
+        return Loaded(fns.module(params), config.data.get("tokenizer"), step)
     if step is not None:
         raise ValueError(f"step={step} applies to a training workdir; {path} is not one")
-    return load_official(path, dtype=dtype, wkv_impl=wkv_impl), None
+    return Loaded(load_official(path, dtype=dtype or "float32", wkv_impl=wkv_impl or "auto"), None, None)
 
 
 def default_tokenizer(recorded: str | None, vocab_size: int) -> str:
