@@ -109,6 +109,7 @@ class RecurrentScorer:
         """
         if targets is not None and [len(t) for t in targets] != [len(r) for r in rows]:
             raise ValueError("targets must be as long as their rows")
+        self._check_ids(rows if targets is None else [*rows, *targets])
         if states is not None and state_index is None:
             state_index = range(len(rows))
         order = sorted(range(len(rows)), key=lambda r: -len(rows[r]))  # like lengths share batches
@@ -135,6 +136,16 @@ class RecurrentScorer:
             inverse = np.argsort(order)
             state = jax.tree.map(lambda *leaves: jnp.concatenate(leaves)[inverse], *kept)
         return Scores(logprob, greedy, state)
+
+    def _check_ids(self, sequences: Sequence[Sequence[int]]) -> None:
+        """ValueError for an id outside [0, V): the embedding lookup would silently clamp it."""
+        vocab_size = self.model.config.vocab_size
+        for i, tokens in enumerate(sequences):
+            if len(tokens) and not 0 <= min(tokens) <= max(tokens) < vocab_size:
+                raise ValueError(
+                    f"row {i} holds token ids outside [0, {vocab_size}) (the model's vocabulary): "
+                    f"{min(tokens)}..{max(tokens)}; is the tokenizer the model's?"
+                )
 
     def _run_batch(self, rows: list, targets: list | None, state: Any) -> tuple[np.ndarray, np.ndarray, Any]:
         count, B = len(rows), self.batch_size
