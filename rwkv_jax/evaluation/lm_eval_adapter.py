@@ -10,6 +10,7 @@ model_args: ``path`` (a ``.pth`` / ``.safetensors`` file, a Hugging Face folder 
 (``128-16-1``: see :mod:`rwkv_jax.evaluation.scoring`), ``prefix_token`` (the id that conditions an empty
 context and the first token of a rolling document; default the tokenizer's end-of-document id, else 0),
 ``max_gen_toks`` (default for generation), ``seed``. ``batch_size`` comes from lm-eval's ``--batch_size``.
+In Python, ``model=`` takes an rwkv_jax model instead of ``path`` (training uses it: :func:`task_scores`).
 
 Requests sharing a context read it once (:func:`scoring.score_continuations`); rolling log-likelihoods
 read each document once, the state carried across pieces; generation stops at ``until`` strings (single-
@@ -18,9 +19,12 @@ token ones end a row early, the text is cut at the first of them in any case).
 
 from typing import Any
 
+from flax import nnx
+from lm_eval import simple_evaluate
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
+from lm_eval.tasks import TaskManager
 
 from rwkv_jax.evaluation import scoring
 from rwkv_jax.evaluation.loading import default_tokenizer, load_model
@@ -49,7 +53,7 @@ class RWKVJaxLM(TemplateLM):
 
     def __init__(
         self,
-        path: str,
+        path: str | None = None,
         tokenizer: str | None = None,
         dtype: str = "float32",
         wkv_impl: str | None = None,
@@ -59,12 +63,17 @@ class RWKVJaxLM(TemplateLM):
         prefix_token: int | None = None,
         max_gen_toks: int = DEFAULT_MAX_GEN_TOKS,
         seed: int = 0,
+        model: nnx.Module | None = None,
         **unused: Any,  # lm-eval's device, max_batch_size: JAX places the model itself
     ):
         super().__init__()
+        if (path is None) == (model is None):
+            raise ValueError("give the checkpoint as path=... or an rwkv_jax model as model=..., not both")
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype={dtype!r}: expected float32 or bfloat16")
-        model, recorded, _ = load_model(str(path), dtype=dtype, wkv_impl=wkv_impl, step=step)
+        recorded = None
+        if model is None:
+            model, recorded, _ = load_model(str(path), dtype=dtype, wkv_impl=wkv_impl, step=step)
         self.tokenizer_choice = str(tokenizer or default_tokenizer(recorded, model.config.vocab_size))
         self.rwkv_tokenizer = get_tokenizer(self.tokenizer_choice)
         self.scorer = scoring.RecurrentScorer(model, _batch_size(batch_size), _pieces(pieces))
@@ -132,3 +141,27 @@ class RWKVJaxLM(TemplateLM):
                 text = text.split(stop)[0]
             texts.append(text)
         return texts
+
+
+def task_scores(
+    lm: RWKVJaxLM, tasks: list[str], include_path: str | None = None, limit: int | None = None
+) -> dict[str, float]:
+    """Runs lm-eval ``tasks`` (local task files in ``include_path``) on ``lm``, at most ``limit`` documents
+    each; returns ``{"lm_eval/<task>/<metric>": value}`` (stderrs and non-numbers left out).
+
+    Only the local tasks are indexed when they are all there (lm-eval's index of its own thousands of task
+    files takes seconds); otherwise lm-eval's as well.
+    """
+    manager = TaskManager(include_path=include_path, include_defaults=False) if include_path else None
+    if manager is None or not set(tasks) <= set(manager.all_tasks):
+        manager = TaskManager(include_path=include_path)
+    out = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit or None)
+    scores = {}
+    for task, metrics in out["results"].items():
+        for key, value in metrics.items():
+            metric, _, filtering = key.partition(",")
+            if "stderr" in metric or isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            name = metric if filtering in ("", "none") else f"{metric}_{filtering}"
+            scores[f"lm_eval/{task}/{name}"] = float(value)
+    return scores

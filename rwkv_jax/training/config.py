@@ -12,6 +12,7 @@ import ast
 import difflib
 import importlib.util
 import math
+import os
 import pathlib
 import sys
 from typing import Any
@@ -80,6 +81,11 @@ def default_config() -> ConfigDict:
     c.eval.sample_tokens = 200  # tokens generated after each validation pass; 0: none
     c.eval.sample_prompt = "ROMEO.\n"
     c.eval.temperature = 0.0  # 0: greedy
+    # lm-evaluation-harness tasks run at every validation pass, logged as lm_eval/<task>/<metric> (JSONL and
+    # TensorBoard); needs the [eval] extra. Comma-separated names, "" for none.
+    c.eval.lm_eval_tasks = ""
+    c.eval.lm_eval_include_path = ""  # a folder of local lm-eval task files (YAML), "" for lm-eval's own only
+    c.eval.lm_eval_limit = 0  # documents per task; 0: all
 
     c.mesh = ConfigDict()
     c.mesh.data = -1  # -1: every device not used by the other axes
@@ -210,6 +216,7 @@ def check_values(config: ConfigDict, device_count: int | None = None) -> None:
         _fail("segments.length", segments.length, f"0 or a divisor of data.seq_len ({data.seq_len})")
     if config.train.steps % optim.accum_steps:
         _fail("train.steps", config.train.steps, f"a multiple of optim.accum_steps ({optim.accum_steps})")
+    _check_lm_eval(config)
     _check_mesh(config, device_count)
     model_cfg = _check_model(config.model)
     _check_chunk_size(config.model.family, model_cfg)
@@ -242,6 +249,7 @@ _RANGES: dict[str, tuple[type, float | None, float | None, bool]] = {
     "eval.batches": (int, 1, None, False),
     "eval.sample_tokens": (int, 0, None, False),
     "eval.temperature": (float, 0, None, False),
+    "eval.lm_eval_limit": (int, 0, None, False),
     "distributed.num_processes": (int, 1, None, False),
     "distributed.process_id": (int, 0, None, False),
     "distributed.local_device_count": (int, 0, None, False),
@@ -279,6 +287,34 @@ def _check_fields(
             _fail(field, value, f"{name}{_bounds(low, high, open_low)}")
     if config.distributed.process_id >= config.distributed.num_processes:
         _fail("distributed.process_id", config.distributed.process_id, "< distributed.num_processes")
+
+
+def lm_eval_task_list(config: ConfigDict) -> list[str]:
+    """The task names of ``config.eval.lm_eval_tasks``."""
+    return [task.strip() for task in config.eval.lm_eval_tasks.split(",") if task.strip()]
+
+
+def _check_lm_eval(config: ConfigDict) -> None:
+    evaluation = config.eval
+    for field in ("lm_eval_tasks", "lm_eval_include_path"):
+        if not isinstance(evaluation[field], str):
+            _fail(f"eval.{field}", evaluation[field], "a string")
+    if not lm_eval_task_list(config):
+        return
+    if evaluation.lm_eval_include_path and not os.path.isdir(evaluation.lm_eval_include_path):
+        _fail(
+            "eval.lm_eval_include_path", evaluation.lm_eval_include_path, "an existing folder of task files"
+        )
+    if config.distributed.num_processes > 1:
+        _fail(
+            "eval.lm_eval_tasks", evaluation.lm_eval_tasks, "'' in a multi-process run (lm-eval runs in one)"
+        )
+    if importlib.util.find_spec("lm_eval") is None:
+        _fail(
+            "eval.lm_eval_tasks",
+            evaluation.lm_eval_tasks,
+            "'' unless lm-eval is installed (pip install .[eval])",
+        )
 
 
 def _bounds(low: float | None, high: float | None, open_low: bool) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 from rwkv_jax.sharding import batch_sharding, make_mesh, tree_shardings
 from rwkv_jax.training import distributed, shakespeare
 from rwkv_jax.training.checkpointing import Checkpoints
-from rwkv_jax.training.config import ConfigDict, validate
+from rwkv_jax.training.config import ConfigDict, lm_eval_task_list, validate
 from rwkv_jax.training.data import END_OF_DOCUMENT, BatchOrder, encode_text, eval_batches, load_stream
 from rwkv_jax.training.evaluate import evaluate_batches, token_byte_lengths
 from rwkv_jax.training.metrics import MetricWriter, Progress
@@ -118,6 +118,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
         if config.eval.sample_tokens:
             results["sample"] = sample_text(config, fns, params, step)
             progress.write(f"sample at step {step}:\n{results['sample']}\n")
+        if lm_eval_task_list(config):
+            scores = lm_eval_scores(config, fns, params)
+            writer.write(step, **scores)
+            progress.write(f"lm-eval at step {step}: {json.dumps(scores)}")
+            results.update(scores)
         return results
 
     # ---- Loop -------------------------------------------------------------------------------------------
@@ -214,6 +219,18 @@ def sample_text(config: ConfigDict, fns: ModelFns, params: Any, step: int) -> st
         stop_tokens=(END_OF_DOCUMENT,),
     )
     return get_tokenizer(config.data.tokenizer).decode(result.tokens[0])
+
+
+def lm_eval_scores(config: ConfigDict, fns: ModelFns, params: Any) -> dict[str, float]:
+    """``config.eval.lm_eval_tasks`` run on the model holding ``params`` (lm-eval's adapter, the run's
+    tokenizer): ``{"lm_eval/<task>/<metric>": value}``."""
+    from rwkv_jax.evaluation.lm_eval_adapter import RWKVJaxLM, task_scores
+
+    lm = RWKVJaxLM(
+        model=fns.module(params), tokenizer=config.data.tokenizer, batch_size=config.data.batch_size
+    )
+    include = config.eval.lm_eval_include_path or None
+    return task_scores(lm, lm_eval_task_list(config), include, config.eval.lm_eval_limit)
 
 
 def _check_vocab(batch: np.ndarray, vocab_size: int, step: int) -> None:

@@ -29,6 +29,12 @@ def fixture_path(tiny_rwkv_dir):
     return tiny_rwkv_dir / f"tiny-rwkv-{TAG}.pth"
 
 
+@pytest.fixture(scope="module")
+def pth_logits(tiny_rwkv_dir):
+    """The trained 7v0 model's logits on TOKENS, loaded from its .pth."""
+    return logits(load_official(fixture_path(tiny_rwkv_dir)))
+
+
 def two_head_model():
     """A random RWKV-7 with head size 64 (fla ties ln_x's eps to 64 * 1e-5 there, as BlinkDL's 64e-5)."""
     return random_model(tiny_config(n_embd=128, head_size=64, ffn_dim=128, vocab_size=128))
@@ -44,13 +50,13 @@ def assert_same_params(ours, theirs):
         np.testing.assert_array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()), err_msg=str(path))
 
 
-def test_trained_model_as_pth_and_as_hf_folder_gives_identical_logits(tiny_rwkv_dir, tmp_path):
+def test_trained_model_as_pth_and_as_hf_folder_gives_identical_logits(tiny_rwkv_dir, pth_logits, tmp_path):
     from_pth = load_official(fixture_path(tiny_rwkv_dir))
     save_hf(from_pth, tmp_path / "hf")
     from_hf = load_official(tmp_path / "hf")
     assert from_hf.config == from_pth.config
     # The same float32 weights run through the same code: measured exactly equal (relative error 0.0).
-    np.testing.assert_array_equal(logits(from_hf), logits(from_pth))
+    np.testing.assert_array_equal(logits(from_hf), pth_logits)
 
 
 def test_pth_to_hf_to_pth_is_bit_exact_in_the_official_order(tiny_rwkv_dir, tmp_path):
@@ -154,13 +160,15 @@ def write_fla_folder(folder, tensors: dict, fused_mixes: bool = False, dtype: st
 
 
 @pytest.mark.parametrize("fused_mixes", [False, True], ids=["x_r..x_g", "older x_x"])
-def test_the_layout_of_flas_converter_loads_to_the_pth_logits(tiny_rwkv_dir, tmp_path, fused_mixes):
+def test_the_layout_of_flas_converter_loads_to_the_pth_logits(
+    tiny_rwkv_dir, pth_logits, tmp_path, fused_mixes
+):
     tensors = read_pth(fixture_path(tiny_rwkv_dir))
     write_fla_folder(tmp_path / "fla", tensors, fused_mixes, dtype="float64")
     from_fla = load_official(tmp_path / "fla")
     assert (from_fla.config.n_head, from_fla.config.head_size) == (1, 64)  # num_heads 32 is fla's stale value
     # float64 storage of float32 weights converts back exactly: measured equal logits.
-    np.testing.assert_array_equal(logits(from_fla), logits(load_official(fixture_path(tiny_rwkv_dir))))
+    np.testing.assert_array_equal(logits(from_fla), pth_logits)
 
 
 def test_tied_embeddings_and_bias_free_norms_load_as_fla_builds_them(tmp_path):

@@ -19,11 +19,13 @@ from rwkv_jax.checkpoint.official import save_official
 from rwkv_jax.numerics import relative_error
 from rwkv_jax.presets import get_preset
 from rwkv_jax.tokenizers import get_tokenizer
-from rwkv_jax.training.checkpointing import Checkpoints
-from rwkv_jax.training.config import default_config, model_section
-from rwkv_jax.training.model import ModelFns
+from rwkv_jax.training import loop
+from rwkv_jax.training.config import ConfigError, check_values, default_config
+from rwkv_jax.training.metrics import read_metrics
 from tests.conftest import import_or_skip
 from tests.models.test_rwkv7 import random_model, tiny_config
+from tests.training.conftest import corpus  # noqa: F401  (the byte-level training corpus fixture)
+from tests.training.conftest import tiny_config as training_config
 
 lm_eval = import_or_skip("lm_eval", "lm-eval is not installed (pip install -e .[eval])")
 from lm_eval.tasks import TaskManager  # noqa: E402
@@ -52,7 +54,7 @@ TASKS = {  # name: (rows, output type, the rest of the YAML, metrics)
 }
 # Relative errors (float32) of the state-cached scoring through lm-eval against one full-sequence call,
 # measured 2026-12: multiple choice 1.9e-8, documents 2.7e-9, word perplexity 1.3e-8 (goose-tiny); the
-# kinds: HF folder 6.1e-8, workdir 2.1e-8, Finch 7.8e-9, RWKV-4 3.0e-8.
+# kinds: HF folder 6.1e-8, Finch 7.8e-9, RWKV-4 3.0e-8.
 MC_BOUND, DOCUMENT_BOUND, PERPLEXITY_BOUND, KIND_BOUND = 2e-7, 3e-8, 1e-7, 6e-7
 
 
@@ -190,32 +192,30 @@ def test_the_command_line_passes_lm_evals_flags_and_writes_results(goose, task_d
     assert len(list(tmp_path.rglob("samples_tiny_mc_*.jsonl"))) == 1
 
 
-def make_workdir(folder, model_config: dict, seed: int = 0):
-    """A training workdir as experiments/train.py leaves it (config.json, one orbax checkpoint)."""
-    from rwkv_jax.training.model import build_model
+def test_a_training_run_logs_lm_eval_scores_and_the_adapter_reads_its_workdir(
+    task_dir, task_manager, tmp_path, request
+):
+    config = training_config(request.getfixturevalue("corpus"), family="rwkv7")
+    config.train.steps, config.ckpt.every, config.eval.every, config.eval.batches = 2, 0, 0, 1
+    config.eval.lm_eval_tasks, config.eval.lm_eval_include_path = "tiny_mc", str(task_dir)
+    config.eval.lm_eval_limit = 2
+    loop.train_and_evaluate(config, tmp_path / "run")
+    logged = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "lm_eval/tiny_mc/acc" in r]
+    assert [r["step"] for r in logged] == [2] and any((tmp_path / "run" / "tensorboard").iterdir())
 
-    config = default_config()
-    config.model = model_section(**model_config)
-    config.data.tokenizer = "byte"
-    folder.mkdir()
-    (folder / "config.json").write_text(config.to_json(indent=2))
-    module = build_model(config.model, seed)
-    _, params = ModelFns.split(module)
-    checkpoints = Checkpoints(folder / "checkpoints")
-    checkpoints.save(7, params, {"count": jnp.zeros((), jnp.int32)})
-    checkpoints.close()
-    return module
+    out = evaluate(
+        "rwkv_jax", task_manager, ["tiny_mc"], model_args=f"path={tmp_path / 'run'},pieces=1", limit=2
+    )
+    # The same parameters and data as in the run (the kinds below check the numbers themselves).
+    assert out["results"]["tiny_mc"]["acc,none"] == logged[0]["lm_eval/tiny_mc/acc"]
+    assert np.isfinite(sample_logprobs(out, "tiny_mc")).all()
 
 
-@pytest.mark.parametrize("kind", ["hf", "workdir", "finch-tiny", "rwkv4-tiny"])
+@pytest.mark.parametrize("kind", ["hf", "finch-tiny", "rwkv4-tiny"])
 def test_every_checkpoint_kind_and_family_scores_through_the_registered_model(tmp_path, task_manager, kind):
     if kind == "hf":
         model = random_model(tiny_config(n_embd=64, head_size=64, vocab_size=256))
         save_hf(model, path := tmp_path / "hf")
-    elif kind == "workdir":
-        model = make_workdir(
-            path := tmp_path / "run", dict(family="rwkv7", n_layer=1, n_embd=32, head_size=16, vocab_size=256)
-        )
     else:
         model = get_preset(kind).build(seed=1)
         save_official(model, path := tmp_path / "model.safetensors")
@@ -224,3 +224,22 @@ def test_every_checkpoint_kind_and_family_scores_through_the_registered_model(tm
     )
     expected = Direct(model).continuations(mc_pairs(MC[:2]))
     assert relative_error(sample_logprobs(out, "tiny_mc"), expected) < KIND_BOUND
+
+
+def test_lm_eval_settings_of_a_training_config_are_checked_before_any_work(tmp_path):
+    def fails_with(message: str, **settings):
+        config = default_config()
+        for dotted, value in settings.items():
+            section, field = dotted.split("__")
+            config[section][field] = value
+        with pytest.raises(ConfigError, match=message):
+            check_values(config)
+
+    missing = str(tmp_path / "absent")
+    fails_with(
+        "lm_eval_include_path.*an existing folder",
+        eval__lm_eval_tasks="a",
+        eval__lm_eval_include_path=missing,
+    )
+    fails_with("multi-process run", eval__lm_eval_tasks="a", distributed__num_processes=2)
+    fails_with(r"lm_eval_limit = -1 is invalid", eval__lm_eval_limit=-1)
