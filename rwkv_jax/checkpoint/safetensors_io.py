@@ -79,7 +79,7 @@ def _entry(path: str, name: str, info: object, data_size: int) -> tuple[np.dtype
     if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
         raise SafetensorsFormatError(f"{where}: expected keys dtype, shape, data_offsets, got {info!r:.120}")
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise SafetensorsFormatError(f"{where}: dtype {dtype!r} is not one of {sorted(DTYPES)}")
     if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
         raise SafetensorsFormatError(f"{where}: shape {shape!r:.80} is not a list of integers >= 0")
