@@ -88,17 +88,18 @@ def test_a_two_head_model_round_trips_through_hf_in_its_storage_dtype(tmp_path, 
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The layout fla's converter writes. flash-linear-attention utils/convert_from_rwkv7.py (commit bc3b101d,
-# 2026-08): translate_into_fla maps emb/ln_out/head to model.embeddings/model.norm/lm_head (the emb_head
-# table), blocks.N to model.layers.N, att/ffn/ln0/ln1/ln2 to attn/ffn/pre_norm/attn_norm/ffn_norm,
-# receptance/key/value/ln_x/output of att to r_proj/k_proj/v_proj/g_norm/o_proj (the proj table), and
-# [wvag][012] to {typ}_lora.lora.{2.bias, 0.weight, 2.weight} for 0/1/2, transposing 1 and 2; it squeezes
-# every [1, 1, C] tensor (then copy_ broadcasts attn.x_* back into fla's [1, 1, C] parameters); it drops
-# blocks.0.att.v0/v1/v2 (unused_names); config: RWKV7Config() with vocab, hidden size, layers, intermediate
-# size, value_dim and the four LoRA ranks set from the tensors, head_dim left at its default 64 and so
-# num_heads at 2048 // 64 = 32 whatever the hidden size; model.save_pretrained writes config.json with
-# "dtype", bos 1, eos 2, and one model.safetensors. Before fla commit 6b673e6b (2025-04) the six mixes were
-# one attn.x_x [6, C] filled row 'rwkvag'.find(name[-1]) (commit d303339e, lines 115-118).
+# The layout fla's converter writes: flash-linear-attention utils/convert_from_rwkv7.py at commit bc3b101d
+# (2026-08). translate_into_fla maps emb/ln_out/head to model.embeddings/model.norm/lm_head (emb_head, line
+# 73), blocks.N to model.layers.N and att/ffn/ln0/ln1/ln2 to attn/ffn/pre_norm/attn_norm/ffn_norm (line 94),
+# receptance/key/value/ln_x/output of att to r_proj/k_proj/v_proj/g_norm/o_proj (proj, line 79), and
+# [wvag][012] (line 101) to {typ}_lora.lora.{2.bias, 0.weight, 2.weight} for 0/1/2, transposing 1 and 2
+# (lines 108, 126); every [1, 1, C] tensor is squeezed (line 128), and copy_ (line 137) broadcasts attn.x_*
+# back into fla's [1, 1, C] parameters; blocks.0.att.v0/v1/v2 are dropped (unused_names, line 64). The
+# config is RWKV7Config() (line 27) with vocabulary, sizes, value_dim and LoRA ranks set from the tensors:
+# head_dim stays 64 and num_heads 2048 // 64 = 32 (configuration_rwkv7.py lines 62-65: computed for the
+# default hidden size) whatever the hidden size; save_pretrained (line 147) writes config.json with "dtype",
+# bos 1, eos 2, and one model.safetensors. Before fla commit 6b673e6b (2025-04) the six mixes were one
+# attn.x_x [6, C] filled row 'rwkvag'.find(name[-1]) (commit d303339e, lines 115-118).
 
 _FLA_PARTS = {"emb": "model.embeddings", "ln_out": "model.norm", "head": "lm_head"}
 _FLA_MODULES = {"att": "attn", "ffn": "ffn", "ln0": "pre_norm", "ln1": "attn_norm", "ln2": "ffn_norm"}
