@@ -15,13 +15,13 @@ Every form has the signature ``(r, k, v, w_log, a, b, state=None) -> (y, state)`
 
 - ``wkv7_reference``: float64 ``lax.scan``; the ground truth of the tests (differentiable).
 - ``wkv7_recurrent``: the same step in float32; the inference form (decoding, T == 1).
-- ``wkv7_chunked`` (in :mod:`rwkv_jax.wkv.v7_chunked`): chunk-wise parallel, matmuls and a triangular solve
-  per chunk; the training form.
+- ``wkv7_chunked`` (in :mod:`rwkv_jax.wkv.v7_chunked`): chunk-wise parallel, matmuls only (the triangular
+  system of each block inverted as a product of matmuls), with a hand-written backward; the training form.
 - ``wkv7_scan``: ``lax.associative_scan`` over the per-token affine maps ``S -> S A_t + B_t``; composing two
   maps multiplies their ``N x N`` transitions, so it holds two ``N x N`` matrices per token and head
   (``2 B T H N^2`` float32, more under ``jax.grad``): an independent parallel form for moderate sizes.
-
-Pallas kernels are not written yet (``Impl.PALLAS`` raises).
+- Pallas kernel (``pallas_kernels.wkv7``, TPU and GPU, interpret mode on CPU), reached through :func:`wkv7`
+  with ``Impl.PALLAS``.
 """
 
 import jax
@@ -113,6 +113,17 @@ def wkv7_scan(
     return y.astype(out_dtype), states[:, -1]
 
 
+def _wkv7_pallas(
+    r: Array, k: Array, v: Array, w_log: Array, a: Array, b: Array, state: Array | None, *, chunk_size: int
+) -> tuple[Array, Array]:
+    """The Pallas kernel (``pallas_kernels.wkv7``; interpret mode on CPU), imported only when chosen."""
+    from pallas_kernels.wkv7 import wkv7 as pallas_wkv7
+
+    interpret = jax.default_backend() == "cpu"
+    w_log, state = w_log.astype(jnp.float32), None if state is None else state.astype(jnp.float32)
+    return pallas_wkv7(r, k, v, w_log, a, b, state, chunk_size=chunk_size, interpret=interpret)
+
+
 def wkv7(
     r: Array,
     k: Array,
@@ -132,7 +143,8 @@ def wkv7(
         (checked when not traced).
       state: ``[B, H, N, N]`` float32 initial state ``[value, key]``, or None for zeros.
       impl: the form, an :class:`Impl` or its name.
-      chunk_size: chunk length of the CHUNKED form.
+      chunk_size: tokens per chunk of the CHUNKED form, per grid step of the PALLAS form (a power of 2,
+        >= 16, for that one).
 
     Returns:
       ``y [B, T, H, N]`` in ``v.dtype`` and the final float32 state ``[B, H, N, N]``.
@@ -156,6 +168,7 @@ WKV7_FORMS = WKVForms(
         Impl.RECURRENT: without_chunks(wkv7_recurrent),
         Impl.SCAN: without_chunks(wkv7_scan),
         Impl.CHUNKED: wkv7_chunked,
+        Impl.PALLAS: _wkv7_pallas,
     },
     reference=wkv7_reference,
     auto_cpu=Impl.CHUNKED,

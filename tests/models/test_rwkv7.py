@@ -183,9 +183,3 @@ def test_official_init_follows_rwkv_lm():
 def test_invalid_config_raises_clear_error(overrides, message):
     with pytest.raises(ValueError, match=message):
         tiny_config(**overrides)
-
-
-def test_unwritten_wkv_forms_are_named_when_the_model_runs():
-    model = random_model(tiny_config(wkv_impl="pallas"))
-    with pytest.raises(ValueError, match=r"'pallas' is not implemented.*available: recurrent, scan, chunked"):
-        model(random_tokens(1, 4))
