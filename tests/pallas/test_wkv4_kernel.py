@@ -11,6 +11,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels import wkv4 as kernel
 from rwkv_jax.wkv.v4 import WKV4State, wkv4_reference
+from tests.pallas.lowering import assert_lowers_forward_and_backward
 
 # Small GPU-layout blocks keep interpret-mode compiles short; the TPU layout needs (16, 128) chunks.
 GPU_SMALL = ("gpu", kernel.BlockSizes(block_c=16, block_t=4))
@@ -187,14 +188,4 @@ def test_lowers_forward_and_backward_at_model_size(platform):
     channel, row = abstract((channels,), jnp.float32), abstract((batch, channels), jnp.float32)
     sequence = abstract(MODEL_SIZE, jnp.bfloat16)
     args = (channel, channel, sequence, sequence, (row, row, row))
-    forward = functools.partial(kernel.wkv4, target="tpu" if platform == "tpu" else "gpu")
-
-    def forward_and_backward(*args):
-        outputs, pullback = jax.vjp(forward, *args)
-        return pullback(outputs)
-
-    checks = [] if platform == "tpu" else [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
-    custom_call = "tpu_custom_call" if platform == "tpu" else "__gpu$xla.gpu.triton"
-    for function, kernels in ((forward, 1), (forward_and_backward, 2)):
-        exported = jax.export.export(jax.jit(function), platforms=[platform], disabled_checks=checks)(*args)
-        assert exported.mlir_module().count(custom_call) == kernels
+    assert_lowers_forward_and_backward(kernel.wkv4, args, platform)

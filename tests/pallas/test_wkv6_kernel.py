@@ -11,6 +11,8 @@ from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels import wkv6 as kernel
 from rwkv_jax.wkv.v6 import wkv6_reference
+from tests.pallas import reference_check
+from tests.pallas.lowering import assert_lowers_forward_and_backward
 from tests.wkv.helpers import rel_err, seed_of
 
 STRONGEST, WEAKEST = -float(np.exp(5.0)), -1e-6
@@ -31,28 +33,11 @@ def make_inputs(seed: int, shape: tuple[int, int, int, int], dtype=jnp.float32) 
     return r, k, v, jnp.asarray(w_log, jnp.float32), u, state
 
 
-def loss(form, directions, *args):
-    y, state = form(*args)
-    return jnp.sum(y * directions[0].astype(y.dtype)) + jnp.sum(state * directions[1])
-
-
 def assert_matches_reference(run, args, *, forward_tolerance: float, gradient_tolerance: float) -> None:
     """Forward (y, final state) and the gradients wrt r, k, v, w_log, u and the initial state."""
-    args64 = tuple(jnp.asarray(x, jnp.float64) for x in args)
-    y_ref, s_ref = wkv6_reference(*args64)
-    y, s = run(*args)
-    assert y.dtype == args[2].dtype and s.dtype == jnp.float32
-    assert rel_err(y, y_ref) <= forward_tolerance
-    assert rel_err(s, s_ref) <= forward_tolerance
-    rng = np.random.default_rng(0)
-    directions = (jnp.asarray(rng.normal(size=y.shape)), jnp.asarray(rng.normal(size=s.shape)))
-    wrt = tuple(range(6))
-    grads_ref = jax.grad(functools.partial(loss, wkv6_reference, directions), argnums=wrt)(*args64)
-    grads = jax.grad(functools.partial(loss, run, directions), argnums=wrt)(*args)
     names = ("r", "k", "v", "w_log", "u", "state")
-    for name, grad, grad_ref, arg in zip(names, grads, grads_ref, args, strict=True):
-        assert grad.dtype == arg.dtype, name
-        assert rel_err(grad, grad_ref) <= gradient_tolerance, name
+    tolerances = (forward_tolerance, gradient_tolerance)
+    reference_check.assert_matches_reference(run, wkv6_reference, args, names, tolerances)
 
 
 def test_plain_reference_matches_the_float64_reference(request):
@@ -150,14 +135,4 @@ def test_lowers_forward_and_backward_at_model_size(platform):
         jax.ShapeDtypeStruct((heads, size), jnp.bfloat16),
         jax.ShapeDtypeStruct((batch, heads, size, size), jnp.float32),
     )
-    forward = functools.partial(kernel.wkv6, target="tpu" if platform == "tpu" else "gpu")
-
-    def forward_and_backward(*args):
-        outputs, pullback = jax.vjp(forward, *args)
-        return pullback(outputs)
-
-    checks = [] if platform == "tpu" else [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
-    custom_call = "tpu_custom_call" if platform == "tpu" else "__gpu$xla.gpu.triton"
-    for function, kernels in ((forward, 1), (forward_and_backward, 2)):
-        exported = jax.export.export(jax.jit(function), platforms=[platform], disabled_checks=checks)(*args)
-        assert exported.mlir_module().count(custom_call) == kernels
+    assert_lowers_forward_and_backward(kernel.wkv6, args, platform)
