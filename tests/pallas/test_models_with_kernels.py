@@ -8,11 +8,13 @@ import optax
 import pytest
 from flax import nnx
 
-from rwkv_jax import RWKV4, RWKV6, Impl, RWKV4Config, load_official
+from rwkv_jax import RWKV4, RWKV6, RWKV7, Impl, RWKV4Config, load_official
 from rwkv_jax.models.common import with_config
 from tests.models.test_rwkv4 import randomize as randomize_rwkv4
 from tests.models.test_rwkv6 import randomize as randomize_rwkv6
 from tests.models.test_rwkv6 import tiny_config as tiny_rwkv6_config
+from tests.models.test_rwkv7 import random_model as random_rwkv7
+from tests.models.test_rwkv7 import tiny_config as tiny_rwkv7_config
 
 PROMPT = np.array([[34, 105, 110]], np.int32)
 
@@ -42,7 +44,11 @@ def tiny_finch() -> RWKV6:
     return randomize_rwkv6(RWKV6(config, rngs=nnx.Rngs(0)), 4)
 
 
-@pytest.mark.parametrize("build", [tiny_rwkv4, tiny_finch], ids=["rwkv4", "finch"])
+def tiny_goose() -> RWKV7:
+    return random_rwkv7(tiny_rwkv7_config(n_layer=2, wkv_impl="chunked", chunk_size=16), 5)
+
+
+@pytest.mark.parametrize("build", [tiny_rwkv4, tiny_finch, tiny_goose], ids=["rwkv4", "finch", "goose"])
 def test_pallas_form_matches_pure_jax_form_in_logits_and_training_gradients(build):
     model = build()
     tokens = jax.random.randint(jax.random.key(7), (2, 21), 0, model.config.vocab_size, jnp.int32)
