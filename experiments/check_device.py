@@ -18,9 +18,10 @@ its pure-JAX forms) it
    ``rwkv_jax.numerics`` does; errors are ``||a - b|| / ||b||`` (``rwkv_jax.numerics.relative_error``) and a
    row passes within ``rwkv_jax.numerics.BOUNDS`` of its dtype. The check runs at T = 4096 with B = 2 (the
    float64 host reference is the slow part) in the regimes "mixed" (decays over the whole range) and,
-   for RWKV-4, "large_k". The float32 case runs on the bfloat16 case's inputs cast to float32 (exactly
-   representable), so one reference serves both dtypes;
-2. times every form at model size (WKV-6: B=8, T=4096, H=32, N=64; RWKV-4: C=4096), forward and
+   for RWKV-4, "large_k"; RWKV-7 in "large_iclr" (the model's decays, in-context rates near 1). The float32
+   case runs on the bfloat16 case's inputs cast to float32 (exactly representable), so one reference serves
+   both dtypes;
+2. times every form at model size (WKV-6 and WKV-7: B=8, T=4096, H=32, N=64; RWKV-4: C=4096), forward and
    forward+backward (the gradient of the same projection), median of ``--repeats`` calls after a warm-up.
 
 A form whose compiled program needs more device memory than is free (``memory_analysis`` of the compiled
@@ -59,7 +60,7 @@ from rwkv_jax.wkv.impl import Impl
 from rwkv_jax.wkv.numerics_case import to_float64
 
 KERNEL = Impl.PALLAS.value
-PREFERRED_REGIMES = ("mixed", "large_k")  # checked where the family has them
+PREFERRED_REGIMES = ("mixed", "large_k", "large_iclr")  # checked where the family has them
 HEADS, HEAD_SIZE = 32, 64  # Finch 1B6-like WKV-6 heads; RWKV-4 uses C = heads * size channels
 MODEL_HEADS = {"rwkv4": 64}  # RWKV-4: C = 64 * 64 = 4096 (the 7B width)
 MEMORY_FRACTION = 0.9  # of the free device memory a compiled program may need

@@ -16,7 +16,11 @@ from rwkv_jax.numerics import Row
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "experiments" / "check_device.py"
-FORMS = {"WKV-4": ("recurrent", "scan", "pallas"), "WKV-6": ("recurrent", "scan", "chunked", "pallas")}
+FORMS = {
+    "WKV-4": ("recurrent", "scan", "pallas"),
+    "WKV-6": ("recurrent", "scan", "chunked", "pallas"),
+    "WKV-7": ("recurrent", "scan", "chunked", "pallas"),
+}
 
 
 def load_script() -> ModuleType:
@@ -29,7 +33,7 @@ def load_script() -> ModuleType:
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
-    """One ``--interpret --small`` run in a subprocess (about 25 s): its output and its JSON."""
+    """One ``--interpret --small`` run in a subprocess (about 30 s): its output and its JSON."""
     path = tmp_path_factory.mktemp("check_device") / "check.json"
     # Tiny programs: XLA's optimisations cost more compile time than they save here.
     env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_ENABLE_X64": "0"}
@@ -70,6 +74,7 @@ def test_smoke_run_gives_kernel_verdicts_and_verifies_no_platform(smoke_run):
     lines = done.stdout.splitlines()
     assert "kernel WKV-4: pass on cpu (float32 pass)" in lines
     assert "kernel WKV-6: pass on cpu (float32 pass)" in lines
+    assert "kernel WKV-7: pass on cpu (float32 pass)" in lines
     assert "AUTO's pure-JAX form on GPU/TPU for WKV-6, chunked: float32 pass" in lines
     assert "AUTO's pure-JAX form on GPU/TPU for WKV-4, scan: float32 pass" in lines
     assert any(
@@ -81,7 +86,7 @@ def test_smoke_run_gives_kernel_verdicts_and_verifies_no_platform(smoke_run):
 def test_smoke_run_writes_every_gradient_and_the_verdicts_as_json(smoke_run):
     _, document = smoke_run
     assert document["platform"] == "cpu" and document["interpret"] is True and document["mode"] == "small"
-    assert document["kernels"] == {"WKV-4": "pass", "WKV-6": "pass"}
+    assert document["kernels"] == {"WKV-4": "pass", "WKV-6": "pass", "WKV-7": "pass"}
     kernel = next(f for f in document["forms"] if f["wkv"] == "WKV-6" and f["kernel"])
     assert kernel["form"] == "pallas" and kernel["verdict"] == "pass" and kernel["timing_shape"]
     (row,) = kernel["rows"]
