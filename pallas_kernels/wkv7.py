@@ -22,9 +22,9 @@ channel, as in WKV-6) give, with ``A = a exp(W[0, t))``, ``R = r' exp(W[0, t))``
     y = R S0^T + rb u + rk v + (r . b) u + (r . k) v
     S_S = S0 exp(W[0, S)) + u^T (b exp(W(s, S))) + v^T (k exp(W(s, S)))
 
-Every exponent is a sum of log decays over a range (``<= 0``); nothing divides by a decay. This is the
-algorithm of flash-linear-attention's DPLR chunk kernels (its ``Aab, Aak, Aqb, Aqk``) on the sub-chunks,
-and the math of :mod:`rwkv_jax.wkv.v7_chunked` without its ``exp(-c)`` factors.
+Every exponent is a sum of log decays over a range (``<= 0``); nothing divides by a decay. The four scores
+are those of flash-linear-attention's DPLR chunk kernels (``Aab, Aak, Aqb, Aqk``); the math is that of
+:mod:`rwkv_jax.wkv.v7_chunked` with exact pairwise decays in place of its ``exp(c_t) exp(-c_s)`` split.
 
 Backward (hand-written, ``custom_vjp``): per sub-chunk in reverse, from the recomputed u; through the solve
 ``dz = P^T du`` and ``d ab = strict(dz u^T)``; the decays' gradients go back through the transposed 0/1
