@@ -9,12 +9,15 @@ The public API, importable from the top level:
   model classes, official converter, presets and WKV forms), :func:`get_preset` for sizes by name.
 - official checkpoints: :func:`load_official` (BlinkDL ``.pth``, version detected from the keys) and
   :func:`save_official`.
+- jitted inference: calling a model runs a compiled step (cached per shape and dtype); :func:`decoder`
+  gives that step as a pure function ``step(params, tokens, state, last_only=False)`` with its params.
 - generation: :func:`generate` (greedy, temperature, top-k, top-p; ragged prompt batches; streaming).
 - tokenizers: :class:`ByteTokenizer`, :class:`WorldTokenizer`, :class:`HFTokenizer`, :func:`get_tokenizer`.
 - WKV forms: :class:`Impl` and the per-family modules in :mod:`rwkv_jax.wkv`.
 """
 
 from rwkv_jax.checkpoint.official import load_official, save_official
+from rwkv_jax.decoding import Decoder, decoder
 from rwkv_jax.generation import GenerationResult, generate, sample_logits
 from rwkv_jax.models.family import Family, families, get_family, register
 from rwkv_jax.models.rwkv4 import RWKV4, RWKV4Config
@@ -29,6 +32,7 @@ __all__ = [
     "RWKV6",
     "RWKV7",
     "ByteTokenizer",
+    "Decoder",
     "Family",
     "GenerationResult",
     "HFTokenizer",
@@ -38,6 +42,7 @@ __all__ = [
     "RWKV7Config",
     "Tokenizer",
     "WorldTokenizer",
+    "decoder",
     "families",
     "generate",
     "get_family",

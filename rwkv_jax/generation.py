@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from rwkv_jax.array_typing import Array
+from rwkv_jax.decoding import apply, decoder
 
 # callback(new_tokens, step): new_tokens [B] int, the token each row generated at this step, -1 for none.
 StepCallback = Callable[[np.ndarray, int], None]
@@ -89,8 +90,9 @@ def _nucleus(logits: Array, top_p: float) -> Array:
 
 
 def _prefill(graphdef: nnx.GraphDef, params: nnx.State, state: Any, tokens: Array) -> tuple[Array, Any]:
-    """Feeds ``tokens [B, T]``; returns the last logits [B, V] and the state."""
-    logits, state = nnx.merge(graphdef, params)(tokens, state)
+    """Feeds ``tokens [B, T]``; returns the last logits [B, V] (the head runs on that position only) and
+    the state."""
+    logits, state = apply(graphdef, params, tokens, state, last_only=True)
     return logits[:, -1], state
 
 
@@ -116,7 +118,7 @@ def _step(
     token = jnp.where(is_forced, forced, sample_logits(logits, key, temperature, top_k, top_p))
     drew_stop = ~is_forced & jnp.isin(token, stop_ids)
     feed = active & ~drew_stop
-    new_logits, new_state = nnx.merge(graphdef, params)(token[:, None], state)
+    new_logits, new_state = apply(graphdef, params, token[:, None], state)
 
     def keep_unfed(new: Array, old: Array) -> Array:
         return jnp.where(feed.reshape(-1, *(1,) * (new.ndim - 1)), new, old)
@@ -198,8 +200,9 @@ def generate(
     state = model.init_state(batch_size) if state is None else state
     _check_state(state, batch_size)
 
-    graphdef, params = nnx.split(model)
-    prefill, decode_step = _compiled(graphdef, temperature, int(top_k), float(top_p))
+    jitted = decoder(model)  # on CPU a bf16/f16 model decodes in float32 (rwkv_jax.decoding)
+    params = jitted.params
+    prefill, decode_step = _compiled(jitted.graphdef, temperature, int(top_k), float(top_p))
     common = int(lengths.min())
     logits, state = prefill(params, state, jnp.asarray([p[:common] for p in prompts], jnp.int32))
     # Prompt ids still to feed after the common prefix: row b has lengths[b] - common of them.

@@ -13,11 +13,19 @@ import numpy as np
 from flax import nnx
 
 from rwkv_jax.array_typing import Array, Tokens
+from rwkv_jax.decoding import compiled_call
 from rwkv_jax.models.common import check_token_ids
+
+_STATE_SHAPES: dict[tuple, Any] = {}  # (model class, config, batch size) -> the empty layer state's shapes
 
 
 class LanguageModel(nnx.Module):
-    """One call for prefill, decode and training: ``(tokens [B, T], state) -> (logits [B, T, V], state)``."""
+    """One call for prefill, decode and training: ``(tokens [B, T], state) -> (logits [B, T, V], state)``.
+
+    ``eager = True`` on a model (or on the class) makes every call run op by op, for debugging.
+    """
+
+    eager = False
 
     def empty_layer_state(self, batch_size: int) -> Any:
         """The state of one block before any token (a NamedTuple of float32 arrays, batch on axis 0)."""
@@ -29,17 +37,36 @@ class LanguageModel(nnx.Module):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         return (self.empty_layer_state(int(batch_size)),) * self.config.n_layer
 
-    def __call__(self, tokens: Tokens, state: tuple[Any, ...] | None = None) -> tuple[Array, tuple[Any, ...]]:
+    def __call__(
+        self, tokens: Tokens, state: tuple[Any, ...] | None = None, *, last_only: bool = False
+    ) -> tuple[Array, tuple[Any, ...]]:
         """tokens ``[B, T]`` int -> logits ``[B, T, V]`` float32 and the state after the last token.
 
-        ``state=None`` starts from :meth:`init_state`. Ids outside ``[0, V)`` raise ValueError when ``tokens``
-        is concrete; under ``jit`` they cannot be checked and give NaN logits at their positions.
+        ``state=None`` starts from :meth:`init_state`. ``last_only``: logits ``[B, 1, V]`` of the last
+        position only (the head runs on it alone: a prefill that needs the next-token prediction). Ids
+        outside ``[0, V)`` raise ValueError when ``tokens`` is concrete; under ``jit`` they cannot be checked
+        and give NaN logits at their positions.
+
+        Called with concrete parameters, the call runs a jitted step compiled once per input shape and dtype
+        (:mod:`rwkv_jax.decoding`; on CPU a bfloat16 / float16 model computes in float32 there); inside a
+        transform (traced parameters) it runs op by op as part of the enclosing program. :meth:`forward` is
+        the op-by-op call, for debugging.
         """
         check_token_ids(tokens, self.config.vocab_size)  # on the host array, before any transfer
+        state = self._checked_state(state, np.shape(tokens)[0])
+        result = None if self.eager else compiled_call(self, jnp.asarray(tokens), state, last_only)
+        return self.forward(tokens, state, last_only=last_only) if result is None else result
+
+    def forward(
+        self, tokens: Tokens, state: tuple[Any, ...] | None = None, *, last_only: bool = False
+    ) -> tuple[Array, tuple[Any, ...]]:
+        """The same as calling the model, op by op (no jit of its own, no token-id range check)."""
         tokens = jnp.asarray(tokens)
         state = self._checked_state(state, tokens.shape[0])
         x = self.emb(tokens).astype(self.config.dtype)
         x, new_state = self.run_blocks(x, state)
+        if last_only:
+            x = x[:, -1:]
         logits = self.head(self.ln_out(x)).astype(jnp.float32)
         return logits, new_state
 
@@ -52,6 +79,14 @@ class LanguageModel(nnx.Module):
             new_state.append(layer_state)
         return x, tuple(new_state)
 
+    def _layer_state_shapes(self, batch_size: int) -> Any:
+        """``jax.eval_shape`` of :meth:`empty_layer_state`, remembered per config and batch size (a call
+        checks every state it is given; tracing the empty state each time would cost ~1 ms)."""
+        key = (type(self), self.config, batch_size)
+        if key not in _STATE_SHAPES:
+            _STATE_SHAPES[key] = jax.eval_shape(lambda: self.empty_layer_state(batch_size))
+        return _STATE_SHAPES[key]
+
     def _checked_state(self, state: tuple[Any, ...] | None, batch_size: int) -> tuple[Any, ...]:
         """``state``, each layer rebuilt in the model's state type (a restored state may hold plain lists).
 
@@ -61,7 +96,7 @@ class LanguageModel(nnx.Module):
             return self.init_state(batch_size)
         if len(state) != self.config.n_layer:
             raise ValueError(f"state has {len(state)} layers, the model has {self.config.n_layer}")
-        expected = jax.eval_shape(lambda: self.empty_layer_state(batch_size))
+        expected = self._layer_state_shapes(batch_size)
         fields, treedef = jax.tree_util.tree_flatten_with_path(expected)
         checked = []
         for i, layer_state in enumerate(state):

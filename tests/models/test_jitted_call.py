@@ -1,0 +1,96 @@
+"""The model call runs a compiled step: same results as op by op, sees weight changes, leaves transforms
+alone; rwkv_jax.decoder gives the same step as a pure function."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import rwkv_jax
+from rwkv_jax import decoding
+from rwkv_jax.models.common import Linear
+from rwkv_jax.numerics import relative_error
+
+TOKENS = np.array([[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]], np.int32)
+
+
+@pytest.fixture(scope="module")
+def finch() -> rwkv_jax.RWKV6:
+    config = rwkv_jax.RWKV6Config(vocab_size=64, n_layer=2, n_embd=32, head_size=16, init="plain")
+    return rwkv_jax.RWKV6(config, rngs=nnx.Rngs(0))
+
+
+def test_call_equals_op_by_op_forward_and_last_only_is_the_last_position(finch):
+    logits, state = finch(TOKENS)
+    eager_logits, eager_state = finch.forward(TOKENS)
+    assert relative_error(logits, eager_logits) < 1e-5  # measured 0 (same program, jitted or not)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(eager_state), strict=True):
+        assert relative_error(a, b) < 1e-5
+    last, last_state = finch(TOKENS, last_only=True)
+    assert last.shape == (2, 1, 64)
+    assert relative_error(last[:, 0], logits[:, -1]) < 1e-6  # measured 0
+    assert relative_error(jax.tree.leaves(last_state)[1], jax.tree.leaves(state)[1]) < 1e-6
+
+
+def test_one_compiled_program_per_input_shape(finch):
+    finch(TOKENS)
+    step = decoding._ENTRIES[finch].step
+    before = step._cache_size()
+    _, state = finch(TOKENS)
+    finch(TOKENS[:, :1], state)
+    finch(TOKENS[:, 1:2], state)  # same shapes as the call before: no new program
+    assert step._cache_size() == before + 1
+
+
+def test_changing_a_weight_changes_the_next_call():
+    config = rwkv_jax.RWKV6Config(vocab_size=64, n_layer=2, n_embd=32, head_size=16, init="plain")
+    model = rwkv_jax.RWKV6(config, rngs=nnx.Rngs(1))
+    before, _ = model(TOKENS)
+    model.head.kernel[...] = 2 * model.head.kernel[...]  # in place, through the variable
+    doubled, _ = model(TOKENS)
+    assert relative_error(doubled, 2 * before) < 1e-6  # measured 0
+    kernel = jax.random.normal(jax.random.key(2), (32, 64), jnp.float32)
+    model.head = Linear(32, 64, ("embed", "vocab"), kernel=kernel)  # a replaced sub-module
+    replaced, _ = model(TOKENS)
+    assert relative_error(replaced, model.forward(TOKENS)[0]) < 1e-5  # measured 0
+    assert relative_error(replaced, doubled) > 0.1  # measured 1.1
+
+
+def test_training_inside_its_own_jit_is_unaffected(finch):
+    graphdef, params = nnx.split(finch)
+    tokens = jnp.asarray(TOKENS)
+
+    def loss(params):  # training code: the model merged from traced parameters inside jit / grad
+        logits, _ = nnx.merge(graphdef, params)(tokens)
+        return jnp.mean(jax.nn.logsumexp(logits, axis=-1))
+
+    value, grads = jax.jit(jax.value_and_grad(loss))(params)
+    logits, _ = finch.forward(TOKENS)
+    assert relative_error(value, jnp.mean(jax.nn.logsumexp(logits, axis=-1))) < 1e-6  # measured 0
+    assert float(jnp.abs(grads["head"]["kernel"][...]).sum()) > 0
+    assert not any(decoding.is_traced(e.values) for e in decoding._ENTRIES.values())
+
+
+def test_decoder_step_is_a_pure_function_usable_in_a_scan(finch):
+    jitted = rwkv_jax.decoder(finch)
+    logits, _ = finch(TOKENS)
+
+    def feed(state, token):  # a custom decoding loop: one token per scan step
+        out, state = jitted.step(jitted.params, token[:, None], state)
+        return state, out[:, 0]
+
+    _, per_token = jax.lax.scan(feed, jitted.init_state(2), jnp.asarray(TOKENS).T)
+    assert relative_error(per_token.transpose(1, 0, 2), logits) < 1e-5  # measured 4e-7
+
+
+def test_token_ids_are_checked_before_the_jitted_call(finch):
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        finch(np.array([[1, 64]], np.int32))
+
+
+def test_eager_flag_runs_op_by_op(finch, monkeypatch):
+    monkeypatch.setattr(finch, "eager", True)
+    monkeypatch.setattr(decoding, "compiled_call", None)  # would fail if reached
+    logits, _ = finch(TOKENS[:, :2])
+    assert logits.shape == (2, 2, 64)
