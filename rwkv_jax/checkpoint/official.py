@@ -84,9 +84,12 @@ def load_official(
 
     Args:
       path: a ``.pth`` or ``.safetensors`` file with BlinkDL's names, or a Hugging Face folder.
-      dtype: compute dtype of the model (``"float32"`` or ``"bfloat16"``).
+      dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``: the compute dtype and the storage dtype of the
+        big matrices (embedding, head, linear layers: bfloat16 halves the model's memory); the other
+        parameters stay float32 (:func:`rwkv_jax.models.common.weight_dtype`).
       wkv_impl: the WKV form the model uses.
-      **options: passed to the detected family's ``from_state_dict``: ``param_dtype`` for all families,
+      **options: passed to the detected family's ``from_state_dict``: ``param_dtype`` for all families
+        (every parameter stored in it, e.g. ``"float32"`` for float32 weights with bfloat16 compute),
         ``group_norm_eps`` for Eagle/Finch (1e-5 reproduces rwkv.cpp's RWKV-5 logits). An option the
         detected family does not take is an error naming the options it does take. A Hugging Face
         folder implies some (RWKV-7: ``group_norm_eps`` from ``config.json``); given ones take precedence.
@@ -100,6 +103,8 @@ def load_official(
         raise TypeError(
             f"{family.title} checkpoints take no option(s) {unknown}; they take {sorted(accepted)}"
         )
+    if "param_dtype" in accepted:  # None: the matrices in `dtype`, the rest float32 (models.common)
+        options = {"param_dtype": None, **options}
     return converter.from_state_dict(tensors, dtype=dtype, wkv_impl=wkv_impl, **{**implied, **options})
 
 

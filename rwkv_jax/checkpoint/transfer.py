@@ -43,15 +43,16 @@ def fill_model(
     tensors: Mapping[str, np.ndarray],
     official_name: OfficialName,
     is_linear: IsLinear,
-    param_dtype: str,
 ) -> nnx.Module:
-    """``abstract`` (from ``nnx.eval_shape``) with every parameter set from its official tensor."""
+    """``abstract`` (from ``nnx.eval_shape``) with every parameter set from its official tensor, cast to
+    the dtype the model stores that parameter in (matrices and vectors may differ: ``weight_dtype``)."""
     graphdef, params = nnx.split(abstract)
     for path, variable in nnx.to_flat_state(params):
         name = official_name(path)
         tensor = np.asarray(tensors[name])
-        tensor = tensor.T if is_linear(name) else tensor.reshape(variable.get_value().shape)
-        variable.set_value(jnp.asarray(tensor, param_dtype))
+        abstract_value = variable.get_value()
+        tensor = tensor.T if is_linear(name) else tensor.reshape(abstract_value.shape)
+        variable.set_value(jnp.asarray(tensor, abstract_value.dtype))
     return nnx.merge(graphdef, params)
 
 
@@ -68,7 +69,7 @@ def model_from_tensors(
     the first mismatch), then builds ``model_class(config)`` abstractly (no random init) and fills it."""
     check_tensors(tensors, shapes, family)
     abstract = nnx.eval_shape(lambda: model_class(config, rngs=nnx.Rngs(0)))
-    return fill_model(abstract, tensors, official_name, is_linear, config.param_dtype)
+    return fill_model(abstract, tensors, official_name, is_linear)
 
 
 def official_tensors(

@@ -2,8 +2,11 @@
 the config checks, the "plain" initialisation of the ablations and the published-architecture check.
 
 Parameters carry *logical* axis names (``vocab``, ``embed``, ``mlp``, ``heads``, ``head_dim``, ``lora``, ...)
-as the ``logical_axes`` metadata of ``nnx.Param``; only a sharding config maps them to mesh axes. Parameters
-are stored in ``param_dtype`` (float32 by default) and cast to the compute ``dtype`` where they are used.
+as the ``logical_axes`` metadata of ``nnx.Param``; only a sharding config maps them to mesh axes. Storage:
+with ``param_dtype=None`` (the default) the big matrices (embedding, head, linear layers) are stored in the
+compute ``dtype`` and every other parameter (norms, token-shift weights, decays, LoRAs) in float32
+(:func:`weight_dtype`, :func:`vector_dtype`); a ``param_dtype`` stores every parameter in it (training keeps
+float32 master parameters with bfloat16 compute this way). Parameters are cast to ``dtype`` where used.
 """
 
 import dataclasses
@@ -18,7 +21,7 @@ from flax import nnx
 
 from rwkv_jax.array_typing import Array, PRNGKey, Tokens
 
-FLOAT_DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16))  # compute and storage dtypes supported
+FLOAT_DTYPES = tuple(np.dtype(d) for d in (jnp.float32, jnp.bfloat16, jnp.float16))  # compute and storage
 
 # The `init` switch of every family: BlinkDL's formulas, or the plain scheme below (an ablation baseline).
 INITS = ("official", "plain")
@@ -64,17 +67,34 @@ def require_choice(config: object, name: str, choices: Sequence[Any]) -> None:
         raise ValueError(f"{type(config).__name__}.{name} must be one of {tuple(choices)}, got {value!r}")
 
 
-def resolve_float_dtypes(config: object, *names: str) -> None:
-    """Sets each attribute of a frozen dataclass to its numpy dtype; raises unless float32 or bfloat16."""
+def resolve_float_dtypes(config: object, *names: str, optional: tuple[str, ...] = ("param_dtype",)) -> None:
+    """Sets each attribute of a frozen dataclass to its numpy dtype; raises unless float32, bfloat16 or
+    float16 (None is kept for the ``optional`` names: see :func:`weight_dtype`)."""
     for name in names:
         value = getattr(config, name)
+        if value is None and name in optional:
+            continue
         try:
             dtype = np.dtype(value)
         except TypeError:
             dtype = None
         if dtype not in FLOAT_DTYPES:
-            raise ValueError(f"{type(config).__name__}.{name} must be float32 or bfloat16, got {value!r}")
+            raise ValueError(
+                f"{type(config).__name__}.{name} must be float32, bfloat16 or float16, got {value!r}"
+            )
         object.__setattr__(config, name, dtype)
+
+
+def weight_dtype(config: Any) -> np.dtype:
+    """Storage dtype of the big matrices (embedding, head, linear layers): ``param_dtype``, or the compute
+    ``dtype`` when it is None (a bfloat16 model then holds half the bytes of a float32 one)."""
+    return np.dtype(config.dtype if config.param_dtype is None else config.param_dtype)
+
+
+def vector_dtype(config: Any) -> np.dtype:
+    """Storage dtype of every other parameter (norms, token-shift weights, decays, bonuses, LoRAs):
+    ``param_dtype``, or float32 when it is None (the numerics of the decay and norms need it)."""
+    return np.dtype(jnp.float32 if config.param_dtype is None else config.param_dtype)
 
 
 def param(value: Array, axes: Sequence[str | None]) -> nnx.Param:
@@ -97,10 +117,10 @@ def official_or_normal(
     rngs: nnx.Rngs, config: Any, shape: tuple[int, ...], official: Callable[[], Array]
 ) -> Array:
     """A matrix's initial value: ``official()`` or, under ``config.init == "plain"``, ``N(0, PLAIN_STD^2)`` of
-    ``shape`` in ``config.param_dtype``. ``official`` is called only for the official scheme, so the random
+    ``shape`` in :func:`weight_dtype`. ``official`` is called only for the official scheme, so the random
     draws of the official initialisation (and its checkpoint-matching order) stay as they are."""
     if config.init == "plain":
-        return plain_normal(rngs.params(), shape, config.param_dtype)
+        return plain_normal(rngs.params(), shape, weight_dtype(config))
     return official()
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from rwkv_jax.array_typing import Array, PRNGKey
-from rwkv_jax.models.common import Linear, official_or_normal
+from rwkv_jax.models.common import Linear, official_or_normal, weight_dtype
 
 # Official orthogonal gains of the square-ish matrices (generate_init_weight): 0 means zeros.
 GAIN_RECEPTANCE = 1.0
@@ -78,11 +78,11 @@ def uniform(key: PRNGKey, shape: tuple[int, ...], bound: float, dtype: jnp.dtype
 
 
 def initial_linear(rngs: nnx.Rngs, config: Any, shape: tuple[int, int], axes: tuple[str, str], gain: float):
-    """A bias-free :class:`Linear` ``[in, out]`` in the compute and storage dtypes of ``config`` (any family
-    config with ``dtype``, ``param_dtype`` and ``init``): :func:`orthogonal_kernel` weights of ``gain`` under
-    the official initialisation, ``N(0, 0.02^2)`` under the plain one (:func:`official_or_normal`)."""
+    """A bias-free :class:`Linear` ``[in, out]`` computing in ``config.dtype``, stored in its
+    :func:`weight_dtype` (any family config with ``dtype``, ``param_dtype`` and ``init``):
+    :func:`orthogonal_kernel` weights of ``gain`` under the official initialisation, ``N(0, 0.02^2)`` under
+    the plain one (:func:`official_or_normal`)."""
     key = rngs.params()  # drawn even for a zero (gain 0) kernel: the official draws follow the file layout
-    kernel = official_or_normal(
-        rngs, config, shape, lambda: orthogonal_kernel(key, *shape, gain, config.param_dtype)
-    )
-    return Linear(*shape, axes, kernel=kernel, dtype=config.dtype, param_dtype=config.param_dtype)
+    dtype = weight_dtype(config)
+    kernel = official_or_normal(rngs, config, shape, lambda: orthogonal_kernel(key, *shape, gain, dtype))
+    return Linear(*shape, axes, kernel=kernel, dtype=config.dtype, param_dtype=dtype)

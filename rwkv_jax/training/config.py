@@ -131,7 +131,10 @@ def model_section(family: str | None = None, *, preset: str | None = None, **fie
         raise ValueError("model_section needs a family or a preset")
     record = get_family(family)
     record.check_fields(fields)
-    section = ConfigDict({"family": family, **record.default_fields(), **values, **fields})
+    defaults = record.default_fields()
+    if "param_dtype" in defaults:  # training keeps float32 master parameters whatever the compute dtype
+        defaults["param_dtype"] = "float32"
+    section = ConfigDict({"family": family, **defaults, **values, **fields})
     section.lock()
     return section
 

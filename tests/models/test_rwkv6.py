@@ -300,7 +300,7 @@ def test_init_values_are_layer_dependent_formulas_not_copies():
         (dict(n_embd="32"), r"n_embd must be a positive integer, got '32'"),
         (dict(head_size=True), r"head_size must be a positive integer"),
         (dict(group_norm_eps=0.0), r"group_norm_eps must be > 0"),
-        (dict(dtype="int8"), r"dtype must be float32 or bfloat16"),
+        (dict(dtype="int8"), r"dtype must be float32, bfloat16 or float16"),
         (dict(wkv_impl="fastest"), r"unknown WKV implementation"),
     ],
 )

@@ -176,7 +176,7 @@ def test_official_init_follows_rwkv_lm():
         (dict(gate_lora=0), r"gate_lora must be a positive integer"),
         (dict(chunk_size=0), r"chunk_size must be a positive integer"),
         (dict(group_norm_eps=0.0), r"group_norm_eps must be > 0"),
-        (dict(dtype="float16"), r"dtype must be float32 or bfloat16"),
+        (dict(dtype="float64"), r"dtype must be float32, bfloat16 or float16"),
         (dict(wkv_impl="fast"), r"unknown WKV implementation 'fast'"),
     ],
 )

@@ -97,7 +97,7 @@ def config_from_state_dict(
     tensors: Mapping[str, np.ndarray],
     *,
     dtype: str = "float32",
-    param_dtype: str = "float32",
+    param_dtype: str | None = None,
     wkv_impl: Impl | str = Impl.AUTO,
 ) -> RWKV4Config:
     """Infers the sizes from ``emb.weight [V, C]``, ``blocks.0.ffn.key.weight [F, C]`` and the block count."""
@@ -122,7 +122,7 @@ def from_state_dict(
     tensors: Mapping[str, np.ndarray],
     *,
     dtype: str = "float32",
-    param_dtype: str = "float32",
+    param_dtype: str | None = None,
     wkv_impl: Impl | str = Impl.AUTO,
 ) -> RWKV4:
     """Builds an :class:`RWKV4` holding exactly the official tensors (cast to ``param_dtype``).

@@ -41,6 +41,8 @@ from rwkv_jax.models.common import (
     require_positive_ints,
     resolve_float_dtypes,
     token_shift,
+    vector_dtype,
+    weight_dtype,
 )
 from rwkv_jax.models.language_model import LanguageModel
 from rwkv_jax.models.rwkv4 import init
@@ -61,7 +63,8 @@ class RWKV4Config(PublishedArchitecture):
       n_embd: C, model width (also the time-mix width, as in every released RWKV-4).
       ffn_dim: F, channel-mix hidden width; None means ``4 * n_embd``.
       dtype: compute dtype of activations and matmuls (float32 or bfloat16). WKV state is float32 always.
-      param_dtype: storage dtype of the parameters (float32 or bfloat16).
+      param_dtype: storage dtype of every parameter; None: the matrices in ``dtype``, the rest in float32
+        (:func:`rwkv_jax.models.common.weight_dtype`).
       wkv_impl: WKV-4 form (an :class:`Impl` or its name); ``"auto"`` resolves by backend.
       layer_norm_eps: epsilon of every LayerNorm (torch's default, 1e-5, in the official model).
       token_shift: True (published, paper section 4.1): every mix interpolates this token's input with the
@@ -79,7 +82,7 @@ class RWKV4Config(PublishedArchitecture):
     n_embd: int = 768
     ffn_dim: int | None = None
     dtype: np.dtype | str = "float32"
-    param_dtype: np.dtype | str = "float32"
+    param_dtype: np.dtype | str | None = None
     wkv_impl: Impl | str = Impl.AUTO
     layer_norm_eps: float = 1e-5
     token_shift: bool = True
@@ -128,12 +131,12 @@ def _mix_weight(config: RWKV4Config, official: np.ndarray) -> nnx.Param | None:
     if not config.token_shift:
         return None
     value = official_or_constant(config, official, PLAIN_MIX)
-    return param(jnp.asarray(value, config.param_dtype), ("embed",))
+    return param(jnp.asarray(value, vector_dtype(config)), ("embed",))
 
 
 def _zeros(config: RWKV4Config, *shape: int):
     """The official initial value of a matrix that generate_init_weight zeroes (a thunk, drawing nothing)."""
-    return lambda: jnp.zeros(shape, config.param_dtype)
+    return lambda: jnp.zeros(shape, weight_dtype(config))
 
 
 def _mix(x: Array, shifted: Array, ratio: nnx.Param | None) -> Array:
@@ -149,7 +152,7 @@ class TimeMix(nnx.Module):
     """RWKV_TimeMix: token-shifted k, v, r projections, the WKV-4 recurrence, sigmoid(r) gate, output."""
 
     def __init__(self, config: RWKV4Config, layer_id: int, *, rngs: nnx.Rngs):
-        C, L, pdt = config.n_embd, config.n_layer, config.param_dtype
+        C, L, pdt = config.n_embd, config.n_layer, vector_dtype(config)
         self.wkv_impl = config.wkv_impl
         # The attention width (C here) carries "heads" as in Eagle / Finch / Goose (there: H * N channels).
         decay = official_or_constant(config, init.time_decay(layer_id, L, C), plain_log_rate())
@@ -160,7 +163,7 @@ class TimeMix(nnx.Module):
         self.time_mix_k = _mix_weight(config, init.time_mix(layer_id, L, C, 1.0))
         self.time_mix_v = _mix_weight(config, init.time_mix(layer_id, L, C, 1.0, v_offset))
         self.time_mix_r = _mix_weight(config, init.time_mix(layer_id, L, C, 0.5))
-        linear = dict(dtype=config.dtype, param_dtype=pdt)
+        linear = dict(dtype=config.dtype, param_dtype=weight_dtype(config))
         # generate_init_weight: att.value orthogonal, att.key / receptance / output zero (init.ZERO_INIT).
         key = official_or_normal(rngs, config, (C, C), _zeros(config, C, C))
         self.key = Linear(C, C, ("embed", "heads"), kernel=key, **linear)
@@ -187,10 +190,10 @@ class ChannelMix(nnx.Module):
     """RWKV_ChannelMix: ``sigmoid(receptance(xr)) * value(relu(key(xk))^2)`` on token-shifted inputs."""
 
     def __init__(self, config: RWKV4Config, layer_id: int, *, rngs: nnx.Rngs):
-        C, F, L, pdt = config.n_embd, config.ffn_dim, config.n_layer, config.param_dtype
+        C, F, L = config.n_embd, config.ffn_dim, config.n_layer
         self.time_mix_k = _mix_weight(config, init.time_mix(layer_id, L, C, 1.0))
         self.time_mix_r = _mix_weight(config, init.time_mix(layer_id, L, C, 1.0))
-        linear = dict(dtype=config.dtype, param_dtype=pdt)
+        linear = dict(dtype=config.dtype, param_dtype=weight_dtype(config))
         # generate_init_weight: ffn.key orthogonal (gain sqrt(F / C)), ffn.receptance / value zero.
         key = official_or_normal(rngs, config, (C, F), lambda: init.orthogonal_kernel(rngs.params(), C, F))
         self.key = Linear(C, F, ("embed", "mlp"), kernel=key, **linear)
@@ -211,7 +214,7 @@ class Block(nnx.Module):
     """A residual block: ``x += att(ln1(x)); x += ffn(ln2(x))``; block 0 first applies ``ln0`` to x."""
 
     def __init__(self, config: RWKV4Config, layer_id: int, *, rngs: nnx.Rngs):
-        norm = dict(eps=config.layer_norm_eps, param_dtype=config.param_dtype)
+        norm = dict(eps=config.layer_norm_eps, param_dtype=vector_dtype(config))
         self.ln0 = LayerNorm(config.n_embd, **norm) if layer_id == 0 else None
         self.ln1 = LayerNorm(config.n_embd, **norm)
         self.ln2 = LayerNorm(config.n_embd, **norm)
@@ -231,18 +234,18 @@ class RWKV4(LanguageModel):
     """The RWKV-4 language model: emb -> blocks -> ln_out -> head."""
 
     def __init__(self, config: RWKV4Config, *, rngs: nnx.Rngs):
-        C, V, pdt = config.n_embd, config.vocab_size, config.param_dtype
+        C, V, wd = config.n_embd, config.vocab_size, weight_dtype(config)
         self.config = config
         self.emb = Embedding(
-            official_or_normal(rngs, config, (V, C), lambda: init.embedding(rngs.params(), V, C, pdt))
+            official_or_normal(rngs, config, (V, C), lambda: init.embedding(rngs.params(), V, C, wd))
         )
         self.blocks = nnx.List([Block(config, i, rngs=rngs) for i in range(config.n_layer)])
-        self.ln_out = LayerNorm(C, eps=config.layer_norm_eps, param_dtype=pdt)
+        self.ln_out = LayerNorm(C, eps=config.layer_norm_eps, param_dtype=vector_dtype(config))
         # generate_init_weight: head orthogonal with gain sqrt(V / C) (when V > C) times 0.5.
         head = official_or_normal(
             rngs, config, (C, V), lambda: init.orthogonal_kernel(rngs.params(), C, V, init.HEAD_INIT_SCALE)
         )
-        self.head = Linear(C, V, ("embed", "vocab"), kernel=head, dtype=config.dtype, param_dtype=pdt)
+        self.head = Linear(C, V, ("embed", "vocab"), kernel=head, dtype=config.dtype, param_dtype=wd)
 
     def empty_layer_state(self, batch_size: int) -> RWKV4LayerState:
         """Zero token shifts and the empty WKV state (running maximum at -1e38)."""

@@ -167,7 +167,7 @@ def config_from_state_dict(
     tensors: Mapping[str, np.ndarray],
     *,
     dtype: str = "float32",
-    param_dtype: str = "float32",
+    param_dtype: str | None = None,
     wkv_impl: Impl | str = Impl.AUTO,
     group_norm_eps: float = 64e-5,
 ) -> RWKV6Config:
@@ -216,7 +216,7 @@ def from_state_dict(
     tensors: Mapping[str, np.ndarray],
     *,
     dtype: str = "float32",
-    param_dtype: str = "float32",
+    param_dtype: str | None = None,
     wkv_impl: Impl | str = Impl.AUTO,
     group_norm_eps: float = 64e-5,
 ) -> RWKV6:

@@ -40,6 +40,8 @@ from rwkv_jax.models.common import (
     require_positive_ints,
     resolve_float_dtypes,
     token_shift,
+    vector_dtype,
+    weight_dtype,
 )
 from rwkv_jax.models.language_model import LanguageModel
 from rwkv_jax.models.official_init import initial_linear
@@ -84,7 +86,8 @@ class RWKV6Config(PublishedArchitecture):
       group_norm_eps: eps of ``ln_x`` (64e-5 as BlinkDL; rwkv.cpp used 1e-5 for RWKV-5).
       layer_norm_eps: eps of ln0, ln1, ln2, ln_out (torch's default 1e-5).
       dtype: compute dtype of activations and matmuls; the WKV state and normalisations stay float32.
-      param_dtype: storage dtype of the parameters.
+      param_dtype: storage dtype of every parameter; None: the matrices in ``dtype``, the rest in float32
+        (:func:`rwkv_jax.models.common.weight_dtype`).
       wkv_impl: the WKV-5/6 form (``Impl`` or its name).
       chunk_size: chunk length of the chunked WKV form.
       token_shift: True (published): the time and channel mixes interpolate this token's input with the
@@ -117,7 +120,7 @@ class RWKV6Config(PublishedArchitecture):
     group_norm_eps: float = 64e-5
     layer_norm_eps: float = 1e-5
     dtype: np.dtype | str = "float32"
-    param_dtype: np.dtype | str = "float32"
+    param_dtype: np.dtype | str | None = None
     wkv_impl: Impl | str = Impl.AUTO
     chunk_size: int = 64
     token_shift: bool = True
@@ -218,12 +221,13 @@ def _mix_names(config: RWKV6Config) -> tuple[str, ...]:
 def _static_lerp(config: RWKV6Config, official: dict[str, np.ndarray], prefix: str, weights_current: bool):
     """A :class:`StaticLerp` with the ``official`` weights (0.5 each under the plain init)."""
     weights = {name: official_or_constant(config, value, PLAIN_MIX) for name, value in official.items()}
-    return StaticLerp(weights, prefix=prefix, weights_current=weights_current, param_dtype=config.param_dtype)
+    pd = vector_dtype(config)
+    return StaticLerp(weights, prefix=prefix, weights_current=weights_current, param_dtype=pd)
 
 
 def _token_mix(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> StaticLerp | DataDependentLerp | Unmixed:
     """The time-mix token shift of the config, with its initial values."""
-    C, L, pd = config.n_embd, config.n_layer, config.param_dtype
+    C, L, pd = config.n_embd, config.n_layer, vector_dtype(config)
     names = _mix_names(config)
     if not config.token_shift:
         return Unmixed(names)
@@ -246,7 +250,7 @@ def _token_mix(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> StaticLerp | 
 
 def _decay(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> StaticDecay | LoraDecay:
     """The decay of the config, with its initial values."""
-    A, H, N, L, pd = config.dim_att, config.n_head, config.head_size, config.n_layer, config.param_dtype
+    A, H, N, L, pd = config.dim_att, config.n_head, config.head_size, config.n_layer, vector_dtype(config)
     if config.decay_kind == DATA_DEPENDENT:
         C, D = config.n_embd, config.time_decay_extra_dim
         w2 = official_or_normal(
@@ -271,7 +275,7 @@ def _bonus(config: RWKV6Config, layer: int) -> Bonus:
             config, init.bonus_zigzag(config.dim_att, layer, config.n_layer), PLAIN_BONUS
         )
         value = value.reshape(H, N)
-    return Bonus(value, param_dtype=config.param_dtype)
+    return Bonus(value, param_dtype=vector_dtype(config))
 
 
 def _time_mix(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> TimeMix:
@@ -294,7 +298,7 @@ def _time_mix(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> TimeMix:
             H,
             official_or_constant(config, official_init.ln_x_weight(A, layer, L), 1.0),
             eps=config.group_norm_eps,
-            param_dtype=config.param_dtype,
+            param_dtype=vector_dtype(config),
         ),
         head_size=N,
         wkv_impl=config.wkv_impl,
@@ -353,13 +357,13 @@ class RWKV6(LanguageModel):
         if not isinstance(config, RWKV6Config):
             raise TypeError(f"config must be an RWKV6Config, got {type(config).__name__}")
         self.config = config
-        C, V, pd = config.n_embd, config.vocab_size, config.param_dtype
+        C, V, wd = config.n_embd, config.vocab_size, weight_dtype(config)
         self.emb = Embedding(
             official_or_normal(
                 rngs,
                 config,
                 (V, C),
-                lambda: official_init.uniform(rngs.params(), (V, C), official_init.EMBEDDING_BOUND, pd),
+                lambda: official_init.uniform(rngs.params(), (V, C), official_init.EMBEDDING_BOUND, wd),
             )
         )
         self.blocks = nnx.List(
@@ -377,7 +381,7 @@ class RWKV6(LanguageModel):
 
     def _layer_norm(self) -> LayerNorm:
         c = self.config
-        return LayerNorm(c.n_embd, eps=c.layer_norm_eps, param_dtype=c.param_dtype)
+        return LayerNorm(c.n_embd, eps=c.layer_norm_eps, param_dtype=vector_dtype(c))
 
     def empty_layer_state(self, batch_size: int) -> RWKV6LayerState:
         """Zero token shifts and a zero WKV state, float32."""

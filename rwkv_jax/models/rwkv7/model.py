@@ -38,6 +38,8 @@ from rwkv_jax.models.common import (
     require_positive_ints,
     resolve_float_dtypes,
     token_shift,
+    vector_dtype,
+    weight_dtype,
 )
 from rwkv_jax.models.language_model import LanguageModel
 from rwkv_jax.models.official_init import initial_linear
@@ -69,7 +71,8 @@ class RWKV7Config(PublishedArchitecture):
       group_norm_eps: eps of ``ln_x`` (64e-5 as BlinkDL).
       layer_norm_eps: eps of ln0, ln1, ln2, ln_out.
       dtype: compute dtype of activations and matmuls; the WKV state and normalisations stay float32.
-      param_dtype: storage dtype of the parameters.
+      param_dtype: storage dtype of every parameter; None: the matrices in ``dtype``, the rest in float32
+        (:func:`rwkv_jax.models.common.weight_dtype`).
       wkv_impl: the WKV-7 form (``Impl`` or its name: recurrent, scan, chunked or auto).
       chunk_size: chunk length of the chunked WKV-7 form.
       token_shift: True (published): every mix interpolates this token's input with the previous one's.
@@ -105,7 +108,7 @@ class RWKV7Config(PublishedArchitecture):
     group_norm_eps: float = 64e-5
     layer_norm_eps: float = 1e-5
     dtype: np.dtype | str = "float32"
-    param_dtype: np.dtype | str = "float32"
+    param_dtype: np.dtype | str | None = None
     wkv_impl: Impl | str = Impl.AUTO
     chunk_size: int = 32
     token_shift: bool = True
@@ -178,7 +181,7 @@ def _shift_weight(config: "RWKV7Config", official: np.ndarray) -> nnx.Param | No
     if not config.token_shift:
         return None
     return param(
-        jnp.asarray(official_or_constant(config, official, PLAIN_MIX), config.param_dtype), ("embed",)
+        jnp.asarray(official_or_constant(config, official, PLAIN_MIX), vector_dtype(config)), ("embed",)
     )
 
 
@@ -193,7 +196,7 @@ class TimeMix(nnx.Module):
     """
 
     def __init__(self, config: RWKV7Config, layer: int, rngs: nnx.Rngs):
-        C, H, N, L, pd = config.n_embd, config.n_head, config.head_size, config.n_layer, config.param_dtype
+        C, H, N, L, pd = config.n_embd, config.n_head, config.head_size, config.n_layer, vector_dtype(config)
         self.head_size, self.dtype = N, config.dtype
         self.wkv_impl, self.chunk_size = config.wkv_impl, config.chunk_size
         self.first = layer == 0
@@ -312,7 +315,7 @@ class Block(nnx.Module):
     """``x += att(ln1(x)); x += ffn(ln2(x))``, each with its token shift; block 0 first applies ``ln0``."""
 
     def __init__(self, config: RWKV7Config, layer: int, rngs: nnx.Rngs):
-        norm = dict(eps=config.layer_norm_eps, param_dtype=config.param_dtype)
+        norm = dict(eps=config.layer_norm_eps, param_dtype=vector_dtype(config))
         C = config.n_embd
         self.ln0 = LayerNorm(C, **norm) if layer == 0 else None
         self.ln1, self.ln2 = LayerNorm(C, **norm), LayerNorm(C, **norm)
@@ -346,17 +349,17 @@ class RWKV7(LanguageModel):
         if not isinstance(config, RWKV7Config):
             raise TypeError(f"config must be an RWKV7Config, got {type(config).__name__}")
         self.config = config
-        C, V, pd = config.n_embd, config.vocab_size, config.param_dtype
+        C, V, wd = config.n_embd, config.vocab_size, weight_dtype(config)
         self.emb = Embedding(
             official_or_normal(
                 rngs,
                 config,
                 (V, C),
-                lambda: official_init.uniform(rngs.params(), (V, C), official_init.EMBEDDING_BOUND, pd),
+                lambda: official_init.uniform(rngs.params(), (V, C), official_init.EMBEDDING_BOUND, wd),
             )
         )
         self.blocks = nnx.List(Block(config, layer, rngs) for layer in range(config.n_layer))
-        self.ln_out = LayerNorm(C, eps=config.layer_norm_eps, param_dtype=pd)
+        self.ln_out = LayerNorm(C, eps=config.layer_norm_eps, param_dtype=vector_dtype(config))
         self.head = initial_linear(rngs, config, (C, V), ("embed", "vocab"), official_init.head_gain(V, C))
 
     def empty_layer_state(self, batch_size: int) -> RWKV7LayerState:
