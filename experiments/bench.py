@@ -1,0 +1,359 @@
+r"""Inference speed of rwkv_jax against BlinkDL's ``rwkv`` package on the same weights, in one run.
+
+    python experiments/bench.py                      # 12 x 768, vocabulary 65536 (the 0.1B shape): ~10 min
+    python experiments/bench.py --small              # a smoke test (seconds)
+    python experiments/bench.py --families finch --dtypes float32 --repeats 5
+
+For each family (Finch, Goose) a model with random weights of the shape is written as an official ``.pth``
+(:func:`rwkv_jax.save_official`); both stacks load that file, with float32 and with bfloat16 weights. Measured
+per family and weight dtype: decode tokens/s at batch 1 and 16 (``rwkv_jax.decoder``'s jitted step, one
+token per call), prefill tokens/s of ``--prefill`` tokens (head on the last position only), compile time of
+each program, and the memory of the compiled decode step (arguments + temporaries, XLA's memory analysis).
+The ``rwkv`` package (when installed; it has no batch) runs decode at batch 1 and prefill, the two stacks
+taking turns ``--repeats`` times (medians reported), and the next-token logits after the prefill are
+compared (relative error). The decode bound is the bytes of weights read per token (every parameter but
+the embedding, plus one embedding row) over this machine's memory bandwidth, measured in the same run
+(a large numpy copy); each decode figure's share of it is printed. Also printed: what XLA:CPU does with a
+bfloat16 matrix-vector product of the head's shape (docs/speed.md). Writes ``--json`` and ``--plot``.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+FAMILIES = {"finch": ("RWKV6", dict(version="6")), "goose": ("RWKV7", {})}
+FULL = dict(n_layer=12, n_embd=768, vocab_size=65536, prefill=512, decode=32)
+SMALL = dict(n_layer=2, n_embd=128, vocab_size=1024, prefill=16, decode=4)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--small", action="store_true", help="a tiny shape and few tokens (smoke test)")
+    parser.add_argument("--families", default="finch,goose", help="comma list of: " + ", ".join(FAMILIES))
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="weight dtypes (load_official dtype=)")
+    parser.add_argument("--repeats", type=int, default=3, help="turns per measurement (median)")
+    parser.add_argument("--no-package", action="store_true", help="skip BlinkDL's rwkv package")
+    parser.add_argument("--json", default="bench.json", help="where to write the figures")
+    parser.add_argument("--plot", default="bench.png", help="where to draw them ('' for none)")
+    args = parser.parse_args(argv)
+    unknown = set(args.families.split(",")) - set(FAMILIES)
+    if unknown:
+        parser.error(f"unknown families {sorted(unknown)}; known: {sorted(FAMILIES)}")
+    return args
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall seconds of ``fn()`` over ``repeats`` runs."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def memory_bandwidth() -> float:
+    """Bytes per second of a 256 MiB numpy copy (read + write), the best of five."""
+    src = np.ones(64 * 2**20, np.float32)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    best = min(median_time(lambda: np.copyto(dst, src), 1) for _ in range(5))
+    return 2 * src.nbytes / best
+
+
+def matvec_table(rows: int, cols: int) -> dict[str, float]:
+    """Milliseconds of ``x [1, rows] @ W [rows, cols]`` in XLA:CPU: float32 weights, bfloat16 weights (XLA
+    converts the whole matrix to float32 in a fresh buffer first), and the bfloat16 bits read as uint32
+    pairs in column blocks (no bfloat16 op for XLA to widen; the fastest form found)."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    def pairs(x, packed):  # packed: uint32 [rows, cols / 2] holding two bfloat16 weights each
+        def block(j, out):
+            part = lax.dynamic_slice_in_dim(packed, j * 512, 512, axis=1)
+            low = lax.bitcast_convert_type(part << 16, jnp.float32)
+            high = lax.bitcast_convert_type(part & jnp.uint32(0xFFFF0000), jnp.float32)
+            y = jnp.stack([x @ low, x @ high], -1).reshape(1, -1)
+            return lax.dynamic_update_slice_in_dim(out, y, j * 1024, axis=1)
+
+        return lax.fori_loop(0, cols // 1024, block, jnp.zeros((1, cols), jnp.float32))
+
+    x = jnp.ones((1, rows), jnp.float32)
+    w32 = jax.random.normal(jax.random.key(0), (rows, cols), jnp.float32)
+    w16 = w32.astype(jnp.bfloat16)
+    packed = jnp.asarray(np.asarray(w16).view(np.uint32))
+    forms = {
+        "float32 weights": (jax.jit(lambda x, w: x @ w), w32),
+        "bfloat16 weights, x @ w.astype(f32)": (jax.jit(lambda x, w: x @ w.astype(jnp.float32)), w16),
+        "bfloat16 weights, preferred_element_type=f32": (
+            jax.jit(lambda x, w: jnp.dot(x.astype(w.dtype), w, preferred_element_type=jnp.float32)),
+            w16,
+        ),
+        "bfloat16 bits as uint32 pairs, 1024-column blocks": (jax.jit(pairs), packed),
+    }
+    result = {}
+    for name, (fn, w) in forms.items():
+        jax.block_until_ready(fn(x, w))
+        result[name] = 1e3 * median_time(lambda fn=fn, w=w: jax.block_until_ready(fn(x, w)), 7)
+    return result
+
+
+def write_model(family: str, shape: dict, directory: str) -> str:
+    """A random-weights model of ``family`` and ``shape`` written as an official .pth; returns the path."""
+    from flax import nnx
+
+    import rwkv_jax
+
+    name, fields = FAMILIES[family]
+    config = getattr(rwkv_jax, f"{name}Config")(
+        **fields,
+        n_layer=shape["n_layer"],
+        n_embd=shape["n_embd"],
+        vocab_size=shape["vocab_size"],
+        init="plain",
+    )
+    path = os.path.join(directory, f"{family}.pth")
+    rwkv_jax.save_official(getattr(rwkv_jax, name)(config, rngs=nnx.Rngs(0)), path)
+    return path
+
+
+class JaxRunner:
+    """rwkv_jax through its public jitted step, loaded from the official file with ``dtype``."""
+
+    def __init__(self, path: str, dtype: str, shape: dict):
+        import jax
+        import jax.numpy as jnp
+
+        import rwkv_jax
+
+        self.jax, self.shape = jax, shape
+        self.model = rwkv_jax.load_official(path, dtype=dtype)
+        self.decoder = rwkv_jax.decoder(self.model)
+        # What one decode step reads: every parameter it is given (on CPU the float32 working copies of
+        # bfloat16 weights, rwkv_jax.decoding) but the embedding, of which one row.
+        emb = jax.tree.leaves(self.decoder.params["emb"])[0]
+        read = sum(p.nbytes for p in jax.tree.leaves(self.decoder.params))
+        self.bytes_per_step = read - emb.nbytes + emb.nbytes // emb.shape[0]
+        self.stored_bytes = sum(p.nbytes for p in jax.tree.leaves(self.model))
+        self.prompt = jnp.asarray(
+            np.random.default_rng(1).integers(1, shape["vocab_size"], (1, shape["prefill"]))
+        )
+        self.compiled, self.compile_s, self.memory = {}, {}, {}
+        for batch in (1, 16):
+            self._compile(f"decode{batch}", jnp.ones((batch, 1), jnp.int32), batch, False)
+        self._compile("prefill", self.prompt.astype(jnp.int32), 1, True)
+
+    def _compile(self, name: str, tokens: Any, batch: int, last_only: bool) -> None:
+        start = time.perf_counter()
+        lowered = self.decoder.step.lower(
+            self.decoder.params, tokens, self.decoder.init_state(batch), last_only=last_only
+        )
+        self.compiled[name] = lowered.compile()
+        self.compile_s[name] = time.perf_counter() - start
+        analysis = self.compiled[name].memory_analysis()
+        self.memory[name] = (
+            analysis.argument_size_in_bytes + analysis.temp_size_in_bytes + analysis.output_size_in_bytes
+        )
+
+    def decode(self, batch: int) -> None:
+        import jax.numpy as jnp
+
+        step, state = self.compiled[f"decode{batch}"], self.decoder.init_state(batch)
+        tokens = jnp.ones((batch, 1), jnp.int32)
+        for _ in range(self.shape["decode"]):
+            logits, state = step(self.decoder.params, tokens, state)
+        self.jax.block_until_ready(logits)
+
+    def prefill(self) -> np.ndarray:
+        logits, _ = self.compiled["prefill"](
+            self.decoder.params, self.prompt.astype(np.int32), self.decoder.init_state(1)
+        )
+        return np.asarray(logits[0, -1])
+
+
+def blinkdl_module(goose: bool) -> Any:
+    """BlinkDL's ``rwkv.model``: it picks RWKV-7 at import when RWKV_V7_ON=1, so Goose gets its own copy."""
+    if not goose:
+        import rwkv.model
+
+        return rwkv.model
+    spec = importlib.util.find_spec("rwkv.model")
+    os.environ["RWKV_V7_ON"] = "1"
+    try:
+        copy = importlib.util.spec_from_file_location("rwkv_model_v7", spec.origin)
+        module = importlib.util.module_from_spec(copy)
+        copy.loader.exec_module(module)
+    finally:
+        del os.environ["RWKV_V7_ON"]
+    return module
+
+
+class PackageRunner:
+    """BlinkDL's ``rwkv`` package (torch, strategy ``cpu fp32`` / ``cpu bf16``) on the same file."""
+
+    def __init__(self, path: str, dtype: str, shape: dict, family: str, prompt: np.ndarray):
+        import torch
+
+        self.torch, self.shape = torch, shape
+        module = blinkdl_module(family == "goose")
+        strategy = "cpu fp32" if dtype == "float32" else "cpu bf16"
+        name = path[: -len(".pth")] if family == "goose" else path  # RWKV_x070 appends .pth itself
+        self.model = (
+            module.RWKV(name, strategy) if family == "goose" else module.RWKV(name, strategy, verbose=False)
+        )
+        self.prompt = [int(t) for t in prompt[0]]
+
+    def decode(self, batch: int) -> None:
+        del batch  # the package decodes one sequence
+        with self.torch.no_grad():
+            state = None
+            for _ in range(self.shape["decode"]):
+                _, state = self.model.forward([1], state)
+
+    def prefill(self) -> np.ndarray:
+        with self.torch.no_grad():
+            logits, _ = self.model.forward(self.prompt, None)
+        return logits.float().numpy()
+
+
+def measure(
+    family: str, dtype: str, path: str, shape: dict, args: argparse.Namespace, bandwidth: float
+) -> dict:
+    """Every figure of one family and weight dtype, the stacks taking turns."""
+    jax_runner = JaxRunner(path, dtype, shape)
+    package = (
+        None
+        if args.no_package or not has_package()
+        else PackageRunner(path, dtype, shape, family, np.asarray(jax_runner.prompt))
+    )
+    runners = {"jax": jax_runner, **({"rwkv": package} if package else {})}
+    for runner in runners.values():  # warm-up (the package's TorchScript compiles on first use)
+        runner.decode(1), runner.prefill()
+    times: dict[str, list[float]] = {}
+    for _ in range(args.repeats):
+        for name, runner in runners.items():
+            for batch in (1, 16) if name == "jax" else (1,):
+                times.setdefault(f"{name} decode{batch}", []).append(
+                    median_time(lambda r=runner, b=batch: r.decode(b), 1)
+                )
+            times.setdefault(f"{name} prefill", []).append(median_time(runner.prefill, 1))
+    med = {key: statistics.median(value) for key, value in times.items()}
+    row = {
+        "family": family,
+        "dtype": dtype,
+        "decode1_tok_s": shape["decode"] / med["jax decode1"],
+        "decode16_tok_s": 16 * shape["decode"] / med["jax decode16"],
+        "prefill_tok_s": shape["prefill"] / med["jax prefill"],
+        "compile_s": jax_runner.compile_s,
+        "program_memory_mib": {k: v / 2**20 for k, v in jax_runner.memory.items()},
+        "weight_mib_read_per_step": jax_runner.bytes_per_step / 2**20,
+        "weight_mib_stored": jax_runner.stored_bytes / 2**20,
+        "decode_bound_tok_s": bandwidth / jax_runner.bytes_per_step,
+    }
+    row["decode1_share_of_bound"] = row["decode1_tok_s"] / row["decode_bound_tok_s"]
+    row["decode16_steps_share_of_bound"] = row["decode16_tok_s"] / 16 / row["decode_bound_tok_s"]
+    if package:
+        ours, theirs = jax_runner.prefill(), package.prefill()
+        row["rwkv_decode1_tok_s"] = shape["decode"] / med["rwkv decode1"]
+        row["rwkv_prefill_tok_s"] = shape["prefill"] / med["rwkv prefill"]
+        row["decode1_ratio"] = row["decode1_tok_s"] / row["rwkv_decode1_tok_s"]
+        row["prefill_ratio"] = row["prefill_tok_s"] / row["rwkv_prefill_tok_s"]
+        row["logits_relative_error"] = float(np.linalg.norm(ours - theirs) / np.linalg.norm(theirs))
+    return row
+
+
+def has_package() -> bool:
+    return importlib.util.find_spec("rwkv") is not None and importlib.util.find_spec("torch") is not None
+
+
+def print_table(rows: list[dict]) -> None:
+    columns = [
+        ("family", "family", "{}"), ("weights", "dtype", "{}"),
+        ("decode B=1 tok/s", "decode1_tok_s", "{:.1f}"), ("rwkv pkg", "rwkv_decode1_tok_s", "{:.1f}"),
+        ("ratio", "decode1_ratio", "{:.2f}x"), ("share of bound", "decode1_share_of_bound", "{:.0%}"),
+        ("decode B=16 tok/s", "decode16_tok_s", "{:.1f}"), ("prefill tok/s", "prefill_tok_s", "{:.1f}"),
+        ("rwkv pkg", "rwkv_prefill_tok_s", "{:.1f}"), ("ratio", "prefill_ratio", "{:.2f}x"),
+        ("logits rel. err.", "logits_relative_error", "{:.1e}"),
+    ]  # fmt: skip
+    print("| " + " | ".join(title for title, _, _ in columns) + " |")
+    print("|" + " --- |" * len(columns))
+    for row in rows:
+        cells = [fmt.format(row[key]) if key in row else "-" for _, key, fmt in columns]
+        print("| " + " | ".join(cells) + " |")
+    for row in rows:
+        compile_s = ", ".join(f"{k} {v:.1f} s" for k, v in row["compile_s"].items())
+        memory = ", ".join(f"{k} {v:.0f} MiB" for k, v in row["program_memory_mib"].items())
+        print(
+            f"{row['family']} {row['dtype']}: compile {compile_s}; program memory {memory}; "
+            f"{row['weight_mib_stored']:.0f} MiB stored, {row['weight_mib_read_per_step']:.0f} MiB read per "
+            f"step, bound {row['decode_bound_tok_s']:.1f} steps/s"
+        )
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [
+        ("decode1_tok_s", "decode B=1"),
+        ("decode16_tok_s", "decode B=16"),
+        ("prefill_tok_s", "prefill"),
+    ]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.5))
+    labels = [f"{r['family']}\n{r['dtype']}" for r in rows]
+    for ax, (key, title) in zip(axes, metrics, strict=True):
+        x = np.arange(len(rows))
+        ax.bar(x - 0.2, [r[key] for r in rows], 0.4, label="rwkv_jax")
+        package_key = {"decode1_tok_s": "rwkv_decode1_tok_s", "prefill_tok_s": "rwkv_prefill_tok_s"}.get(key)
+        if package_key and any(package_key in r for r in rows):
+            ax.bar(x + 0.2, [r.get(package_key, 0) for r in rows], 0.4, label="rwkv package")
+        ax.set_xticks(x, labels)
+        ax.set_title(f"{title} (tokens/s)")
+        ax.legend()
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    shape = SMALL if args.small else FULL
+    bandwidth = memory_bandwidth()
+    print(f"memory bandwidth (numpy copy, read + write): {bandwidth / 1e9:.1f} GB/s")
+    if not args.small:
+        print("XLA:CPU matrix-vector product, head shape 768 x 65536 (ms):")
+        for name, ms in matvec_table(768, 65536).items():
+            print(f"  {name}: {ms:.1f}")
+    rows = []
+    with tempfile.TemporaryDirectory() as directory:
+        for family in args.families.split(","):
+            path = write_model(family, shape, directory)
+            for dtype in args.dtypes.split(","):
+                rows.append(measure(family, dtype, path, shape, args, bandwidth))
+    print_table(rows)
+    tmp = args.json + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"shape": shape, "bandwidth_bytes_s": bandwidth, "rows": rows}, f, indent=1)
+    os.replace(tmp, args.json)
+    if args.plot:
+        plot(rows, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

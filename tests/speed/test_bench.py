@@ -1,0 +1,32 @@
+"""experiments/bench.py --small: one command writes the table's figures and the plot; the two stacks agree."""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "bench.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("experiments_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_small_bench_writes_every_figure_and_agrees_with_the_rwkv_package(tmp_path, monkeypatch):
+    monkeypatch.setenv("RWKV_JIT_ON", "0")  # the package's TorchScript compile would dominate a smoke test
+    bench = load_bench()
+    out, picture = tmp_path / "bench.json", tmp_path / "bench.png"
+    argv = ["--small", "--families", "finch", "--dtypes", "float32", "--repeats", "1"]
+    assert bench.main([*argv, "--json", str(out), "--plot", str(picture)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    for key in ("decode1_tok_s", "decode16_tok_s", "prefill_tok_s", "decode_bound_tok_s"):
+        assert row[key] > 0
+    assert set(row["compile_s"]) == {"decode1", "decode16", "prefill"}
+    assert picture.stat().st_size > 0
+    if not bench.has_package():
+        pytest.skip("BlinkDL's rwkv package is not installed: only rwkv_jax was measured")
+    assert row["logits_relative_error"] < 1e-5  # measured 2.4e-7 (float32, the same .pth)
