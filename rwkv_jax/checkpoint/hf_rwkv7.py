@@ -164,7 +164,7 @@ def _layout(config: RWKV7Config, hf_config: Mapping[str, Any], keys: set[str]) -
     (a tied head, an absent norm bias, a mix inside the older ``attn.x_x``)."""
     tied, norm_bias = _setting(hf_config, "tie_word_embeddings"), _setting(hf_config, "norm_bias")
     layout = {}
-    for name in convert_v7.official_names(config.n_layer):
+    for name in convert_v7.official_names(config.n_layer, block0_value=False):  # fla drops them
         theirs, kind = hf_name(name)
         part = theirs.split(".")
         stored = not (tied and name == "head.weight")
@@ -271,7 +271,7 @@ def from_blinkdl(model: RWKV7, dtype: str = "float32") -> tuple[dict[str, Any], 
     hf_config = hf_config_of(model.config, dtype)
     tensors = {}
     for name, tensor in convert_v7.to_state_dict(model, dtype=None).items():
-        if re.fullmatch(r"blocks\.0\.att\.v[012]", name):
+        if name in convert_v7.BLOCK0_VALUE:
             continue
         theirs, kind = hf_name(name)
         moved = tensor.T if kind == TRANSPOSE else tensor.reshape(_moved_shape(tensor.shape, kind))

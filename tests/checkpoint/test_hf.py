@@ -44,10 +44,16 @@ def logits(model) -> np.ndarray:
     return np.asarray(model(TOKENS)[0])
 
 
-def assert_same_params(ours, theirs):
+# fla's format has no place for block 0's unused v0, v1, v2: through it they come back zeros.
+DROPPED_BY_HF = frozenset(tuple(name.split(".")) for name in convert_v7.BLOCK0_VALUE)
+
+
+def assert_same_params(ours, theirs, skip: frozenset = frozenset()):
+    """Every parameter equal, but those whose path (as strings) is in ``skip``."""
     ours, theirs = (nnx.to_flat_state(nnx.state(m, nnx.Param)) for m in (ours, theirs))
     for (path, a), (_, b) in zip(ours, theirs, strict=True):
-        np.testing.assert_array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()), err_msg=str(path))
+        if tuple(map(str, path)) not in skip:
+            np.testing.assert_array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()), str(path))
 
 
 def test_trained_model_as_pth_and_as_hf_folder_gives_identical_logits(tiny_rwkv_dir, pth_logits, tmp_path):
@@ -63,7 +69,8 @@ def test_pth_to_hf_to_pth_is_bit_exact_in_the_official_order(tiny_rwkv_dir, tmp_
     save_hf(load_official(fixture_path(tiny_rwkv_dir)), tmp_path / "hf")
     save_official(load_official(tmp_path / "hf"), tmp_path / "back.pth")
     original, back = read_pth(fixture_path(tiny_rwkv_dir)), read_pth(tmp_path / "back.pth")
-    assert list(back) == list(original)
+    # back also holds block 0's unused v0, v1, v2 (zeros), as RWKV-LM's trainer writes every file
+    assert [name for name in back if name not in convert_v7.BLOCK0_VALUE] == list(original)
     for name, tensor in original.items():
         assert back[name].dtype == tensor.dtype, name
         np.testing.assert_array_equal(back[name], tensor, err_msg=name)
@@ -78,13 +85,14 @@ def test_a_two_head_model_round_trips_through_hf_in_its_storage_dtype(tmp_path, 
         "rwkv7", 2, 64, dtype)  # fmt: skip
     loaded = load_official(tmp_path / "hf", wkv_impl="recurrent")
     if dtype == "float32":
-        assert_same_params(model, loaded)
+        assert_same_params(model, loaded, skip=DROPPED_BY_HF)
     else:  # every weight is the bfloat16 rounding of ours
         rounded = {
             k: np.asarray(v, np.float32) for k, v in convert_v7.to_state_dict(model, "bfloat16").items()
         }
         for name, tensor in convert_v7.to_state_dict(loaded).items():
-            np.testing.assert_array_equal(tensor, rounded[name], err_msg=name)
+            if name not in convert_v7.BLOCK0_VALUE:
+                np.testing.assert_array_equal(tensor, rounded[name], err_msg=name)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -208,7 +216,7 @@ def test_sharded_safetensors_and_pytorch_bin_folders_load(tmp_path):
     (tmp_path / "sharded" / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     write_pth(tmp_path / "bin" / "pytorch_model.bin", tensors)
     for folder in ("sharded", "bin"):
-        assert_same_params(model, load_official(tmp_path / folder, wkv_impl="recurrent"))
+        assert_same_params(model, load_official(tmp_path / folder, wkv_impl="recurrent"), DROPPED_BY_HF)
 
 
 def test_missing_unexpected_and_misshapen_hf_tensors_are_named(tmp_path):

@@ -147,9 +147,9 @@ def test_official_init_follows_rwkv_lm():
     assert rwkv7_init.lora_rank("gate", 256) == 64  # round(2.5) == 2: Python's rounding, as the source
     assert (config.decay_lora, config.iclr_lora, config.value_lora, config.gate_lora) == (32, 32, 32, 32)
     first, last = model.blocks[0].att, model.blocks[3].att
-    assert not hasattr(first, "v0") and hasattr(last, "v0")  # block 0 has no value residual
+    assert hasattr(first, "v0") and hasattr(last, "v0")  # in every block as RWKV-LM's (unused in block 0)
     for att in (first, last):
-        for name in ("output", "w1", "a1", "g1"):
+        for name in ("output", "w1", "a1", "v1", "g1"):
             value = getattr(att, name)
             value = value.kernel if hasattr(value, "kernel") else value
             assert not np.asarray(value[...]).any(), name
@@ -166,6 +166,17 @@ def test_official_init_follows_rwkv_lm():
     np.testing.assert_allclose(float(first.w0[...][0]), -6 + 0.5 - 2.5, rtol=1e-6)
     np.testing.assert_allclose(float(first.w0[...][-1]), 0.5 + 2.5, rtol=1e-6)
     np.testing.assert_allclose(np.asarray(model.blocks[1].att.ln_x.weight[...]), (2 / 4) ** 0.7, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("n_embd", "gain"), [(16, 0.1 * math.sqrt(32 / 16)), (64, 0.1)])
+def test_official_lora_w2_gain_grows_by_sqrt_rank_over_width_when_the_rank_exceeds_the_width(n_embd, gain):
+    # RWKV-LM's ortho_init(x [D, C], 0.1) multiplies the gain by sqrt(D / C) when D > C; every rank is 32.
+    config = RWKV7Config(vocab_size=32, n_layer=2, n_embd=n_embd, head_size=16)
+    att = RWKV7(config, rngs=nnx.Rngs(0)).blocks[1].att
+    for name in ("w2", "a2", "v2", "g2"):
+        singular = np.linalg.svd(np.asarray(getattr(att, name)[...], np.float64), compute_uv=False)
+        assert singular.shape == (min(32, n_embd),)
+        assert relative_error(singular, np.full_like(singular, gain)) < 1e-6, name  # measured: 1.3e-7
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ ranks), per block after ``blocks.0.ln0`` and ``blocks.N.ln1`` / ``ln2`` (``[C]``
     att.x_r, x_w, x_k, x_v, x_a, x_g  [1, 1, C]
     att.w1 [C, D_w], att.w2 [D_w, C], att.w0 [1, 1, C]      decay
     att.a1 [C, D_a], att.a2 [D_a, C], att.a0 [1, 1, C]      in-context learning rate
-    att.v1 [C, D_v], att.v2 [D_v, C], att.v0 [1, 1, C]      value residual (not in block 0)
+    att.v1 [C, D_v], att.v2 [D_v, C], att.v0 [1, 1, C]      value residual (unused in block 0)
     att.g1 [C, D_g], att.g2 [D_g, C]                        gate
     att.k_k, att.k_a [1, 1, C], att.r_k [H, N]
     att.receptance/key/value/output.weight [C, C], att.ln_x.weight/.bias [C]
@@ -16,6 +16,11 @@ plus ``emb.weight [V, C]``, ``ln_out.weight/.bias [C]``, ``head.weight [V, C]``,
 ``RWKV_Tmix_x070`` / ``RWKV_CMix_x070``; the 7v0 tiny-rwkv fixture has it too). The LoRA matrices are used as
 ``x @ w1 @ w2``, so they are stored as they are; the ``*.weight`` of torch Linears are transposed. A parameter
 path of :class:`RWKV7` spells the official name (``kernel`` is ``weight``).
+
+Block 0's ``att.v0, v1, v2``: RWKV-LM's trainer (``RWKV_Tmix_x070.__init__``) creates them in every block,
+block 0 included, where the forward pass never reads them; fla's converter and some released files leave them
+out. Both layouts load (a file without them gets zeros there, never read); we write them, as the trainer does,
+so RWKV-LM's strict ``load_state_dict`` takes our files, and a file that has them round-trips bit for bit.
 """
 
 from collections.abc import Iterable, Mapping
@@ -35,28 +40,38 @@ _LORAS = {"w": "decay_lora", "a": "iclr_lora", "v": "value_lora", "g": "gate_lor
 _LINEAR = ("receptance", "key", "value", "output")
 
 
-def _att_names(first: bool) -> list[str]:
+BLOCK0_VALUE = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")  # unused; not in every file
+
+
+def _att_names(value_residual: bool) -> list[str]:
     names = [f"x_{n}" for n in "rwkvag"]
     for prefix in "wavg":
-        if prefix == "v" and first:
+        if prefix == "v" and not value_residual:
             continue
         names += [f"{prefix}1", f"{prefix}2"] + ([] if prefix == "g" else [f"{prefix}0"])
     return [*names, "k_k", "k_a", "r_k", *(f"{m}.weight" for m in _LINEAR), "ln_x.weight", "ln_x.bias"]
 
 
-def official_names(n_layer: int) -> list[str]:
-    """Every tensor name of an ``n_layer`` RWKV-7 checkpoint, in the official order."""
+def official_names(n_layer: int, block0_value: bool = True) -> list[str]:
+    """Every tensor name of an ``n_layer`` RWKV-7 checkpoint, in the official order; ``block0_value=False``
+    leaves out block 0's unused ``att.v0, v1, v2`` (:data:`BLOCK0_VALUE`)."""
     names = ["emb.weight"]
     for i in range(n_layer):
         norms = ("ln0", "ln1", "ln2") if i == 0 else ("ln1", "ln2")
         names += [f"blocks.{i}.{ln}.{p}" for ln in norms for p in ("weight", "bias")]
-        names += [f"blocks.{i}.att.{p}" for p in _att_names(first=i == 0)]
+        names += [f"blocks.{i}.att.{p}" for p in _att_names(value_residual=i > 0 or block0_value)]
         names += [f"blocks.{i}.ffn.{p}" for p in ("x_k", "key.weight", "value.weight")]
     return [*names, "ln_out.weight", "ln_out.bias", "head.weight"]
 
 
+def has_block0_value(keys: Iterable[str]) -> bool:
+    """Whether a file holds block 0's unused value-residual tensors (any of them: the rest are then due)."""
+    return not set(BLOCK0_VALUE).isdisjoint(keys)
+
+
 def expected_shapes(config: RWKV7Config) -> dict[str, tuple[int, ...]]:
-    """The official ``{name: shape}`` of a checkpoint for ``config``, in the official order."""
+    """The official ``{name: shape}`` of a checkpoint for ``config`` (every block with ``v0, v1, v2``, as
+    RWKV-LM's trainer writes), in the official order."""
     C, F, V, H, N = config.n_embd, config.ffn_dim, config.vocab_size, config.n_head, config.head_size
     by_part = {
         "emb.weight": (V, C),
@@ -86,8 +101,9 @@ def matches(keys: Iterable[str]) -> bool:
 
 
 def layout_keys(keys: Iterable[str]) -> list[str]:
-    """The names an RWKV-7 checkpoint with as many blocks must hold."""
-    return official_names(block_count(keys))
+    """The names an RWKV-7 checkpoint with as many blocks (and block 0's value residual or not) must hold."""
+    keys = list(keys)
+    return official_names(block_count(keys), has_block0_value(keys))
 
 
 def config_from_state_dict(
@@ -99,14 +115,14 @@ def config_from_state_dict(
     group_norm_eps: float = 64e-5,
 ) -> RWKV7Config:
     """Infers the sizes from the names and shapes (heads from ``r_k``, LoRA ranks from ``*1``)."""
+    check_keys(tensors.keys(), layout_keys(tensors.keys()), LAYOUT)
     n_layer = block_count(tensors.keys())
-    check_keys(tensors.keys(), official_names(n_layer), LAYOUT)
     vocab_size, n_embd = tensor_shape(tensors, "emb.weight", 2, LAYOUT)
     _, head_size = tensor_shape(tensors, "blocks.0.att.r_k", 2, LAYOUT)
     ffn_dim, _ = tensor_shape(tensors, "blocks.0.ffn.key.weight", 2, LAYOUT)
     ranks = {}
     for prefix, field in _LORAS.items():
-        block = 1 if prefix == "v" else 0  # block 0 has no value residual
+        block = 1 if prefix == "v" and not has_block0_value(tensors) else 0
         if block < n_layer:
             ranks[field] = tensor_shape(tensors, f"blocks.{block}.att.{prefix}1", 2, LAYOUT)[1]
     return RWKV7Config(
@@ -134,12 +150,15 @@ def from_state_dict(
     """Builds an :class:`RWKV7` holding exactly the official tensors (cast to ``param_dtype``).
 
     Raises :class:`CheckpointLayoutError` naming any missing or unexpected tensor or a wrong shape before
-    building anything. The model is built abstractly (no random init) and then filled.
+    building anything. The model is built abstractly (no random init) and then filled; block 0's unused
+    ``v0, v1, v2`` are zeros when the file leaves them out.
     """
     config = config_from_state_dict(
         tensors, dtype=dtype, param_dtype=param_dtype, wkv_impl=wkv_impl, group_norm_eps=group_norm_eps
     )
     shapes = expected_shapes(config)
+    if not has_block0_value(tensors):
+        tensors = {**tensors, **{name: np.zeros(shapes[name], np.float32) for name in BLOCK0_VALUE}}
     return model_from_tensors(RWKV7, config, tensors, shapes, dotted_name, _is_linear, LAYOUT)
 
 

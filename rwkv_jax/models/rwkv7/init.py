@@ -17,7 +17,7 @@ from rwkv_jax.models.official_init import layer_ratios, ramp_power
 
 # Token-shift weights x_r, x_w, x_k, x_v, x_a, x_g: 1 - ddd ** (p * ratio_1_to_almost0).
 TOKEN_SHIFT_POWERS = {"r": 0.2, "w": 0.9, "k": 0.7, "v": 0.7, "a": 0.9, "g": 0.2}
-LORA_W2_SCALE = 0.1  # w2, a2, v2, g2: orthogonal times this; w1, a1, v1, g1 start at zero
+LORA_W2_SCALE = 0.1  # w2, a2, v2, g2: ortho_init(x, 0.1); w1, a1, v1, g1 start at zero
 # LoRA ranks: max(32, round(factor * sqrt(C) / 32) * 32) for the decay, a, value residual and gate.
 LORA_RANK_FACTORS = {"decay": 2.5, "iclr": 2.5, "value": 1.7, "gate": 5.0}
 
@@ -25,6 +25,13 @@ LORA_RANK_FACTORS = {"decay": 2.5, "iclr": 2.5, "value": 1.7, "gate": 5.0}
 def lora_rank(kind: str, n_embd: int) -> int:
     """The suggested LoRA rank of ``kind`` ('decay', 'iclr', 'value' or 'gate') for width ``n_embd``."""
     return max(32, int(round(LORA_RANK_FACTORS[kind] * n_embd**0.5 / 32) * 32))
+
+
+def lora_w2_gain(rank: int, channels: int) -> float:
+    """Orthogonal gain of ``w2, a2, v2, g2 [D, C]``: RWKV-LM's ``ortho_init(x, 0.1)``, whose gain grows by
+    ``sqrt(D / C)`` when the rank D exceeds the width C (tiny models), so every singular value is
+    ``0.1 max(1, sqrt(D / C))``."""
+    return LORA_W2_SCALE * (rank / channels) ** 0.5 if rank > channels else LORA_W2_SCALE
 
 
 def token_shift_weights(channels: int, layer: int, n_layer: int) -> dict[str, np.ndarray]:

@@ -79,8 +79,8 @@ class RWKV7Config(PublishedArchitecture):
         False: the previous-token input of every mix is the current token, so the mixes are identities with
         no ``x_*`` parameters; the state keeps ``att_x`` and ``ffn_x``, unused.
       value_residual: True (published, paper section 4): every block but the first pulls its value towards
-        the first block's, ``v += (v_first - v) sigmoid(v0 + lora_v(x_v))``. False: v is used as is, no
-        ``v0/v1/v2`` in any block.
+        the first block's, ``v += (v_first - v) sigmoid(v0 + lora_v(x_v))``; block 0 holds ``v0/v1/v2``
+        unused, as RWKV-LM's trainer. False: v is used as is, no ``v0/v1/v2`` in any block.
       delta_rule: True (published): the state update removes the old value along the key,
         ``S <- S (diag(w) - kk^T (kk * iclr)) + v^T k`` with the in-context learning rate
         ``iclr = sigmoid(a0 + lora_a(x_a))``, and k is rescaled by ``1 + (iclr - 1) k_a``. False: no removal
@@ -189,7 +189,7 @@ class TimeMix(nnx.Module):
     """RWKV-7's attention-like block (``att``); parameters named as the official ``blocks.i.att.*``.
 
     ``x_r ... x_g [C]`` token-shift weights; ``w0 [C]``, ``w1 [C, D]``, ``w2 [D, C]`` the decay;
-    ``a0, a1, a2`` the in-context learning rate; ``v0, v1, v2`` the value residual (not in block 0);
+    ``a0, a1, a2`` the in-context learning rate; ``v0, v1, v2`` the value residual (unused in block 0);
     ``g1, g2`` the gate; ``k_k``, ``k_a [C]``; ``r_k [H, N]``; receptance, key, value ``Linear [C, C]``,
     output ``Linear [C, C]``; ``ln_x`` the per-head GroupNorm. The ablation switches of the config remove
     the parameters of the parts they turn off.
@@ -210,7 +210,9 @@ class TimeMix(nnx.Module):
         biases = {
             name: official_or_constant(config, value, PLAIN_BIASES[name]) for name, value in biases.items()
         }
-        used = {"w": True, "a": config.delta_rule, "v": self.value_residual, "g": True}
+        # Block 0 holds v0, v1, v2 too, never read: RWKV-LM's trainer creates them in every block, so its
+        # files have them (and its strict load_state_dict wants them in ours).
+        used = {"w": True, "a": config.delta_rule, "v": config.value_residual, "g": True}
         # Construction order = the official parameter order (so random draws follow the file layout).
         for prefix, kind in (("w", "decay"), ("a", "iclr"), ("v", "value"), ("g", "gate")):
             if not used[prefix]:
@@ -223,7 +225,7 @@ class TimeMix(nnx.Module):
                 config,
                 (rank, C),
                 lambda rank=rank: official_init.orthogonal_kernel(
-                    rngs.params(), rank, C, rwkv7_init.LORA_W2_SCALE, pd
+                    rngs.params(), rank, C, rwkv7_init.lora_w2_gain(rank, C), pd
                 ),
             )
             setattr(self, f"{prefix}2", param(w2, ("lora", "embed")))
@@ -361,6 +363,13 @@ class RWKV7(LanguageModel):
         self.blocks = nnx.List(Block(config, layer, rngs) for layer in range(config.n_layer))
         self.ln_out = LayerNorm(C, eps=config.layer_norm_eps, param_dtype=vector_dtype(config))
         self.head = initial_linear(rngs, config, (C, V), ("embed", "vocab"), official_init.head_gain(V, C))
+
+    def unused_parameters(self) -> frozenset[tuple]:
+        """Paths of the parameters the forward pass never reads (no gradient reaches them): block 0's value
+        residual ``v0, v1, v2``, kept for RWKV-LM's checkpoint layout."""
+        if not self.config.value_residual:
+            return frozenset()
+        return frozenset(("blocks", 0, "att", name) for name in ("v0", "v1", "v2"))
 
     def empty_layer_state(self, batch_size: int) -> RWKV7LayerState:
         """Zero token shifts and a zero WKV state, float32."""
