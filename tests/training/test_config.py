@@ -50,7 +50,7 @@ def test_config_loads_every_preset_of_its_family(name, preset):
 
 def test_every_family_has_a_config_file_or_is_a_test_family():
     covered = {load_config(str(CONFIGS / name)).model.family for name in CONFIG_FILES}
-    assert {family.name for family in families()} - covered <= {"rwkv7"}  # Goose's config: issue 10
+    assert {family.name for family in families()} - covered == set()
 
 
 def test_paper_presets_have_published_sizes():
