@@ -27,8 +27,9 @@ TEST = [
     "pytest>=8,<10",
     "pytest-xdist>=3.5,<4",
     "ruff>=0.6",
-    # Property-based fuzzing of the file readers (tests/fuzz).
+    # Property-based and coverage-guided fuzzing of the file readers (tests/fuzz).
     "hypothesis>=6.100,<7",
+    "atheris==3.0.0",
     # Reference implementations, used by the tests only.
     "torch==2.13.0",
     "transformers>=4.45,<6",
