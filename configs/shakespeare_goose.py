@@ -7,39 +7,11 @@ another Goose size (``goose-tiny``, ...: see rwkv_jax/models/rwkv7/presets.py); 
 steps of the tiny model (a smoke test). Any field can be overridden, e.g. ``--config.optim.lr=2e-3``.
 """
 
-from rwkv_jax.training.config import ConfigDict, default_config, model_section, parse_arg
+from rwkv_jax.training.config import ConfigDict, model_section, parse_arg
+from rwkv_jax.training.recipes import demo_config
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
     arg = parse_arg(arg, size="goose-demo", runlocal=False)
-    c = default_config()
-    c.model = model_section(preset="goose-tiny" if arg.runlocal else arg.size)
-    c.model.dtype = "bfloat16"  # parameters and optimiser state stay float32
-    c.model.wkv_impl = "chunked"
-    c.model.chunk_size = 32
-
-    c.data.prepare = "shakespeare"
-    c.data.dir = "data/shakespeare"
-    c.data.seq_len = 128
-    c.data.batch_size = 8
-
-    c.optim.lr = 3e-3  # measured (docs/demo.md): 2e-3 ends at 1.503, 4e-3 was behind at step 900
-    c.optim.warmup_steps = 30
-    c.optim.schedule = "cosine"
-    c.optim.final_lr_ratio = 0.05
-
-    c.train.steps = 1800  # measured: validation loss 1.494 nats/byte (docs/demo.md)
-    c.train.max_seconds = 420.0  # a safety net for a busy machine: stop, evaluate and save after 7 min
-    c.train.log_every = 10
-    c.ckpt.every = 600
-    c.eval.every = 300
-    c.eval.batches = 16
-    c.eval.sample_tokens = 300
-    c.eval.sample_prompt = "ROMEO.\n"
-    c.eval.temperature = 0.7  # greedy decoding of a model this small loops on one phrase
-
-    if arg.runlocal:
-        c.data.seq_len, c.data.batch_size = 64, 4
-        c.train.steps, c.ckpt.every, c.eval.every, c.eval.batches = 20, 10, 10, 2
-        c.eval.sample_tokens = 20
-    return c
+    model = model_section(preset="goose-tiny" if arg.runlocal else arg.size)
+    return demo_config(model, arg.runlocal)

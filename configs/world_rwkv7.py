@@ -9,38 +9,12 @@ few steps instead. Long contexts are trained in segments that carry the state (`
 segment rematerialised.
 """
 
-from rwkv_jax.training.config import ConfigDict, default_config, model_section, parse_arg
+from rwkv_jax.training.config import ConfigDict, model_section, parse_arg
+from rwkv_jax.training.recipes import pretraining_config
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
     arg = parse_arg(arg, size="goose-1b5", runlocal=False)
-    c = default_config()
-    c.model = model_section(preset="goose-tiny" if arg.runlocal else arg.size)
-    c.model.dtype = "bfloat16"
-    c.model.wkv_impl = "auto"
-    c.model.chunk_size = 32  # RWKV-7 decays at most e^-0.61 a step: 32 steps stay far inside float32
-
-    c.data.train_path = ""  # the binidx prefix of the tokenized corpus (set on the command line)
-    c.data.tokenizer = "world"
-    c.data.seq_len = 4096
-    c.data.batch_size = 8
-    c.segments.length = 1024
-    c.segments.truncate = False
-    c.loss.l2wrap = 1e-4
-
-    c.optim.lr = 6e-4
-    c.optim.final_lr_ratio = 0.1
-    c.optim.warmup_steps = 1000
-    c.optim.weight_decay = 0.1  # matrices only, no LoRA (optim.wd_exclude_axes), as RWKV-LM's "wdecay"
-    c.train.steps = 100_000
-    c.ckpt.every = 1000
-    c.eval.every = 1000
-    c.eval.sample_tokens = 0
-
-    if arg.runlocal:
-        c.data.prepare = "shakespeare"
-        c.data.tokenizer = "byte"
-        c.data.seq_len, c.data.batch_size, c.segments.length = 64, 4, 32
-        c.optim.lr, c.optim.warmup_steps = 3e-3, 5
-        c.train.steps, c.ckpt.every, c.eval.every, c.eval.batches = 20, 10, 10, 2
-    return c
+    model = model_section(preset="goose-tiny" if arg.runlocal else arg.size)
+    # RWKV-7 decays at most e^-0.61 a step: chunks of 32 steps stay far inside float32
+    return pretraining_config(model, arg.runlocal, chunk_size=32)
