@@ -121,6 +121,16 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return tensors
 
 
+def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The header's ``__metadata__`` (str -> str) of the file at ``path``; ``{}`` when it has none."""
+    path = os.fspath(path)
+    header, _ = _read_header(path, os.path.getsize(path))
+    metadata = header.get(METADATA, {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise SafetensorsFormatError(f"{path}: __metadata__ must map str to str, got {metadata!r:.120}")
+    return metadata
+
+
 def _header_bytes(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> bytes:
     header: dict[str, object] = {METADATA: dict(metadata)} if metadata else {}
     offset = 0

@@ -1,0 +1,1 @@
+"""Fine-tuning released models: LoRA / PiSSA adapters (lora.py) and state tuning."""
