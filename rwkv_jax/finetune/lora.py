@@ -52,7 +52,7 @@ from rwkv_jax.checkpoint.safetensors_io import (
     read_safetensors_metadata,
     write_safetensors,
 )
-from rwkv_jax.models.common import Linear, require_choice, require_positive_ints
+from rwkv_jax.models.common import Linear, replace_module, require_choice, require_positive_ints
 from rwkv_jax.models.family import family_of
 
 INITS = ("lora", "pissa")
@@ -145,6 +145,13 @@ class LoRALinear(Linear):
     def is_pissa(self) -> bool:
         return hasattr(self, "init_lora_a")
 
+    def rebuilt_on(self, base: Linear) -> "LoRALinear":
+        """This adapter (same values) on ``base``, a twin of its layer with other settings: the hook of
+        :func:`rwkv_jax.models.common.with_config` (the jitted call of a bfloat16 model on CPU uses it)."""
+        initial = (self.init_lora_a[...], self.init_lora_b[...]) if self.is_pissa else None
+        a, b = self.lora_a[...], self.lora_b[...]
+        return LoRALinear(base, self.kernel[...], a, b, scale=self.scale, initial=initial)
+
     def __call__(self, x: Array) -> Array:
         x = x.astype(self.dtype)
         low_rank = (x @ self.lora_a[...].astype(self.dtype)) @ self.lora_b[...].astype(self.dtype)
@@ -195,14 +202,6 @@ def _sites(model: nnx.Module, config: LoRAConfig) -> list[tuple[Path, Linear]]:
     return sites
 
 
-def _replace(model: nnx.Module, path: Path, layer: Linear) -> None:
-    """Puts ``layer`` at ``path`` (a linear layer is always an attribute of its parent module)."""
-    parent = model
-    for part in path[:-1]:
-        parent = parent[part] if isinstance(part, int) else getattr(parent, part)
-    setattr(parent, path[-1], layer)
-
-
 def _plus_low_rank(kernel: Array, a: Array, b: Array, scale: float) -> Array:
     """``kernel + scale * a @ b`` in float32 (full-precision matmul on every backend), in the kernel's dtype.
 
@@ -249,7 +248,7 @@ def add_adapters(model: nnx.Module, config: LoRAConfig, *, seed: int = 0) -> nnx
         else:
             a, b = _lora_factors(jax.random.fold_in(key, index), kernel, config.rank)
             adapted = LoRALinear(layer, kernel, a, b, scale=config.scale)
-        _replace(model, path, adapted)
+        replace_module(model, path, adapted)
     return model
 
 
@@ -275,7 +274,7 @@ def merge_adapters(model: nnx.Module) -> nnx.Module:
             dtype=layer.dtype,
             param_dtype=layer.kernel.dtype,
         )
-        _replace(model, path, plain)
+        replace_module(model, path, plain)
     return model
 
 
@@ -360,5 +359,5 @@ def load_adapters(model: nnx.Module, path: str | os.PathLike) -> nnx.Module:
         adapted = LoRALinear(
             layer, kernel, values["lora_a"], values["lora_b"], scale=config.scale, initial=initial
         )
-        _replace(model, layer_path, adapted)
+        replace_module(model, layer_path, adapted)
     return model

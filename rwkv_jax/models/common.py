@@ -276,14 +276,37 @@ class Embedding(nnx.Module):
         return jnp.take(self.weight[...], tokens, axis=0, mode="fill")
 
 
+def module_at(root: nnx.Module, path: Sequence[str | int]) -> Any:
+    """The node at ``path`` of ``root``'s graph (``("blocks", 0, "att")`` is ``root.blocks[0].att``)."""
+    node = root
+    for part in path:
+        node = node[part] if isinstance(part, int) else getattr(node, part)
+    return node
+
+
+def replace_module(root: nnx.Module, path: Sequence[str | int], module: nnx.Module) -> None:
+    """Puts ``module`` at ``path`` of ``root``'s graph, in place of what is there."""
+    parent, key = module_at(root, path[:-1]), path[-1]
+    if isinstance(key, int):
+        parent[key] = module
+    else:
+        setattr(parent, key, module)
+
+
 def with_config(model: nnx.Module, **changes: Any) -> nnx.Module:
     """The same parameters in a model built with ``dataclasses.replace(model.config, **changes)``.
 
     For settings that do not change parameter shapes: the WKV form (``wkv_impl``), its ``chunk_size``, the
     compute ``dtype``, norm epsilons. E.g. ``with_config(model, wkv_impl="pallas")`` to compare forms.
+    A module put into the model after construction that defines ``rebuilt_on(module)`` (an adapter,
+    :mod:`rwkv_jax.finetune.lora`) is rebuilt on the new model's module at its path, so it is kept.
     """
     config = dataclasses.replace(model.config, **changes)
     twin = nnx.eval_shape(lambda: type(model)(config, rngs=nnx.Rngs(0)))
+    for path, node in nnx.iter_graph(model):
+        # A module added after construction (an adapter) is not in the twin: rebuild it there.
+        if isinstance(node, nnx.Module) and hasattr(node, "rebuilt_on"):
+            replace_module(twin, path, node.rebuilt_on(module_at(twin, path)))
     ours, theirs = nnx.state(model, nnx.Param), nnx.state(twin, nnx.Param)
     shapes = jax.tree.map(lambda a: a.shape, ours), jax.tree.map(lambda a: a.shape, theirs)
     if shapes[0] != shapes[1]:
