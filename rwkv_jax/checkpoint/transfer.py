@@ -79,11 +79,20 @@ def official_tensors(
     shapes: Mapping[str, tuple[int, ...]],
     dtype: np.dtype | str | None,
 ) -> dict[str, np.ndarray]:
-    """The official state dict of ``model``, ordered as ``shapes``; ``dtype=None`` keeps parameter dtypes."""
+    """The official state dict of ``model``, ordered as ``shapes``; ``dtype=None`` keeps parameter dtypes.
+
+    A parameter the layout has no place for is an error (never dropped silently: an adapter's would be).
+    """
     params = {
         official_name(path): np.asarray(variable.get_value())
         for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param))
     }
+    extra = [name for name in params if name not in shapes]
+    if extra:
+        raise ValueError(
+            f"the official layout has no place for the parameters {extra[:4]} ({len(extra)} in all); "
+            "a model with adapters is saved after rwkv_jax.finetune.lora.merge_adapters(model)"
+        )
     tensors = {}
     for name, shape in shapes.items():
         value = params[name]

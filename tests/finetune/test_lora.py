@@ -190,3 +190,10 @@ def test_adapters_of_another_family_or_none_at_all_are_refused(tmp_path):
         load_adapters(base_model("goose-tiny"), tmp_path / "finch.safetensors")
     with pytest.raises(ValueError, match=r"has no adapters"):
         merge_adapters(base_model("goose-tiny"))
+
+
+def test_official_file_of_an_unmerged_model_is_refused(tmp_path):
+    model = add_adapters(base_model("rwkv4-tiny"), LoRAConfig(("ffn.key",), rank=2, alpha=2.0))
+    with pytest.raises(ValueError, match=r"no place for the parameters \['blocks\.0\.ffn\.key\.lora_a'"):
+        save_official(model, tmp_path / "unmerged.pth")
+    assert not (tmp_path / "unmerged.pth").exists()
