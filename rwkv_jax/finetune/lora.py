@@ -107,11 +107,15 @@ class LoRAConfig:
 
 
 class LoRALinear(Linear):
-    """A :class:`Linear` with an adapter: ``x @ kernel + scale * (x @ lora_a) @ lora_b``.
+    """A :class:`Linear` with an adapter: ``x @ kernel + alpha / r * (x @ lora_a) @ lora_b``.
 
-    ``lora_a [in, r]`` and ``lora_b [r, out]`` are float32 :class:`LoRAParam` (cast to the compute dtype where
-    used, as the model's other parameters); a PiSSA adapter also holds its initial values
-    ``init_lora_a``/``init_lora_b`` (:class:`PiSSAInit`) and its kernel is the residual.
+    Args:
+      base: the layer adapted (its compute dtype, kernel dtype and logical axes are kept).
+      kernel: ``[in, out]``, the base's kernel or (PiSSA) its residual.
+      lora_a, lora_b: ``[in, r]``, ``[r, out]``; stored as float32 :class:`LoRAParam` (cast to the compute
+        dtype where used, as the model's other parameters).
+      alpha: the output scale times r.
+      initial: PiSSA's initial ``(lora_a, lora_b)``, kept as :class:`PiSSAInit` (``init_lora_a``/``_b``).
     """
 
     def __init__(
@@ -121,7 +125,7 @@ class LoRALinear(Linear):
         lora_a: Array,
         lora_b: Array,
         *,
-        scale: float,
+        alpha: float,
         initial: tuple[Array, Array] | None = None,
     ):
         in_features, out_features = base.kernel.shape
@@ -129,7 +133,7 @@ class LoRALinear(Linear):
         super().__init__(
             in_features, out_features, axes, kernel=kernel, dtype=base.dtype, param_dtype=base.kernel.dtype
         )
-        self.scale = float(scale)
+        self.alpha = float(alpha)
         a_axes, b_axes = (axes[0], "lora"), ("lora", axes[1])
         self.lora_a = LoRAParam(jnp.asarray(lora_a, jnp.float32), logical_axes=a_axes)
         self.lora_b = LoRAParam(jnp.asarray(lora_b, jnp.float32), logical_axes=b_axes)
@@ -142,6 +146,11 @@ class LoRALinear(Linear):
         return self.lora_a.shape[1]
 
     @property
+    def scale(self) -> float:
+        """``alpha / rank``, the factor of the adapter's output."""
+        return self.alpha / self.rank
+
+    @property
     def is_pissa(self) -> bool:
         return hasattr(self, "init_lora_a")
 
@@ -150,7 +159,7 @@ class LoRALinear(Linear):
         :func:`rwkv_jax.models.common.with_config` (the jitted call of a bfloat16 model on CPU uses it)."""
         initial = (self.init_lora_a[...], self.init_lora_b[...]) if self.is_pissa else None
         a, b = self.lora_a[...], self.lora_b[...]
-        return LoRALinear(base, self.kernel[...], a, b, scale=self.scale, initial=initial)
+        return LoRALinear(base, self.kernel[...], a, b, alpha=self.alpha, initial=initial)
 
     def __call__(self, x: Array) -> Array:
         x = x.astype(self.dtype)
@@ -244,10 +253,10 @@ def add_adapters(model: nnx.Module, config: LoRAConfig, *, seed: int = 0) -> nnx
         if config.init == "pissa":
             a, b = _pissa_factors(kernel, config.rank, config.scale)
             residual = _plus_low_rank(kernel, a, b, -config.scale)
-            adapted = LoRALinear(layer, residual, a, b, scale=config.scale, initial=(a, b))
+            adapted = LoRALinear(layer, residual, a, b, alpha=config.alpha, initial=(a, b))
         else:
             a, b = _lora_factors(jax.random.fold_in(key, index), kernel, config.rank)
-            adapted = LoRALinear(layer, kernel, a, b, scale=config.scale)
+            adapted = LoRALinear(layer, kernel, a, b, alpha=config.alpha)
         replace_module(model, path, adapted)
     return model
 
@@ -280,14 +289,14 @@ def merge_adapters(model: nnx.Module) -> nnx.Module:
 
 def adapter_config(model: nnx.Module) -> LoRAConfig:
     """The :class:`LoRAConfig` of ``model``'s adapters (targets in graph order); ValueError when it has none
-    or they differ in rank, scale or initialisation (no single config made them)."""
+    or they differ in rank, alpha or initialisation (no single config made them)."""
     adapted = _adapted(model)
-    kinds = {(layer.rank, layer.scale, layer.is_pissa) for _, layer in adapted}
+    kinds = {(layer.rank, layer.alpha, layer.is_pissa) for _, layer in adapted}
     if len(kinds) > 1:
-        raise ValueError(f"the adapters differ in (rank, scale, pissa): {sorted(kinds)}")
-    rank, scale, pissa = kinds.pop()
+        raise ValueError(f"the adapters differ in (rank, alpha, pissa): {sorted(kinds)}")
+    rank, alpha, pissa = kinds.pop()
     targets = tuple(dict.fromkeys(_target_name(path) for path, _ in adapted))
-    return LoRAConfig(targets, rank, scale * rank, "pissa" if pissa else "lora")
+    return LoRAConfig(targets, rank, alpha, "pissa" if pissa else "lora")
 
 
 # ------------------------------------------------------------------------------------------- save and load
@@ -357,7 +366,7 @@ def load_adapters(model: nnx.Module, path: str | os.PathLike) -> nnx.Module:
             initial = values["init_lora_a"], values["init_lora_b"]
             kernel = _plus_low_rank(kernel, *initial, -config.scale)
         adapted = LoRALinear(
-            layer, kernel, values["lora_a"], values["lora_b"], scale=config.scale, initial=initial
+            layer, kernel, values["lora_a"], values["lora_b"], alpha=config.alpha, initial=initial
         )
         replace_module(model, layer_path, adapted)
     return model
