@@ -9,6 +9,13 @@ call of the table.
 family's ``auto_cpu`` on CPU; on GPU and TPU the family's Pallas kernel only where that kernel has been
 verified on real hardware (:data:`VERIFIED_KERNEL_PLATFORMS`), else ``auto_accelerated``, a pure-JAX form.
 ``Impl.PALLAS`` is always available by name as an explicit opt-in.
+
+Packed documents. Every call takes an optional ``starts [B, T]`` bool mask, "a document starts at this
+token": before such a token the state returns to the call's initial state (``state``; zeros when None), so
+documents packed into one row do not see each other (flash-linear-attention's ``cu_seqlens``, jaxrwkv's
+``new_starts``). Only the forms in :attr:`WKVForms.takes_starts` accept it; any other form refuses it with a
+ValueError naming those that do, and AUTO picks one of them. ``starts=None`` runs exactly the code it ran
+before (no extra operation).
 """
 
 import dataclasses
@@ -31,11 +38,11 @@ Form = Callable[..., tuple[Array, Any]]  # form(*inputs, state, chunk_size) -> (
 
 
 def without_chunks(form: Callable[..., tuple[Array, Any]]) -> Form:
-    """Adapts ``form(*inputs, state)`` (a form without chunks) to the table's signature."""
+    """Adapts ``form(*inputs, state, **options)`` (a form without chunks) to the table's signature."""
 
-    def run(*args: Any, chunk_size: int) -> tuple[Array, Any]:
+    def run(*args: Any, chunk_size: int, **options: Any) -> tuple[Array, Any]:
         del chunk_size
-        return form(*args)
+        return form(*args, **options)
 
     return run
 
@@ -58,6 +65,8 @@ class WKVForms:
       default_chunk_size: chunk length of the chunked and Pallas forms when none is given.
       check_values: optional ``check(inputs, impl, chunk_size)`` for value ranges a form needs (concrete
         inputs only), raising ValueError.
+      takes_starts: the forms that accept ``starts=`` (see the module docstring); their functions and
+        ``reference`` take it as a keyword argument.
     """
 
     name: str
@@ -71,6 +80,7 @@ class WKVForms:
     auto_accelerated: Impl
     default_chunk_size: int = 64
     check_values: Callable[[dict[str, Array], Impl, int], None] | None = None
+    takes_starts: frozenset[Impl] = frozenset()
 
     @property
     def form_names(self) -> tuple[str, ...]:
@@ -81,15 +91,27 @@ class WKVForms:
     def input_names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.inputs)
 
-    def resolve(self, impl: Impl | str, length: int) -> Impl:
-        """The concrete form for ``impl`` at sequence length ``length``; an unknown one is an error."""
+    def resolve(self, impl: Impl | str, length: int, *, with_starts: bool = False) -> Impl:
+        """The concrete form for ``impl`` at sequence length ``length``; an unknown one is an error.
+
+        ``with_starts``: the call has a ``starts`` mask; AUTO then falls back to RECURRENT where its usual
+        form does not take one, and an explicit form that does not is an error.
+        """
         impl = Impl.parse(impl)
         if impl is Impl.AUTO:
             impl = Impl.RECURRENT if length == 1 else self._auto()
+            if with_starts and impl not in self.takes_starts:
+                impl = Impl.RECURRENT
         if impl not in self.forms:
             names = ", ".join(self.form_names)
             raise ValueError(
                 f"WKV form {impl.value!r} is not implemented for {self.name}; available: {names}"
+            )
+        if with_starts and impl not in self.takes_starts:
+            names = ", ".join(i.value for i in self.forms if i in self.takes_starts)
+            raise ValueError(
+                f"{self.name} form {impl.value!r} does not take a document-start mask (starts=); "
+                f"the forms that do: {names}"
             )
         return impl
 
@@ -134,15 +156,27 @@ class WKVForms:
         return sizes
 
     def __call__(
-        self, *args: Array, state: Any = None, impl: Impl | str = Impl.AUTO, chunk_size: int | None = None
+        self,
+        *args: Array,
+        state: Any = None,
+        impl: Impl | str = Impl.AUTO,
+        chunk_size: int | None = None,
+        starts: Array | None = None,
     ) -> tuple[Array, Any]:
-        """Validates, picks the form and runs it: ``(*inputs, state) -> (y, final state)``."""
+        """Validates, picks the form and runs it: ``(*inputs, state) -> (y, final state)``.
+
+        ``starts``: optional ``[B, T]`` bool document-start mask (see the module docstring).
+        """
         sizes = self.sizes(args, state)
-        impl = self.resolve(impl, sizes["T"])
+        if starts is not None:
+            check_starts(starts, sizes["B"], sizes["T"])
+        impl = self.resolve(impl, sizes["T"], with_starts=starts is not None)
         chunk_size = self.default_chunk_size if chunk_size is None else chunk_size
         if self.check_values is not None:
             self.check_values(dict(zip(self.input_names, args, strict=True)), impl, chunk_size)
-        return self.forms[impl](*args, state, chunk_size=chunk_size)
+        if starts is None:
+            return self.forms[impl](*args, state, chunk_size=chunk_size)
+        return self.forms[impl](*args, state, chunk_size=chunk_size, starts=starts)
 
     def initial_state(self, state: Any, args: tuple[Array, ...], dtype: jnp.dtype = jnp.float32) -> Any:
         """``state`` cast to ``dtype`` (float32 by default), or the empty state for the inputs' sizes.
@@ -152,6 +186,38 @@ class WKVForms:
         sizes = self.sizes(args, state)
         initial = self.empty_state(sizes) if state is None else state
         return jax.tree.map(lambda x: x.astype(dtype), initial)
+
+
+def check_starts(starts: Array, batch_size: int, length: int) -> None:
+    """Raises ValueError unless ``starts`` is a bool array ``[batch_size, length]``."""
+    if starts.shape != (batch_size, length) or starts.dtype != jnp.bool_:
+        raise ValueError(
+            f"starts must be a bool array [B, T] = ({batch_size}, {length}); "
+            f"got shape {starts.shape}, dtype {starts.dtype}"
+        )
+
+
+def restart(start: Array, initial: Any, state: Any) -> Any:
+    """``initial`` where ``start [B]`` (or ``[B, T]``) is true, else ``state``: leaf by leaf, each leaf's
+    leading axes those of ``start``."""
+
+    def pick(first: Array, current: Array) -> Array:
+        mask = start.reshape(start.shape + (1,) * (current.ndim - start.ndim))
+        return jnp.where(mask, first, current)
+
+    return jax.tree.map(pick, initial, state)
+
+
+def with_restarts(compose: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """The associative ``compose`` on ``(map, restarts)`` pairs: a map flagged as restarting (it sets the
+    state rather than transforming it) discards everything before it. For ``lax.associative_scan`` over
+    time (``restarts [B, T]`` bool; each map's leaves ``[B, T, ...]``)."""
+
+    def combined(first: tuple[Any, Array], then: tuple[Any, Array]) -> tuple[Any, Array]:
+        (map_1, restarts_1), (map_2, restarts_2) = first, then
+        return restart(restarts_2, map_2, compose(map_1, map_2)), restarts_1 | restarts_2
+
+    return combined
 
 
 def _legend(letters: str) -> str:

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from rwkv_jax.array_typing import Array
-from rwkv_jax.wkv.forms import WKVForms, without_chunks
+from rwkv_jax.wkv.forms import WKVForms, restart, with_restarts, without_chunks
 from rwkv_jax.wkv.impl import Impl
 
 # The official CUDA kernel starts the running max at -1e38 ("MIN_VALUE"); the rwkv package uses -1e30.
@@ -106,7 +106,7 @@ def _absorb_token(w_log: Array, k: Array, v: Array, state: WKV4State, low: Array
 
 
 def wkv4_recurrent(
-    w_log: Array, u: Array, k: Array, v: Array, state: WKV4State | None = None
+    w_log: Array, u: Array, k: Array, v: Array, state: WKV4State | None = None, starts: Array | None = None
 ) -> tuple[Array, WKV4State]:
     """One ``lax.scan`` step per token: the inference form.
 
@@ -115,6 +115,8 @@ def wkv4_recurrent(
       u: ``[C]`` bonus for the current token (``time_first``).
       k, v: ``[B, T, C]`` keys and values (any float dtype; computed in float32).
       state: initial :class:`WKV4State`, or None for the empty state.
+      starts: ``[B, T]`` bool, or None: the state returns to ``state`` before a token that starts a
+        document (packed samples; see :mod:`rwkv_jax.wkv.forms`).
 
     Returns:
       ``y [B, T, C]`` in ``v.dtype`` and the final state.
@@ -123,28 +125,32 @@ def wkv4_recurrent(
     w_log = w_log.astype(jnp.float32)
     u = u.astype(jnp.float32)
 
-    def step(
-        carry: tuple[WKV4State, Array], kv: tuple[Array, Array]
-    ) -> tuple[tuple[WKV4State, Array], Array]:
+    def step(carry: tuple[WKV4State, Array], kv: tuple[Array, ...]) -> tuple[tuple[WKV4State, Array], Array]:
         state, low = carry
-        k_t, v_t = kv
+        k_t, v_t, *start_t = kv  # start_t: [B] when given
+        if start_t:
+            state, low = restart(start_t[0], (initial, jnp.zeros_like(low)), (state, low))
         y = _output(u, k_t, v_t, state, low)
         return _absorb_token(w_log, k_t, v_t, state, low), y
 
     xs = (jnp.swapaxes(k, 0, 1).astype(jnp.float32), jnp.swapaxes(v, 0, 1).astype(jnp.float32))
+    if starts is not None:
+        xs += (jnp.swapaxes(starts, 0, 1),)
     (final, low), ys = jax.lax.scan(step, (initial, jnp.zeros_like(initial.max_exp)), xs)
     final = WKV4State(final.num * jnp.exp(low), final.den * jnp.exp(low), final.max_exp)
     return jnp.swapaxes(ys, 0, 1).astype(v.dtype), final
 
 
 def wkv4_scan(
-    w_log: Array, u: Array, k: Array, v: Array, state: WKV4State | None = None
+    w_log: Array, u: Array, k: Array, v: Array, state: WKV4State | None = None, starts: Array | None = None
 ) -> tuple[Array, WKV4State]:
     """``lax.associative_scan`` over the per-token affine maps: the parallel form (depth ``O(log T)``).
 
     The initial state is element 0 of the scan, so prefix ``t`` is the state after ``t`` tokens; ``max_exp``
     of every prefix is the running maximum of the recurrent form, so the final triple equals
-    :func:`wkv4_recurrent`'s up to rounding. Same arguments and results as :func:`wkv4_recurrent`.
+    :func:`wkv4_recurrent`'s up to rounding. With ``starts``, a document's first token is the map from the
+    initial state through that token, flagged so that composing discards the maps before it
+    (:func:`~rwkv_jax.wkv.forms.with_restarts`). Same arguments and results as :func:`wkv4_recurrent`.
     """
     state = WKV4_FORMS.initial_state(state, (w_log, u, k, v))
     batch, length, channels = k.shape
@@ -159,8 +165,17 @@ def wkv4_scan(
         with_state_first(state.num, v32),
         with_state_first(state.den, jnp.ones_like(k32)),
     )
-    prefix = jax.lax.associative_scan(_then, maps, axis=1)
+    if starts is None:
+        prefix = jax.lax.associative_scan(_then, maps, axis=1)
+    else:
+        restarts = jnp.concatenate([jnp.zeros((batch, 1), bool), starts], axis=1)  # element 0: the state
+        initial = jax.tree.map(lambda x: x[:, :1], maps)
+        maps = restart(restarts, _then(initial, maps), maps)
+        prefix, _ = jax.lax.associative_scan(with_restarts(_then), (maps, restarts), axis=1)
     before = WKV4State(prefix.num[:, :-1], prefix.den[:, :-1], prefix.max_exp[:, :-1])
+    if starts is not None:
+        first = jax.tree.map(lambda x: jnp.broadcast_to(x[:, None], before.num.shape), state)
+        before = restart(starts, first, before)
     y = _output(u.astype(jnp.float32), k32, v32, before)
     return y.astype(v.dtype), WKV4State(prefix.num[:, -1], prefix.den[:, -1], prefix.max_exp[:, -1])
 
@@ -183,6 +198,7 @@ def wkv4(
     state: WKV4State | None = None,
     *,
     impl: Impl | str = Impl.AUTO,
+    starts: Array | None = None,
 ) -> tuple[Array, WKV4State]:
     """WKV-4 in the form ``impl`` picks (AUTO: RECURRENT on CPU and for one token, SCAN on GPU/TPU).
 
@@ -192,21 +208,23 @@ def wkv4(
       k, v: ``[B, T, C]`` keys and values, float32 or bfloat16 (computed in float32).
       state: initial :class:`WKV4State` (``[B, C]`` float32 each), or None for the empty state.
       impl: RECURRENT, SCAN, PALLAS (interpret mode on CPU) or AUTO.
+      starts: ``[B, T]`` bool document-start mask, or None (forms that take it: RECURRENT and SCAN).
 
     Returns:
       ``y [B, T, C]`` in ``v.dtype`` and the final :class:`WKV4State`.
     """
-    return WKV4_FORMS(w_log, u, k, v, state=state, impl=impl)
+    return WKV4_FORMS(w_log, u, k, v, state=state, impl=impl, starts=starts)
 
 
 def wkv4_reference(
-    w_log: Array, u: Array, k: Array, v: Array, state: WKV4State | None = None
+    w_log: Array, u: Array, k: Array, v: Array, state: WKV4State | None = None, starts: Array | None = None
 ) -> tuple[Array, WKV4State]:
     """Float64 reference: the defining sums carried unscaled, one ``lax.scan`` step per token.
 
     Needs ``jax_enable_x64``. Valid while every exponent stays within float64 range (``|k|, |u + k|``,
     ``max_exp`` below ~700), which covers the tests. Differentiable. The returned state is rescaled to the
     running maximum exponent ``max(max_exp + w, k)`` so that it compares with the other forms; y is float64.
+    ``starts`` as in :func:`wkv4_recurrent`.
     """
     if not jax.config.jax_enable_x64:
         raise RuntimeError("wkv4_reference computes in float64: enable jax_enable_x64 first")
@@ -215,9 +233,9 @@ def wkv4_reference(
     w_log, u = w_log.astype(f64), u.astype(f64)
     decay = jnp.exp(w_log)
 
-    def step(carry: tuple[Array, Array, Array], kv: tuple[Array, Array]) -> tuple[tuple, Array]:
-        big_num, big_den, max_exp = carry
-        k_t, v_t = kv
+    def step(carry: tuple[Array, Array, Array], kv: tuple[Array, ...]) -> tuple[tuple, Array]:
+        k_t, v_t, *start_t = kv
+        big_num, big_den, max_exp = restart(start_t[0], first, carry) if start_t else carry
         bonus = jnp.exp(u + k_t)
         y = (big_num + bonus * v_t) / (big_den + bonus)
         e_k = jnp.exp(k_t)
@@ -225,9 +243,10 @@ def wkv4_reference(
 
     scale = jnp.exp(state.max_exp)
     xs = (jnp.swapaxes(k, 0, 1).astype(f64), jnp.swapaxes(v, 0, 1).astype(f64))
-    (big_num, big_den, max_exp), ys = jax.lax.scan(
-        step, (state.num * scale, state.den * scale, state.max_exp), xs
-    )
+    if starts is not None:
+        xs += (jnp.swapaxes(starts, 0, 1),)
+    first = (state.num * scale, state.den * scale, state.max_exp)
+    (big_num, big_den, max_exp), ys = jax.lax.scan(step, first, xs)
     unscale = jnp.exp(-max_exp)
     return jnp.swapaxes(ys, 0, 1), WKV4State(big_num * unscale, big_den * unscale, max_exp)
 
@@ -244,6 +263,7 @@ WKV4_FORMS = WKVForms(
         Impl.PALLAS: without_chunks(_wkv4_pallas),
     },
     reference=wkv4_reference,
+    takes_starts=frozenset({Impl.RECURRENT, Impl.SCAN}),
     auto_cpu=Impl.RECURRENT,
     auto_accelerated=Impl.SCAN,
 )

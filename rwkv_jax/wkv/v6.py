@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from rwkv_jax.array_typing import Array
-from rwkv_jax.wkv.forms import WKVForms, without_chunks
+from rwkv_jax.wkv.forms import WKVForms, restart, with_restarts, without_chunks
 from rwkv_jax.wkv.impl import Impl
 from rwkv_jax.wkv.v6_chunked import DEFAULT_CHUNK_SIZE, wkv6_chunked
 
@@ -38,25 +38,39 @@ __all__ = [
 ]
 
 
-def _scan_steps(r: Array, k: Array, v: Array, w_log: Array, u: Array, state: Array) -> tuple[Array, Array]:
-    """One ``lax.scan`` step per token, in the dtype of ``state``; returns ``y [B, T, H, N]`` and S_T."""
+def _scan_steps(
+    r: Array, k: Array, v: Array, w_log: Array, u: Array, state: Array, starts: Array | None
+) -> tuple[Array, Array]:
+    """One ``lax.scan`` step per token, in the dtype of ``state``; returns ``y [B, T, H, N]`` and S_T.
+
+    ``starts [B, T]`` (or None): the state returns to ``state`` before a token that starts a document."""
     dtype = state.dtype
     u = u.astype(dtype)[:, :, None]  # [H, N(key), 1]
 
     def step(s: Array, inputs: tuple[Array, ...]) -> tuple[Array, Array]:
-        r_t, k_t, v_t, w_t = inputs  # [B, H, N] each
+        r_t, k_t, v_t, w_t, *start_t = inputs  # [B, H, N] each; start_t: [B] when given
+        if start_t:
+            s = restart(start_t[0], state, s)
         kv = k_t[..., :, None] * v_t[..., None, :]  # [B, H, key, value]
         y_t = jnp.einsum("bhi,bhij->bhj", r_t, u * kv + s)
         return jnp.exp(w_t)[..., None] * s + kv, y_t
 
     time_major = tuple(jnp.swapaxes(x, 0, 1).astype(dtype) for x in (r, k, v, w_log))
+    if starts is not None:
+        time_major += (jnp.swapaxes(starts, 0, 1),)
     final, ys = jax.lax.scan(step, state, time_major)
     return jnp.swapaxes(ys, 0, 1), final
 
 
 @jax.jit
 def wkv6_reference(
-    r: Array, k: Array, v: Array, w_log: Array, u: Array, state: Array | None = None
+    r: Array,
+    k: Array,
+    v: Array,
+    w_log: Array,
+    u: Array,
+    state: Array | None = None,
+    starts: Array | None = None,
 ) -> tuple[Array, Array]:
     """Float64 ground truth: the recurrence step by step. Needs ``jax_enable_x64``.
 
@@ -65,52 +79,76 @@ def wkv6_reference(
       w_log: ``[B, T, H, N]`` log of the per-step decay, ``<= 0``.
       u: ``[H, N]`` bonus of the current token.
       state: ``[B, H, N, N]`` initial state ``[key, value]``, or None for zeros.
+      starts: ``[B, T]`` bool, or None: the state returns to ``state`` before a token that starts a
+        document (packed samples; see :mod:`rwkv_jax.wkv.forms`).
 
     Returns:
       ``y [B, T, H, N]`` and the final state ``[B, H, N, N]``, both float64.
     """
     if not jax.config.jax_enable_x64:
         raise RuntimeError("wkv6_reference computes in float64: enable it with jax_enable_x64 first")
-    return _scan_steps(r, k, v, w_log, u, WKV6_FORMS.initial_state(state, (r, k, v, w_log, u), jnp.float64))
+    initial = WKV6_FORMS.initial_state(state, (r, k, v, w_log, u), jnp.float64)
+    return _scan_steps(r, k, v, w_log, u, initial, starts)
 
 
 @jax.jit
 def wkv6_recurrent(
-    r: Array, k: Array, v: Array, w_log: Array, u: Array, state: Array | None = None
+    r: Array,
+    k: Array,
+    v: Array,
+    w_log: Array,
+    u: Array,
+    state: Array | None = None,
+    starts: Array | None = None,
 ) -> tuple[Array, Array]:
     """The inference form: one ``lax.scan`` step per token, float32 state and accumulation.
 
     Shapes as in :func:`wkv6_reference`; returns ``y`` in ``v.dtype`` and the float32 final state.
     """
-    y, final = _scan_steps(r, k, v, w_log, u, WKV6_FORMS.initial_state(state, (r, k, v, w_log, u)))
+    y, final = _scan_steps(r, k, v, w_log, u, WKV6_FORMS.initial_state(state, (r, k, v, w_log, u)), starts)
     return y.astype(v.dtype), final
 
 
 @jax.jit
 def wkv6_scan(
-    r: Array, k: Array, v: Array, w_log: Array, u: Array, state: Array | None = None
+    r: Array,
+    k: Array,
+    v: Array,
+    w_log: Array,
+    u: Array,
+    state: Array | None = None,
+    starts: Array | None = None,
 ) -> tuple[Array, Array]:
     """Parallel form: ``lax.associative_scan`` over per-token affine maps of the state.
 
     Token t is the map ``S -> exp(w_t) S + k_t v_t^T``, held as the pair (``w_t [N]``, ``k_t v_t^T [N, N]``).
     Composing "a then b" gives ``(w_a + w_b, exp(w_b) S_a + S_b)``: every exponent is a sum of log decays,
-    so it stays ``<= 0``. Memory is ``B * T * H * N * N`` float32 (see the module docstring).
+    so it stays ``<= 0``. Memory is ``B * T * H * N * N`` float32 (see the module docstring). With
+    ``starts``, a document's first token is the constant map to its image of the initial state, flagged so
+    that composing discards everything before it (:func:`~rwkv_jax.wkv.forms.with_restarts`).
     Shapes as in :func:`wkv6_reference`; returns ``y`` in ``v.dtype`` and the float32 final state.
     """
     f32, out_dtype = jnp.float32, v.dtype
     state = WKV6_FORMS.initial_state(state, (r, k, v, w_log, u))
     r, k, v, w_log = (x.astype(f32) for x in (r, k, v, w_log))
     kv = k[..., :, None] * v[..., None, :]  # [B, T, H, key, value]
-    # Fold the initial state into the first token's map so that the scan yields S_t, the state after t.
-    first = jnp.exp(w_log[:, 0])[..., None] * state + kv[:, 0]
-    kv_with_state = kv.at[:, 0].set(first)
 
     def compose(a: tuple[Array, Array], b: tuple[Array, Array]) -> tuple[Array, Array]:
         (w_a, s_a), (w_b, s_b) = a, b
         return w_a + w_b, jnp.exp(w_b)[..., None] * s_a + s_b
 
-    _, states_after = jax.lax.associative_scan(compose, (w_log, kv_with_state), axis=1)
-    states_before = jnp.concatenate([state[:, None], states_after[:, :-1]], axis=1)
+    if starts is None:
+        # Fold the initial state into the first token's map so that the scan yields S_t, the state after t.
+        first = jnp.exp(w_log[:, 0])[..., None] * state + kv[:, 0]
+        _, states_after = jax.lax.associative_scan(compose, (w_log, kv.at[:, 0].set(first)), axis=1)
+        states_before = jnp.concatenate([state[:, None], states_after[:, :-1]], axis=1)
+    else:
+        starts = starts.at[:, 0].set(True)  # the first token reads the initial state too
+        from_initial = jnp.exp(w_log)[..., None] * state[:, None] + kv
+        maps = (w_log, restart(starts, from_initial, kv))
+        (_, states_after), _ = jax.lax.associative_scan(with_restarts(compose), (maps, starts), axis=1)
+        shifted = jnp.concatenate([state[:, None], states_after[:, :-1]], axis=1)
+        states_before = restart(starts, jnp.broadcast_to(state[:, None], shifted.shape), shifted)
     bonus = u.astype(f32)[:, :, None] * kv
     y = jnp.einsum("bthi,bthij->bthj", r, bonus + states_before)
     return y.astype(out_dtype), states_after[:, -1]
@@ -137,6 +175,7 @@ def wkv6(
     *,
     impl: Impl | str = Impl.AUTO,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    starts: Array | None = None,
 ) -> tuple[Array, Array]:
     """WKV-5/6 in the form ``impl`` (AUTO: RECURRENT for T == 1, else CHUNKED; see :mod:`rwkv_jax.wkv.forms`).
 
@@ -147,11 +186,13 @@ def wkv6(
       state: ``[B, H, N, N]`` float32 initial state ``[key, value]``, or None for zeros.
       impl: the form, an :class:`Impl` or its name.
       chunk_size: tokens per chunk of the CHUNKED and PALLAS forms.
+      starts: ``[B, T]`` bool document-start mask, or None (forms that take it: ``WKV6_FORMS.takes_starts``;
+        AUTO picks RECURRENT where CHUNKED would not).
 
     Returns:
       ``y [B, T, H, N]`` in ``v.dtype`` and the final float32 state ``[B, H, N, N]``.
     """
-    return WKV6_FORMS(r, k, v, w_log, u, state=state, impl=impl, chunk_size=chunk_size)
+    return WKV6_FORMS(r, k, v, w_log, u, state=state, impl=impl, chunk_size=chunk_size, starts=starts)
 
 
 WKV6_FORMS = WKVForms(
@@ -167,6 +208,7 @@ WKV6_FORMS = WKVForms(
         Impl.PALLAS: _wkv6_pallas,
     },
     reference=wkv6_reference,
+    takes_starts=frozenset({Impl.RECURRENT, Impl.SCAN}),
     auto_cpu=Impl.CHUNKED,
     auto_accelerated=Impl.CHUNKED,
     default_chunk_size=DEFAULT_CHUNK_SIZE,
