@@ -26,6 +26,7 @@ from rwkv_jax.checkpoint.hf import blinkdl_names_hint, is_hf_folder, read_hf
 from rwkv_jax.checkpoint.layout import CheckpointLayoutError, describe_difference, key_difference
 from rwkv_jax.checkpoint.pth import read_pth, write_pth
 from rwkv_jax.checkpoint.safetensors_io import read_safetensors, write_safetensors
+from rwkv_jax.finetune.state import apply_official_state, official_state_tensors, split_official_state
 from rwkv_jax.models.family import Family, families, family_of
 from rwkv_jax.wkv.impl import Impl
 
@@ -95,6 +96,7 @@ def load_official(
         folder implies some (RWKV-7: ``group_norm_eps`` from ``config.json``); given ones take precedence.
     """
     tensors, implied = read_official(path)
+    tensors, states = split_official_state(tensors)  # a tuned state (RWKV-PEFT's time_state)
     family = detect(list(tensors))
     converter = family.converter
     accepted = set(inspect.signature(converter.from_state_dict).parameters) - {"tensors", "dtype", "wkv_impl"}
@@ -105,17 +107,19 @@ def load_official(
         )
     if "param_dtype" in accepted:  # None: the matrices in `dtype`, the rest float32 (models.common)
         options = {"param_dtype": None, **options}
-    return converter.from_state_dict(tensors, dtype=dtype, wkv_impl=wkv_impl, **{**implied, **options})
+    model = converter.from_state_dict(tensors, dtype=dtype, wkv_impl=wkv_impl, **{**implied, **options})
+    return apply_official_state(model, states) if states else model
 
 
 def save_official(model: nnx.Module, path: str | os.PathLike) -> None:
     """Writes ``model`` in BlinkDL's float32 layout, atomically (a temporary file, then a rename): a
-    ``.safetensors`` file when ``path`` ends so, else a ``.pth``. For the Hugging Face folder see
+    ``.safetensors`` file when ``path`` ends so, else a ``.pth``. A tuned WKV state
+    (:mod:`rwkv_jax.finetune.state`) goes in as ``blocks.N.att.time_state``. For the Hugging Face folder see
     :func:`rwkv_jax.checkpoint.hf.save_hf`."""
     family = family_of(model)
     if family.converter is None:
         raise TypeError(f"{family.title} ({type(model).__name__}) has no official checkpoint layout")
-    tensors = family.converter.to_state_dict(model)
+    tensors = {**family.converter.to_state_dict(model), **official_state_tensors(model)}
     if _is_safetensors(path):
         write_safetensors(path, tensors, metadata={"format": "pt"})
     else:

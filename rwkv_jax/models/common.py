@@ -284,6 +284,12 @@ def module_at(root: nnx.Module, path: Sequence[str | int]) -> Any:
     return node
 
 
+def _has_path(root: nnx.Module, path: Sequence[str | int]) -> bool:
+    """Whether ``root``'s graph has a node at ``path`` (``path[:-1]`` must exist)."""
+    parent, key = module_at(root, path[:-1]), path[-1]
+    return key < len(parent) if isinstance(key, int) else hasattr(parent, key)
+
+
 def replace_module(root: nnx.Module, path: Sequence[str | int], module: nnx.Module) -> None:
     """Puts ``module`` at ``path`` of ``root``'s graph, in place of what is there."""
     parent, key = module_at(root, path[:-1]), path[-1]
@@ -306,7 +312,8 @@ def with_config(model: nnx.Module, **changes: Any) -> nnx.Module:
     for path, node in nnx.iter_graph(model):
         # A module added after construction (an adapter) is not in the twin: rebuild it there.
         if isinstance(node, nnx.Module) and hasattr(node, "rebuilt_on"):
-            replace_module(twin, path, node.rebuilt_on(module_at(twin, path)))
+            base = module_at(twin, path) if _has_path(twin, path) else None  # None: new (a tuned state)
+            replace_module(twin, path, node.rebuilt_on(base))
     ours, theirs = nnx.state(model, nnx.Param), nnx.state(twin, nnx.Param)
     shapes = jax.tree.map(lambda a: a.shape, ours), jax.tree.map(lambda a: a.shape, theirs)
     if shapes[0] != shapes[1]:

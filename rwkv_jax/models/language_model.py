@@ -15,8 +15,18 @@ from flax import nnx
 from rwkv_jax.array_typing import Array, Tokens
 from rwkv_jax.decoding import compiled_call
 from rwkv_jax.models.common import check_token_ids
+from rwkv_jax.wkv.forms import check_starts
 
 _STATE_SHAPES: dict[tuple, Any] = {}  # (model class, config, batch size) -> the empty layer state's shapes
+
+
+def _checked_starts(starts: Array | None, tokens_shape: tuple[int, ...]) -> Array | None:
+    """``starts`` as a bool array, checked against the tokens' ``[B, T]``; None stays None."""
+    if starts is None:
+        return None
+    starts = jnp.asarray(starts)
+    check_starts(starts, *tokens_shape)
+    return starts
 
 
 class LanguageModel(nnx.Module):
@@ -32,18 +42,29 @@ class LanguageModel(nnx.Module):
         raise NotImplementedError(f"{type(self).__name__} must define empty_layer_state")
 
     def init_state(self, batch_size: int) -> tuple[Any, ...]:
-        """The empty state for ``batch_size`` sequences: one layer state per block."""
+        """The state before any token for ``batch_size`` sequences: one layer state per block; the empty
+        state, or the tuned one of a model given ``model.tuned_state`` (:mod:`rwkv_jax.finetune.state`)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        return (self.empty_layer_state(int(batch_size)),) * self.config.n_layer
+        empty = (self.empty_layer_state(int(batch_size)),) * self.config.n_layer
+        tuned = getattr(self, "tuned_state", None)
+        return empty if tuned is None else tuned.initial(empty)
 
     def __call__(
-        self, tokens: Tokens, state: tuple[Any, ...] | None = None, *, last_only: bool = False
+        self,
+        tokens: Tokens,
+        state: tuple[Any, ...] | None = None,
+        *,
+        last_only: bool = False,
+        starts: Array | None = None,
     ) -> tuple[Array, tuple[Any, ...]]:
         """tokens ``[B, T]`` int -> logits ``[B, T, V]`` float32 and the state after the last token.
 
         ``state=None`` starts from :meth:`init_state`. ``last_only``: logits ``[B, 1, V]`` of the last
-        position only (the head runs on it alone: a prefill that needs the next-token prediction). Ids
+        position only (the head runs on it alone: a prefill that needs the next-token prediction).
+        ``starts [B, T]`` bool (or None): documents packed into one row start at these tokens; before each,
+        every layer's WKV state and token shifts return to ``state`` (no cross-talk between the documents;
+        the WKV forms that take it: ``rwkv_jax.wkv``'s ``takes_starts``). Ids
         outside ``[0, V)`` raise ValueError when ``tokens`` is concrete; under ``jit`` they cannot be checked
         and give NaN logits at their positions.
 
@@ -54,28 +75,38 @@ class LanguageModel(nnx.Module):
         """
         check_token_ids(tokens, self.config.vocab_size)  # on the host array, before any transfer
         state = self._checked_state(state, np.shape(tokens)[0])
-        result = None if self.eager else compiled_call(self, jnp.asarray(tokens), state, last_only)
-        return self.forward(tokens, state, last_only=last_only) if result is None else result
+        starts = _checked_starts(starts, np.shape(tokens))
+        result = None if self.eager else compiled_call(self, jnp.asarray(tokens), state, last_only, starts)
+        return self.forward(tokens, state, last_only=last_only, starts=starts) if result is None else result
 
     def forward(
-        self, tokens: Tokens, state: tuple[Any, ...] | None = None, *, last_only: bool = False
+        self,
+        tokens: Tokens,
+        state: tuple[Any, ...] | None = None,
+        *,
+        last_only: bool = False,
+        starts: Array | None = None,
     ) -> tuple[Array, tuple[Any, ...]]:
         """The same as calling the model, op by op (no jit of its own, no token-id range check)."""
         tokens = jnp.asarray(tokens)
         state = self._checked_state(state, tokens.shape[0])
+        starts = _checked_starts(starts, tokens.shape)
         x = self.emb(tokens).astype(self.config.dtype)
-        x, new_state = self.run_blocks(x, state)
+        x, new_state = self.run_blocks(x, state) if starts is None else self.run_blocks(x, state, starts)
         if last_only:
             x = x[:, -1:]
         logits = self.head(self.ln_out(x)).astype(jnp.float32)
         return logits, new_state
 
-    def run_blocks(self, x: Array, state: tuple[Any, ...]) -> tuple[Array, tuple[Any, ...]]:
-        """``x [B, T, C]`` through the blocks in order, each with its layer state; returns x and the new
-        state. A version whose blocks pass more than ``x`` from one to the next (RWKV-7) overrides this."""
+    def run_blocks(
+        self, x: Array, state: tuple[Any, ...], starts: Array | None = None
+    ) -> tuple[Array, tuple[Any, ...]]:
+        """``x [B, T, C]`` through the blocks in order, each with its layer state (and the document starts
+        ``[B, T]`` or None); returns x and the new state. A version whose blocks pass more than ``x`` from
+        one to the next (RWKV-7) overrides this."""
         new_state = []
         for block, layer_state in zip(self.blocks, state, strict=True):
-            x, layer_state = block(x, layer_state)
+            x, layer_state = block(x, layer_state, starts)
             new_state.append(layer_state)
         return x, tuple(new_state)
 
