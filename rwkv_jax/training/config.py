@@ -65,6 +65,16 @@ def default_config() -> ConfigDict:
     c.segments.length = 0  # > 0: cut each sequence into segments of this many tokens, carrying the state
     c.segments.truncate = False  # True: stop_gradient on the carried state; False: exact gradient (remat)
 
+    # Fine-tuning a released model (rwkv_jax.finetune.training, docs/finetune.md): "none" trains every
+    # parameter; "state" only a per-layer initial state; "lora" / "pissa" only low-rank adapters.
+    c.finetune = ConfigDict()
+    c.finetune.method = "none"  # "none" | "state" | "lora" | "pissa"
+    c.finetune.base = ""  # an official .pth / .safetensors / HF folder to start from ("": a fresh init)
+    c.finetune.token_shift = False  # state: also tune the token-shift states (they fit a state file only)
+    c.finetune.lora_targets = "att.receptance,att.key,att.value,att.output"  # lora / pissa: the layers
+    c.finetune.lora_rank = 8
+    c.finetune.lora_alpha = 16.0
+
     c.train = ConfigDict()
     c.train.steps = 100  # micro-batch steps (each reads one batch); updates = steps / accum_steps
     c.train.max_seconds = 0.0  # > 0: stop early after this much training wall time (then evaluate, save)
@@ -223,6 +233,9 @@ def check_values(config: ConfigDict, device_count: int | None = None) -> None:
     _check_mesh(config, device_count)
     model_cfg = _check_model(config.model)
     _check_chunk_size(config.model.family, model_cfg)
+    from rwkv_jax.finetune.training import check_finetune  # here: it imports the model families
+
+    check_finetune(config)
 
 
 # Field -> (kind, lower bound, upper bound, whether the lower bound is excluded); None: no bound.
@@ -242,6 +255,9 @@ _RANGES: dict[str, tuple[type, float | None, float | None, bool]] = {
     "loss.l2wrap": (float, 0, None, False),
     "segments.length": (int, 0, None, False),
     "segments.truncate": (bool, None, None, False),
+    "finetune.token_shift": (bool, None, None, False),
+    "finetune.lora_rank": (int, 1, None, False),
+    "finetune.lora_alpha": (float, 0, None, True),
     "train.steps": (int, 1, None, False),
     "train.max_seconds": (float, 0, None, False),
     "train.log_every": (int, 1, None, False),

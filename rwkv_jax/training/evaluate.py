@@ -16,9 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rwkv_jax.finetune.training import finetune_model
 from rwkv_jax.training.checkpointing import Checkpoints
 from rwkv_jax.training.config import ConfigDict
-from rwkv_jax.training.model import ModelFns, build_model
+from rwkv_jax.training.model import ModelFns
 
 
 def token_byte_lengths(tokenizer: str, vocab_size: int) -> np.ndarray:
@@ -111,9 +112,11 @@ def load_run(
         step = ckpts.latest_step() if step is None else step
         if step is None or step not in ckpts.complete_steps():
             raise FileNotFoundError(f"no complete checkpoint {step or ''} in {ckpts.directory}")
-        model_section = ConfigDict({**config.model.to_dict(), **(model_overrides or {})})
-        fns, params = ModelFns.split(build_model(model_section, config.seed))
+        run = ConfigDict({**config.to_dict(), "model": {**config.model.to_dict(), **(model_overrides or {})}})
+        # A fine-tuning run saved its trained part only: the rest comes from its base again.
+        fns, params, frozen = ModelFns.split_trainable(*finetune_model(run))
         params, _ = ckpts.restore(step, params)
+        fns, params = ModelFns.split(fns.module(params, frozen))
     finally:
         ckpts.close()
     return fns, params, config, step

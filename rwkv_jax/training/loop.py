@@ -17,7 +17,9 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
 
+from rwkv_jax.finetune.training import finetune_model
 from rwkv_jax.sharding import batch_sharding, make_mesh, tree_shardings
 from rwkv_jax.training import distributed, shakespeare
 from rwkv_jax.training.checkpointing import Checkpoints
@@ -25,7 +27,7 @@ from rwkv_jax.training.config import ConfigDict, lm_eval_task_list, validate
 from rwkv_jax.training.data import END_OF_DOCUMENT, BatchOrder, encode_text, eval_batches, load_stream
 from rwkv_jax.training.evaluate import evaluate_batches, token_byte_lengths
 from rwkv_jax.training.metrics import MetricWriter, Progress
-from rwkv_jax.training.model import ModelFns, build_model
+from rwkv_jax.training.model import ModelFns
 from rwkv_jax.training.optim import make_optimizer, weight_decay_mask
 from rwkv_jax.training.step import (
     jit_eval_step,
@@ -76,13 +78,17 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
         val_batches = eval_batches(val_stream, seq_len, batch_size, config.eval.batches)
 
     # ---- Model and optimiser ----------------------------------------------------------------------------
-    fns, params = ModelFns.split(build_model(config.model, config.seed))
+    module, trainable = finetune_model(config)  # a fresh init, or config.finetune's base and method
+    fns, params, frozen = ModelFns.split_trainable(module, trainable)
+    del module
     mask = weight_decay_mask(fns.logical_axes, params, config.optim.wd_exclude_axes)
     tx, schedule = make_optimizer(config.optim, config.train.steps, mask)
 
     # ---- Shard ------------------------------------------------------------------------------------------
     param_sh = tree_shardings(fns.logical_axes, params, rules, mesh)
     params = jax.device_put(params, param_sh)
+    frozen_sh = tree_shardings(fns.frozen_axes, frozen, rules, mesh)
+    frozen = jax.device_put(frozen, frozen_sh)
     opt_sh = optimizer_state_shardings(tx, params, param_sh, mesh)
     opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
 
@@ -99,11 +105,13 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
         truncate=config.segments.truncate,
         l2wrap=config.loss.l2wrap,
     )
-    train_step = jit_train_step(step_fn, param_sh, opt_sh, batch_sh)
-    jitted_eval_step = jit_eval_step(make_eval_step(fns), param_sh, batch_sh)
+    train_step = jit_train_step(step_fn, param_sh, opt_sh, batch_sh, frozen_sh)
+    jitted_eval_step = jit_eval_step(make_eval_step(fns), param_sh, batch_sh, frozen_sh)
 
     def eval_step(params: Any, batch: np.ndarray) -> np.ndarray:
-        return distributed.to_host(jitted_eval_step(params, distributed.global_array(batch, batch_sh)))
+        return distributed.to_host(
+            jitted_eval_step(params, distributed.global_array(batch, batch_sh), frozen)
+        )
 
     byte_lengths = token_byte_lengths(config.data.tokenizer, config.model.vocab_size)
 
@@ -116,10 +124,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
         loss, bpb = results["val_loss"], results["val_bits_per_byte"]
         progress.write(f"step {step}: validation loss {loss:.4f} nats/token, {bpb:.4f} bits/byte")
         if config.eval.sample_tokens:
-            results["sample"] = sample_text(config, fns, params, step)
+            results["sample"] = sample_text(config, fns.module(params, frozen), step)
             progress.write(f"sample at step {step}:\n{results['sample']}\n")
         if lm_eval_task_list(config):
-            scores = lm_eval_scores(config, fns, params)
+            scores = lm_eval_scores(config, fns.module(params, frozen))
             writer.write(step, **scores)
             progress.write(f"lm-eval at step {step}: {json.dumps(scores)}")
             results.update(scores)
@@ -138,7 +146,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
             batch = order.batch(step)
             _check_vocab(batch, config.model.vocab_size, step)
             params, opt_state, metrics = train_step(
-                params, opt_state, distributed.global_array(batch, batch_sh)
+                params, opt_state, distributed.global_array(batch, batch_sh), frozen
             )
             loss = float(metrics["loss"])
             if not math.isfinite(loss):
@@ -202,16 +210,16 @@ def phase(name: str, step: int) -> None:
             f.write(f"{name} {step}\n")
 
 
-def sample_text(config: ConfigDict, fns: ModelFns, params: Any, step: int) -> str:
+def sample_text(config: ConfigDict, model: nnx.Module, step: int) -> str:
     """A continuation of ``config.eval.sample_prompt`` (rwkv_jax.generation.generate), decoded to text."""
     from rwkv_jax.generation import generate
     from rwkv_jax.tokenizers import get_tokenizer
 
     if jax.process_count() > 1:  # parameters spanning processes: each process samples from a full copy
-        params = distributed.tree_to_host(params)
+        nnx.update(model, distributed.tree_to_host(nnx.state(model)))
     prompt = encode_text(config.eval.sample_prompt, config.data.tokenizer).tolist()
     result = generate(
-        fns.module(params),
+        model,
         [prompt],
         config.eval.sample_tokens,
         temperature=config.eval.temperature,
@@ -221,14 +229,12 @@ def sample_text(config: ConfigDict, fns: ModelFns, params: Any, step: int) -> st
     return get_tokenizer(config.data.tokenizer).decode(result.tokens[0])
 
 
-def lm_eval_scores(config: ConfigDict, fns: ModelFns, params: Any) -> dict[str, float]:
-    """``config.eval.lm_eval_tasks`` run on the model holding ``params`` (lm-eval's adapter, the run's
-    tokenizer): ``{"lm_eval/<task>/<metric>": value}``."""
+def lm_eval_scores(config: ConfigDict, model: nnx.Module) -> dict[str, float]:
+    """``config.eval.lm_eval_tasks`` run on ``model`` (lm-eval's adapter, the run's tokenizer):
+    ``{"lm_eval/<task>/<metric>": value}``."""
     from rwkv_jax.evaluation.lm_eval_adapter import RWKVJaxLM, task_scores
 
-    lm = RWKVJaxLM(
-        model=fns.module(params), tokenizer=config.data.tokenizer, batch_size=config.data.batch_size
-    )
+    lm = RWKVJaxLM(model=model, tokenizer=config.data.tokenizer, batch_size=config.data.batch_size)
     include = config.eval.lm_eval_include_path or None
     return task_scores(lm, lm_eval_task_list(config), include, config.eval.lm_eval_limit)
 

@@ -33,28 +33,41 @@ class ModelFns:
 
     Attributes:
       graphdef: the module structure (``nnx.split``).
-      rest: its non-parameter variables (normally empty), passed back unchanged.
+      rest: its variables that are neither trained nor frozen parameters (normally none), passed back as is.
       logical_axes: pytree (same structure as params) of each parameter's logical axis names.
+      frozen_axes: the same for the frozen parameters (fine-tuning: :meth:`split_trainable`); {} if none.
     """
 
     graphdef: Any
     rest: Any
     logical_axes: Any
+    frozen_axes: Any = dataclasses.field(default_factory=dict)
 
     @classmethod
     def split(cls, module: nnx.Module) -> tuple["ModelFns", dict]:
         """Splits ``module`` into its functions and its parameters (a nested dict of arrays)."""
-        graphdef, params, rest = nnx.split(module, nnx.Param, ...)
-        return cls(graphdef, rest, logical_axes_of(params)), nnx.to_pure_dict(params)
+        fns, params, _ = cls.split_trainable(module, nnx.Param)
+        return fns, params
 
-    def module(self, params: dict) -> nnx.Module:
-        """The module holding ``params`` (use inside a traced function, or for one-off calls)."""
-        return nnx.merge(self.graphdef, params, self.rest)
+    @classmethod
+    def split_trainable(cls, module: nnx.Module, trainable: Any) -> tuple["ModelFns", dict, dict]:
+        """``(fns, params, frozen)``: the variables of the nnx filter ``trainable`` are ``params`` (what
+        training differentiates, updates and checkpoints), the other parameters ``frozen`` (passed to every
+        call, no gradient, no optimiser state); both nested dicts of arrays."""
+        graphdef, params, frozen, rest = nnx.split(module, trainable, nnx.Param, ...)
+        fns = cls(graphdef, rest, logical_axes_of(params), logical_axes_of(frozen))
+        return fns, nnx.to_pure_dict(params), nnx.to_pure_dict(frozen)
 
-    def apply(self, params: dict, tokens: Array, state: Any = None) -> tuple[Array, Any]:
+    def module(self, params: dict, frozen: dict | None = None) -> nnx.Module:
+        """The module holding ``params`` and ``frozen`` (inside a traced function, or for one-off calls)."""
+        return nnx.merge(self.graphdef, params, frozen or {}, self.rest)
+
+    def apply(
+        self, params: dict, tokens: Array, state: Any = None, frozen: dict | None = None
+    ) -> tuple[Array, Any]:
         """``model(tokens [B, T], state) -> (logits [B, T, V] float32, new state)``."""
-        return self.module(params)(tokens, state)
+        return self.module(params, frozen)(tokens, state)
 
-    def init_state(self, params: dict, batch_size: int) -> Any:
-        """The model's zero recurrent state for ``batch_size`` sequences."""
-        return self.module(params).init_state(batch_size)
+    def init_state(self, params: dict, batch_size: int, frozen: dict | None = None) -> Any:
+        """The model's initial recurrent state for ``batch_size`` sequences (a tuned one when trained)."""
+        return self.module(params, frozen).init_state(batch_size)

@@ -28,17 +28,25 @@ def make_train_step(
 ) -> Callable:
     """The (unjitted) train step: one micro-batch, one call of ``tx.update`` (which may only accumulate).
 
+    ``train_step(params, opt_state, batch, frozen=None)``: ``frozen`` holds the parameters a fine-tuning
+    keeps fixed (:meth:`ModelFns.split_trainable`); the gradient is taken with respect to ``params`` only.
+
     metrics: ``loss`` (mean cross entropy, nats/token), ``objective`` (loss plus L2Wrap penalty) and
     ``grad_norm`` (global norm of this micro-batch's gradient, before clipping).
     """
 
-    def train_step(params: Any, opt_state: Any, batch: Array) -> tuple[Any, Any, dict[str, Array]]:
+    def train_step(
+        params: Any, opt_state: Any, batch: Array, frozen: Any = None
+    ) -> tuple[Any, Any, dict[str, Array]]:
         inputs, targets = batch[:, :-1], batch[:, 1:]
 
+        def apply(params: Any, tokens: Array, state: Any) -> tuple[Array, Any]:
+            return fns.apply(params, tokens, state, frozen)
+
         def objective(params: Any) -> tuple[Array, Array]:
-            state = fns.init_state(params, batch.shape[0])
+            state = fns.init_state(params, batch.shape[0], frozen)
             return sequence_loss(
-                fns.apply,
+                apply,
                 params,
                 inputs,
                 targets,
@@ -58,33 +66,44 @@ def make_train_step(
 
 
 def make_eval_step(fns: ModelFns) -> Callable:
-    """``eval_step(params, batch [B, T + 1]) -> nll [B, T]`` (float32 nats per target token)."""
+    """``eval_step(params, batch [B, T + 1], frozen=None) -> nll [B, T]`` (float32 nats per target token)."""
 
-    def eval_step(params: Any, batch: Array) -> Array:
+    def eval_step(params: Any, batch: Array, frozen: Any = None) -> Array:
         from rwkv_jax.training.loss import token_nll
 
-        logits, _ = fns.apply(params, batch[:, :-1])
+        logits, _ = fns.apply(params, batch[:, :-1], None, frozen)
         return token_nll(logits, batch[:, 1:])
 
     return eval_step
 
 
 def jit_train_step(
-    train_step: Callable, param_shardings: Any, opt_shardings: Any, batch_sharding: NamedSharding
+    train_step: Callable,
+    param_shardings: Any,
+    opt_shardings: Any,
+    batch_sharding: NamedSharding,
+    frozen_shardings: Any = None,
 ) -> Callable:
-    """jit with explicit in/out shardings; parameters and optimiser state are donated (updated in place)."""
+    """jit with explicit in/out shardings; parameters and optimiser state are donated (updated in place).
+    ``frozen_shardings``: those of the frozen parameters, the 4th argument (a fine-tuning; None: none)."""
     replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
+    frozen = () if frozen_shardings is None else (frozen_shardings,)
     return jax.jit(
         train_step,
-        in_shardings=(param_shardings, opt_shardings, batch_sharding),
+        in_shardings=(param_shardings, opt_shardings, batch_sharding, *frozen),
         out_shardings=(param_shardings, opt_shardings, replicated),
         donate_argnums=(0, 1),
     )
 
 
-def jit_eval_step(eval_step: Callable, param_shardings: Any, batch_sharding: NamedSharding) -> Callable:
-    """jit of the eval step with the parameters' and the batch's shardings."""
-    return jax.jit(eval_step, in_shardings=(param_shardings, batch_sharding), out_shardings=batch_sharding)
+def jit_eval_step(
+    eval_step: Callable, param_shardings: Any, batch_sharding: NamedSharding, frozen_shardings: Any = None
+) -> Callable:
+    """jit of the eval step with the parameters', the batch's (and the frozen parameters') shardings."""
+    frozen = () if frozen_shardings is None else (frozen_shardings,)
+    return jax.jit(
+        eval_step, in_shardings=(param_shardings, batch_sharding, *frozen), out_shardings=batch_sharding
+    )
 
 
 def optimizer_state_shardings(

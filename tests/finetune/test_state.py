@@ -4,7 +4,6 @@ package reads it, state files alone, and training changes the state only."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
@@ -47,8 +46,8 @@ def test_tuned_state_is_the_initial_state_of_every_call(preset):
     base_logits = model(TOKENS)[0]
     add_state_tuning(model, token_shift=True)
     # zeros: the model computes as before (bit for bit but RWKV-4, whose pp = 0 instead of -1e38 rounds
-    # differently: measured 3.6e-8)
-    assert relative_error(model(TOKENS)[0], base_logits) < 4e-7
+    # differently: measured 1.7e-8)
+    assert relative_error(model(TOKENS)[0], base_logits) < 1.7e-7
     with pytest.raises(ValueError, match="already has a tuned state"):
         add_state_tuning(model)
     tuned(model, noise_only=True)
@@ -69,7 +68,7 @@ def test_generation_and_a_bfloat16_twin_start_from_the_tuned_state():
     )
 
 
-@pytest.mark.parametrize("preset", ["eagle-tiny", "finch-tiny", "goose-tiny"])
+@pytest.mark.parametrize("preset", ["finch-tiny", "goose-tiny"])  # Eagle: the same code as Finch
 def test_official_file_carries_the_tuned_wkv_state(tmp_path, preset):
     model = tuned(base_model(preset))
     save_official(model, tmp_path / "tuned.pth")
@@ -117,29 +116,3 @@ def test_blinkdl_rwkv_package_runs_our_finch_file_with_its_time_state(tmp_path, 
     assert relative_error(ours[0, -1], base[0, -1]) > 1e-3  # the state matters (measured 9.4e-3)
     # measured 2.2e-7 (without a tuned state: 1.5e-7)
     assert relative_error(np.asarray(ours[0, -1]), theirs.numpy().astype(np.float64)) < 2e-6
-
-
-def test_training_the_state_leaves_every_weight_bit_equal():
-    model = add_state_tuning(base_model("goose-tiny"))
-    graphdef, state, frozen = nnx.split(model, TunedState, ...)
-    weights = jax.tree.map(np.asarray, frozen)
-    optimizer = optax.adam(1e-2)
-    opt_state = optimizer.init(state)
-
-    @jax.jit
-    def step(state, opt_state):
-        def loss(state):
-            logits, _ = nnx.merge(graphdef, state, frozen)(TOKENS[:, :-1])
-            return optax.softmax_cross_entropy_with_integer_labels(logits, TOKENS[:, 1:]).mean()
-
-        value, grads = jax.value_and_grad(loss)(state)
-        updates, opt_state = optimizer.update(grads, opt_state)
-        return optax.apply_updates(state, updates), opt_state, value
-
-    losses = []
-    for _ in range(3):
-        state, opt_state, value = step(state, opt_state)
-        losses.append(float(value))
-    assert losses[-1] < losses[0]
-    assert tree_equal(frozen, weights)
-    assert all(np.abs(v).max() > 0 for v in jax.tree.leaves(state))

@@ -20,7 +20,8 @@ from rwkv_jax.training.config import (
 from rwkv_jax.training.model import model_config
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
-CONFIG_FILES = sorted(p.name for p in CONFIGS.glob("*.py"))
+# The pretraining and demo configs; configs/finetune.py needs a base checkpoint (tests/finetune).
+CONFIG_FILES = sorted(p.name for p in CONFIGS.glob("*.py") if p.name != "finetune.py")
 
 
 @pytest.mark.parametrize("name", CONFIG_FILES)
