@@ -30,14 +30,22 @@ LOW_PRECISION = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
 
 
 def apply(
-    graphdef: nnx.GraphDef, params: Any, tokens: Tokens, state: Any, last_only: bool = False
+    graphdef: nnx.GraphDef,
+    params: Any,
+    tokens: Tokens,
+    state: Any,
+    last_only: bool = False,
+    starts: Array | None = None,
 ) -> tuple[Array, Any]:
     """The model ``nnx.merge(graphdef, params)`` run op by op on ``tokens [B, T]`` from ``state``.
 
     Returns logits ``[B, T, V]`` (``[B, 1, V]``: the last position only, when ``last_only``) and the state.
+    ``starts [B, T]`` bool: packed documents' first tokens (see ``LanguageModel.__call__``), or None.
     """
     model = nnx.merge(graphdef, params)
     forward = getattr(model, "forward", None)
+    if starts is not None:
+        return forward(tokens, state, last_only=last_only, starts=starts)
     if forward is not None:
         return forward(tokens, state, last_only=last_only)
     logits, state = model(tokens, state)  # any model with the rwkv_jax contract (generate's test models)
@@ -176,7 +184,9 @@ def is_traced(*trees: Any) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(trees))
 
 
-def compiled_call(model: nnx.Module, tokens: Tokens, state: Any, last_only: bool) -> tuple[Array, Any] | None:
+def compiled_call(
+    model: nnx.Module, tokens: Tokens, state: Any, last_only: bool, starts: Array | None = None
+) -> tuple[Array, Any] | None:
     """``model``'s jitted step on its current parameters; None when a parameter is traced (the caller
     runs op by op instead, inside the enclosing transform)."""
     entry = _ENTRIES.get(model)
@@ -188,4 +198,4 @@ def compiled_call(model: nnx.Module, tokens: Tokens, state: Any, last_only: bool
     values = entry.read()
     if is_traced(values):
         return None
-    return entry.step(entry.params(values), tokens, state, last_only=last_only)
+    return entry.step(entry.params(values), tokens, state, last_only=last_only, starts=starts)

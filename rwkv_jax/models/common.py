@@ -170,12 +170,17 @@ def require_published(config: PublishedArchitecture, layout: str) -> None:
         )
 
 
-def token_shift(x: Array, prev: Array) -> tuple[Array, Array]:
+def token_shift(x: Array, prev: Array, starts: Array | None = None) -> tuple[Array, Array]:
     """Shifts ``x [B, T, C]`` one step back in time, filling position 0 with ``prev [B, C]``.
 
+    ``starts [B, T]`` bool (or None): a token that starts a packed document sees ``prev`` (the call's
+    initial shift state) as its previous token, not the last token of the document before it.
     Returns the shifted sequence ``[B, T, C]`` and the last input ``x[:, -1] [B, C]`` (the next call's prev).
     """
-    shifted = jnp.concatenate([prev[:, None, :].astype(x.dtype), x[:, :-1]], axis=1)
+    first = prev[:, None, :].astype(x.dtype)
+    shifted = jnp.concatenate([first, x[:, :-1]], axis=1)
+    if starts is not None:
+        shifted = jnp.where(starts[..., None], first, shifted)
     return shifted, x[:, -1]
 
 

@@ -174,15 +174,18 @@ class TimeMix(nnx.Module):
         output = official_or_normal(rngs, config, (C, C), _zeros(config, C, C))
         self.output = Linear(C, C, ("heads", "embed"), kernel=output, **linear)
 
-    def __call__(self, x: Array, prev_x: Array, wkv_state: WKV4State) -> tuple[Array, Array, WKV4State]:
-        """x: ``[B, T, C]`` (ln1 output); returns the block update ``[B, T, C]``, new prev_x and WKV state."""
-        shifted, last_x = token_shift(x, prev_x)
+    def __call__(
+        self, x: Array, prev_x: Array, wkv_state: WKV4State, starts: Array | None = None
+    ) -> tuple[Array, Array, WKV4State]:
+        """x: ``[B, T, C]`` (ln1 output), ``starts [B, T]`` bool document starts or None; returns the block
+        update ``[B, T, C]``, new prev_x and WKV state."""
+        shifted, last_x = token_shift(x, prev_x, starts)
         k = self.key(_mix(x, shifted, self.time_mix_k))
         v = self.value(_mix(x, shifted, self.time_mix_v))
         r = jax.nn.sigmoid(self.receptance(_mix(x, shifted, self.time_mix_r)))
         w_log = -jnp.exp(self.time_decay[...].astype(jnp.float32))
         u = self.time_first[...].astype(jnp.float32)
-        y, wkv_state = wkv4(w_log, u, k, v, wkv_state, impl=self.wkv_impl)
+        y, wkv_state = wkv4(w_log, u, k, v, wkv_state, impl=self.wkv_impl, starts=starts)
         return self.output(r * y), last_x.astype(jnp.float32), wkv_state
 
 
@@ -202,9 +205,9 @@ class ChannelMix(nnx.Module):
         value = official_or_normal(rngs, config, (F, C), _zeros(config, F, C))
         self.value = Linear(F, C, ("mlp", "embed"), kernel=value, **linear)
 
-    def __call__(self, x: Array, prev_x: Array) -> tuple[Array, Array]:
+    def __call__(self, x: Array, prev_x: Array, starts: Array | None = None) -> tuple[Array, Array]:
         """x: ``[B, T, C]`` (ln2 output); returns the block update ``[B, T, C]`` and the new prev_x."""
-        shifted, last_x = token_shift(x, prev_x)
+        shifted, last_x = token_shift(x, prev_x, starts)
         hidden = jnp.square(jax.nn.relu(self.key(_mix(x, shifted, self.time_mix_k))))
         gate = jax.nn.sigmoid(self.receptance(_mix(x, shifted, self.time_mix_r)))
         return gate * self.value(hidden), last_x.astype(jnp.float32)
@@ -221,12 +224,14 @@ class Block(nnx.Module):
         self.att = TimeMix(config, layer_id, rngs=rngs)
         self.ffn = ChannelMix(config, layer_id, rngs=rngs)
 
-    def __call__(self, x: Array, state: RWKV4LayerState) -> tuple[Array, RWKV4LayerState]:
+    def __call__(
+        self, x: Array, state: RWKV4LayerState, starts: Array | None = None
+    ) -> tuple[Array, RWKV4LayerState]:
         if self.ln0 is not None:
             x = self.ln0(x)
-        update, att_x, wkv_state = self.att(self.ln1(x), state.att_x, state.wkv)
+        update, att_x, wkv_state = self.att(self.ln1(x), state.att_x, state.wkv, starts)
         x = x + update
-        update, ffn_x = self.ffn(self.ln2(x), state.ffn_x)
+        update, ffn_x = self.ffn(self.ln2(x), state.ffn_x, starts)
         return x + update, RWKV4LayerState(att_x, wkv_state, ffn_x)
 
 

@@ -239,8 +239,11 @@ class TimeMix(nnx.Module):
         self.wkv_impl = Impl.parse(wkv_impl)
         self.chunk_size = chunk_size
 
-    def __call__(self, x: Array, prev: Array, wkv_state: Array) -> tuple[Array, Array]:
-        """``x [B, T, C]`` (ln1 output), ``prev [B, T, C]`` (x shifted), ``wkv_state [B, H, N, N]`` float32.
+    def __call__(
+        self, x: Array, prev: Array, wkv_state: Array, starts: Array | None = None
+    ) -> tuple[Array, Array]:
+        """``x [B, T, C]`` (ln1 output), ``prev [B, T, C]`` (x shifted), ``wkv_state [B, H, N, N]`` float32,
+        ``starts [B, T]`` bool document starts or None.
 
         Returns the block output ``[B, T, C]`` in the compute dtype and the new WKV state.
         """
@@ -252,7 +255,9 @@ class TimeMix(nnx.Module):
         v = self.value(mixed["v"]).reshape(heads_shape)
         w_log = self.decay(mixed.get("w"), r.shape)
         u = self.bonus(self.head_size)
-        y, wkv_state = wkv6(r, k, v, w_log, u, wkv_state, impl=self.wkv_impl, chunk_size=self.chunk_size)
+        y, wkv_state = wkv6(
+            r, k, v, w_log, u, wkv_state, impl=self.wkv_impl, chunk_size=self.chunk_size, starts=starts
+        )
         y = self.ln_x(y).astype(v.dtype)
         if self.gate is not None:
             y = y * jax.nn.silu(self.gate(mixed["g"]))

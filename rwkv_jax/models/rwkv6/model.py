@@ -330,16 +330,19 @@ class Block(nnx.Module):
     ):
         self.ln0, self.ln1, self.ln2, self.att, self.ffn = ln0, ln1, ln2, att, ffn
 
-    def __call__(self, x: Array, state: RWKV6LayerState) -> tuple[Array, RWKV6LayerState]:
-        """``x [B, T, C]`` in the compute dtype and the layer's state; returns both updated."""
+    def __call__(
+        self, x: Array, state: RWKV6LayerState, starts: Array | None = None
+    ) -> tuple[Array, RWKV6LayerState]:
+        """``x [B, T, C]`` in the compute dtype and the layer's state; returns both updated. ``starts [B, T]``
+        bool (or None): packed documents start there (state and token shift return to ``state``)."""
         if self.ln0 is not None:
             x = self.ln0(x)
         h = self.ln1(x)
-        prev, att_x = token_shift(h, state.att_x)
-        update, wkv = self.att(h, prev, state.wkv)
+        prev, att_x = token_shift(h, state.att_x, starts)
+        update, wkv = self.att(h, prev, state.wkv, starts)
         x = x + update.astype(x.dtype)
         h = self.ln2(x)
-        prev, ffn_x = token_shift(h, state.ffn_x)
+        prev, ffn_x = token_shift(h, state.ffn_x, starts)
         x = x + self.ffn(h, prev).astype(x.dtype)
         return x, RWKV6LayerState(att_x.astype(jnp.float32), wkv, ffn_x.astype(jnp.float32))
 

@@ -269,9 +269,12 @@ class TimeMix(nnx.Module):
         k = k.astype(f32) * (1 + (iclr - 1) * self.k_a[...].astype(f32))
         return -kk, kk * iclr, k
 
-    def __call__(self, x: Array, prev: Array, v_first: Array | None, state: Array) -> tuple[Array, ...]:
+    def __call__(
+        self, x: Array, prev: Array, v_first: Array | None, state: Array, starts: Array | None = None
+    ) -> tuple[Array, ...]:
         """``x``, ``prev`` ``[B, T, C]`` (ln1 output and its shift), the first block's value (None in block
-        0) and the WKV state. Returns ``(out [B, T, C], v_first, state)``."""
+        0), the WKV state and ``starts [B, T]`` bool document starts or None. Returns ``(out [B, T, C],
+        v_first, state)``."""
         B, T, C = x.shape
         delta = prev - x
         mixed = {n: _lerp_previous(x, delta, getattr(self, f"x_{n}", None)) for n in self.inputs}
@@ -290,7 +293,7 @@ class TimeMix(nnx.Module):
         r_h, k_h, v_h = r.reshape(heads), k.reshape(heads), v.reshape(heads)
         y, state = wkv7(
             r_h, k_h, v_h, w_log.reshape(heads), a.reshape(heads), b.reshape(heads), state,
-            impl=self.wkv_impl, chunk_size=self.chunk_size,
+            impl=self.wkv_impl, chunk_size=self.chunk_size, starts=starts,
         )  # fmt: skip
         y = self.ln_x(y)  # [B, T, C] float32
         if self.r_k is not None:
@@ -325,17 +328,18 @@ class Block(nnx.Module):
         self.ffn = ChannelMix(config, layer, rngs)
 
     def __call__(
-        self, x: Array, v_first: Array | None, state: RWKV7LayerState
+        self, x: Array, v_first: Array | None, state: RWKV7LayerState, starts: Array | None = None
     ) -> tuple[Array, Array, RWKV7LayerState]:
-        """``x [B, T, C]``, the first block's value (None for block 0) and the layer's state."""
+        """``x [B, T, C]``, the first block's value (None for block 0), the layer's state and ``starts
+        [B, T]`` bool (or None): packed documents start there (state and token shift return to ``state``)."""
         if self.ln0 is not None:
             x = self.ln0(x)
         h = self.ln1(x)
-        prev, att_x = token_shift(h, state.att_x)
-        update, v_first, wkv = self.att(h, prev, v_first, state.wkv)
+        prev, att_x = token_shift(h, state.att_x, starts)
+        update, v_first, wkv = self.att(h, prev, v_first, state.wkv, starts)
         x = x + update.astype(x.dtype)
         h = self.ln2(x)
-        prev, ffn_x = token_shift(h, state.ffn_x)
+        prev, ffn_x = token_shift(h, state.ffn_x, starts)
         x = x + self.ffn(h, prev).astype(x.dtype)
         return x, v_first, RWKV7LayerState(att_x.astype(jnp.float32), wkv, ffn_x.astype(jnp.float32))
 
@@ -378,10 +382,12 @@ class RWKV7(LanguageModel):
         wkv = jnp.zeros((batch_size, c.n_head, c.head_size, c.head_size), jnp.float32)
         return RWKV7LayerState(token, wkv, token)
 
-    def run_blocks(self, x: Array, state: tuple[RWKV7LayerState, ...]) -> tuple[Array, tuple]:
+    def run_blocks(
+        self, x: Array, state: tuple[RWKV7LayerState, ...], starts: Array | None = None
+    ) -> tuple[Array, tuple]:
         """The blocks in order, each also given the first block's value (the value residual)."""
         v_first, new_state = None, []
         for block, layer_state in zip(self.blocks, state, strict=True):
-            x, v_first, layer_state = block(x, v_first, layer_state)
+            x, v_first, layer_state = block(x, v_first, layer_state, starts)
             new_state.append(layer_state)
         return x, tuple(new_state)
