@@ -44,6 +44,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         c.data.prepare, c.data.dir = "shakespeare", "data/shakespeare"
     c.data.tokenizer = arg.tokenizer
     c.data.seq_len, c.data.batch_size = arg.seq_len, arg.batch
+    c.data.document_starts = True  # packed samples do not see each other
     c.optim.lr = arg.lr or DEFAULT_LR.get(arg.method, 1e-4)
     c.optim.warmup_steps = min(10, arg.steps)
     c.optim.schedule = "cosine"

@@ -44,6 +44,9 @@ def default_config() -> ConfigDict:
     c.data.tokenizer = "byte"  # for text inputs: "byte" | "world" | path to a tokenizer file
     c.data.seq_len = 128  # tokens per training sequence (the model sees seq_len inputs, seq_len targets)
     c.data.batch_size = 8  # sequences per micro-batch (per optimiser step without accumulation)
+    # Reset the model's state at every document start inside a window (packed samples without cross-talk);
+    # off for pretraining, on in configs/finetune.py. Needs segments.length 0.
+    c.data.document_starts = False
 
     c.optim = ConfigDict()
     c.optim.lr = 3e-3  # peak learning rate
@@ -227,6 +230,13 @@ def check_values(config: ConfigDict, device_count: int | None = None) -> None:
         _fail("optim.schedule", optim.schedule, f"one of {_SCHEDULES}")
     if segments.length and data.seq_len % segments.length:
         _fail("segments.length", segments.length, f"0 or a divisor of data.seq_len ({data.seq_len})")
+    if segments.length and data.document_starts:
+        _fail(
+            "segments.length",
+            segments.length,
+            "0 with data.document_starts (a document start resets to the "
+            "window's initial state, which a segment does not hold)",
+        )
     if config.train.steps % optim.accum_steps:
         _fail("train.steps", config.train.steps, f"a multiple of optim.accum_steps ({optim.accum_steps})")
     _check_lm_eval(config)
@@ -243,6 +253,7 @@ _RANGES: dict[str, tuple[type, float | None, float | None, bool]] = {
     "seed": (int, 0, None, False),
     "data.seq_len": (int, 1, None, False),
     "data.batch_size": (int, 1, None, False),
+    "data.document_starts": (bool, None, None, False),
     "optim.lr": (float, 0, None, True),
     "optim.final_lr_ratio": (float, 0, 1, False),
     "optim.warmup_steps": (int, 0, None, False),

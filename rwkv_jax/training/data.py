@@ -6,14 +6,20 @@ token stream. A training sequence is a window of ``seq_len + 1`` consecutive tok
 ``[1:]``); the stream is cut into non-overlapping windows and each epoch visits them in a permutation drawn
 from ``(seed, epoch)``. The batch at a step is therefore a pure function of ``(seed, step)``: a resumed run
 reads exactly the batches an uninterrupted one would.
+
+A window holds pieces of several documents. With ``data.document_starts`` (off for pretraining, on in
+``configs/finetune.py``) the model is given :func:`document_starts` of each window and resets its state at
+every document's first token, so packed samples do not see each other.
 """
 
 import functools
 import os
 import pathlib
 
+import jax.numpy as jnp
 import numpy as np
 
+from rwkv_jax.array_typing import Array
 from rwkv_jax.training.binidx import BinIdx
 
 END_OF_DOCUMENT = 0
@@ -42,6 +48,17 @@ def pack_documents(documents: list[np.ndarray]) -> np.ndarray:
     eod = np.array([END_OF_DOCUMENT], np.int32)
     pieces = [piece for doc in documents for piece in (np.asarray(doc, np.int32), eod)]
     return np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+
+
+def document_starts(inputs: Array) -> Array:
+    """``[B, T]`` bool: True at each input token that begins a document (the token after an end-of-document
+    token; the end token itself closes the document before it, whose last target is the next document's
+    first token). False at t = 0: a window starts from the initial state anyway.
+
+    ``inputs [B, T]`` int (a batch's ``[:, :-1]``); works on traced arrays (computed inside the train step).
+    """
+    after_end = inputs[:, :-1] == END_OF_DOCUMENT
+    return jnp.concatenate([jnp.zeros_like(after_end[:, :1]), after_end], axis=1)
 
 
 def encode_text(text: str, tokenizer: str) -> np.ndarray:

@@ -104,9 +104,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
         segment_len=config.segments.length,
         truncate=config.segments.truncate,
         l2wrap=config.loss.l2wrap,
+        document_starts=config.data.document_starts,
     )
     train_step = jit_train_step(step_fn, param_sh, opt_sh, batch_sh, frozen_sh)
-    jitted_eval_step = jit_eval_step(make_eval_step(fns), param_sh, batch_sh, frozen_sh)
+    eval_fn = make_eval_step(fns, document_starts=config.data.document_starts)
+    jitted_eval_step = jit_eval_step(eval_fn, param_sh, batch_sh, frozen_sh)
 
     def eval_step(params: Any, batch: np.ndarray) -> np.ndarray:
         return distributed.to_host(

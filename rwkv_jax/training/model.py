@@ -63,10 +63,17 @@ class ModelFns:
         return nnx.merge(self.graphdef, params, frozen or {}, self.rest)
 
     def apply(
-        self, params: dict, tokens: Array, state: Any = None, frozen: dict | None = None
+        self,
+        params: dict,
+        tokens: Array,
+        state: Any = None,
+        frozen: dict | None = None,
+        starts: Array | None = None,
     ) -> tuple[Array, Any]:
-        """``model(tokens [B, T], state) -> (logits [B, T, V] float32, new state)``."""
-        return self.module(params, frozen)(tokens, state)
+        """``model(tokens [B, T], state) -> (logits [B, T, V] float32, new state)``; ``starts [B, T]`` bool
+        (or None): packed documents' first tokens, where the model's state returns to ``state``."""
+        model = self.module(params, frozen)
+        return model(tokens, state) if starts is None else model(tokens, state, starts=starts)
 
     def init_state(self, params: dict, batch_size: int, frozen: dict | None = None) -> Any:
         """The model's initial recurrent state for ``batch_size`` sequences (a tuned one when trained)."""

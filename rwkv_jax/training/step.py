@@ -14,6 +14,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from rwkv_jax.array_typing import Array
+from rwkv_jax.training import data
 from rwkv_jax.training.model import ModelFns
 from rwkv_jax.training.segments import sequence_loss
 
@@ -25,6 +26,7 @@ def make_train_step(
     segment_len: int = 0,
     truncate: bool = False,
     l2wrap: float = 0.0,
+    document_starts: bool = False,
 ) -> Callable:
     """The (unjitted) train step: one micro-batch, one call of ``tx.update`` (which may only accumulate).
 
@@ -33,15 +35,22 @@ def make_train_step(
 
     metrics: ``loss`` (mean cross entropy, nats/token), ``objective`` (loss plus L2Wrap penalty) and
     ``grad_norm`` (global norm of this micro-batch's gradient, before clipping).
+
+    ``document_starts``: the state returns to the initial state at every document start of a window
+    (``data.document_starts``); whole windows only (no ``segment_len``: a segment's call would reset to the
+    state carried into it).
     """
+    if document_starts and segment_len:
+        raise ValueError("document_starts needs whole windows: set segment_len to 0 (segments.length)")
 
     def train_step(
         params: Any, opt_state: Any, batch: Array, frozen: Any = None
     ) -> tuple[Any, Any, dict[str, Array]]:
         inputs, targets = batch[:, :-1], batch[:, 1:]
+        starts = data.document_starts(inputs) if document_starts else None
 
         def apply(params: Any, tokens: Array, state: Any) -> tuple[Array, Any]:
-            return fns.apply(params, tokens, state, frozen)
+            return fns.apply(params, tokens, state, frozen, starts)
 
         def objective(params: Any) -> tuple[Array, Array]:
             state = fns.init_state(params, batch.shape[0], frozen)
@@ -65,13 +74,16 @@ def make_train_step(
     return train_step
 
 
-def make_eval_step(fns: ModelFns) -> Callable:
-    """``eval_step(params, batch [B, T + 1], frozen=None) -> nll [B, T]`` (float32 nats per target token)."""
+def make_eval_step(fns: ModelFns, document_starts: bool = False) -> Callable:
+    """``eval_step(params, batch [B, T + 1], frozen=None) -> nll [B, T]`` (float32 nats per target token);
+    ``document_starts`` as in :func:`make_train_step`."""
 
     def eval_step(params: Any, batch: Array, frozen: Any = None) -> Array:
         from rwkv_jax.training.loss import token_nll
 
-        logits, _ = fns.apply(params, batch[:, :-1], None, frozen)
+        inputs = batch[:, :-1]
+        starts = data.document_starts(inputs) if document_starts else None
+        logits, _ = fns.apply(params, inputs, None, frozen, starts)
         return token_nll(logits, batch[:, 1:])
 
     return eval_step
