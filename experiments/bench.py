@@ -184,7 +184,11 @@ class JaxRunner:
 
 
 def blinkdl_module(goose: bool) -> Any:
-    """BlinkDL's ``rwkv.model``: it picks RWKV-7 at import when RWKV_V7_ON=1, so Goose gets its own copy."""
+    """BlinkDL's ``rwkv.model``: it picks RWKV-7 at import when RWKV_V7_ON=1, so Goose gets its own copy.
+
+    Its constructor reads ``os.environ["RWKV_CUDA_ON"]`` (a KeyError when unset): "0", the CPU, unless set.
+    """
+    os.environ.setdefault("RWKV_CUDA_ON", "0")
     if not goose:
         import rwkv.model
 

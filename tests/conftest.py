@@ -1,16 +1,42 @@
-"""Shared test setup: float64 available for references, the ../shared fixtures locator, skip_or_fail."""
+"""Shared test setup: float64 available for references, one compilation cache, the ../shared fixtures
+locator, skip_or_fail."""
 
 import importlib
 import os
 import pathlib
+import shutil
+import tempfile
 from types import ModuleType
 from typing import NoReturn
 
-import jax
-import pytest
+# One persistent compilation cache for the whole run: many tests build the same programs (a tiny model per
+# family, again and again; training restarted in subprocesses; the notebooks' kernels). Set in the
+# environment before JAX is imported, here in the process that starts the xdist workers, so that the
+# workers, their subprocesses and notebook kernels all share it. A size limit turns on JAX's file lock (the
+# workers write concurrently). A cache the caller set is kept; one made here is removed at the end.
+CACHE_SETTINGS = {
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    "JAX_COMPILATION_CACHE_MAX_SIZE": str(4 << 30),
+}
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="rwkv_jax_test_cache-")
+    os.environ["RWKV_JAX_TEST_CACHE_OWNER"] = str(os.getpid())
+for _name, _value in CACHE_SETTINGS.items():
+    os.environ.setdefault(_name, _value)
+
+import jax  # noqa: E402  (after the cache settings: JAX reads them at import)
+import pytest  # noqa: E402
 
 # References run in float64; everything else states its dtype explicitly.
 jax.config.update("jax_enable_x64", True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Removes the compilation cache this process made (the xdist workers leave it to their controller)."""
+    if os.environ.get("RWKV_JAX_TEST_CACHE_OWNER") == str(os.getpid()):
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DIR = pathlib.Path(os.environ.get("RWKV_JAX_SHARED", REPO_ROOT.parent / "shared"))

@@ -18,6 +18,7 @@ def load_bench():
 
 def test_small_bench_writes_every_figure_and_agrees_with_the_rwkv_package(tmp_path, monkeypatch):
     monkeypatch.setenv("RWKV_JIT_ON", "0")  # the package's TorchScript compile would dominate a smoke test
+    monkeypatch.delenv("RWKV_CUDA_ON", raising=False)  # the bench sets it (the package needs it set)
     bench = load_bench()
     out, picture = tmp_path / "bench.json", tmp_path / "bench.png"
     argv = ["--small", "--families", "finch", "--dtypes", "float32", "--repeats", "1"]

@@ -2,7 +2,6 @@
 
 import pathlib
 
-import jax
 import numpy as np
 import pytest
 
@@ -19,26 +18,6 @@ def synthetic_text(seed: int, num_words: int) -> bytes:
     words = [WORDS[i] for i in rng.integers(0, len(WORDS), num_words)]
     lines = [" ".join(words[i : i + 8]).capitalize() + ".\n" for i in range(0, num_words, 8)]
     return "".join(lines).encode("ascii")
-
-
-@pytest.fixture(scope="package", autouse=True)
-def compilation_cache(tmp_path_factory: pytest.TempPathFactory):
-    """A persistent compilation cache for this package: the loop tests build the same programs repeatedly.
-
-    Restored on exit so tests elsewhere in the same process see JAX's defaults.
-    """
-    names = (
-        "jax_compilation_cache_dir",
-        "jax_persistent_cache_min_compile_time_secs",
-        "jax_persistent_cache_min_entry_size_bytes",
-    )
-    saved = {name: getattr(jax.config, name) for name in names}
-    values = (str(tmp_path_factory.mktemp("jax_cache")), 0.0, 0)
-    for name, value in zip(names, values, strict=True):
-        jax.config.update(name, value)
-    yield
-    for name, value in saved.items():
-        jax.config.update(name, value)
 
 
 @pytest.fixture(scope="session")
