@@ -135,4 +135,4 @@ def test_blinkdl_rwkv_package_runs_our_saved_finch_file_to_the_same_logits(tmp_p
     theirs, _ = blinkdl_rwkv_model.RWKV(str(path), strategy="cpu fp32").forward(tokens, None)
     ours, _ = model(jnp.array([tokens], jnp.int32))
     theirs, ours = theirs.numpy().astype(np.float64), np.asarray(ours[0, -1], np.float64)
-    assert relative_error(ours, theirs) < 1e-5
+    assert relative_error(ours, theirs) < 4e-6  # measured 4.8e-7 (2026-12)

@@ -174,4 +174,4 @@ def test_blinkdl_rwkv_package_runs_our_saved_file_to_the_same_logits(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     theirs = np.array(json.loads(done.stdout.strip().splitlines()[-1]), np.float64)
     ours = np.asarray(model(jnp.array([tokens], jnp.int32))[0][0, -1], np.float64)
-    assert relative_error(ours, theirs) < 1e-5
+    assert relative_error(ours, theirs) < 3e-6  # measured 3.8e-7 (2026-12)

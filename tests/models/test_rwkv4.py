@@ -103,7 +103,7 @@ def test_float32_logits_match_float64_reference():
     logits, _ = jitted(model)(tokens)
     assert logits.shape == (2, 12, CONFIG.vocab_size) and logits.dtype == jnp.float32
     expected = rwkv4_reference(to_state_dict(model), np.asarray(tokens))
-    assert relative_error(logits, expected) < 1e-5
+    assert relative_error(logits, expected) < 2e-6  # measured 1.9e-7 (2026-12)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_wkv_form_is_chosen_by_config_and_agrees_with_recurrent(impl, recurrent_
     assert other.blocks[0].att.wkv_impl.value == impl
     expected, expected_state = recurrent_result
     logits, state = jitted(other)(random_tokens(2, 10))
-    assert relative_error(logits, expected) < 1e-5
+    assert relative_error(logits, expected) < 1e-6  # measured 1.5e-7
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(expected_state), strict=True):
         assert relative_error(a, b) < 1e-6  # measured 1.3e-7
 
@@ -138,7 +138,7 @@ def test_bfloat16_compute_stays_close_with_float32_state():
     logits16, state16 = jitted(model16)(tokens)
     assert logits16.dtype == jnp.float32
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state16))
-    assert relative_error(logits16, logits32) < 5e-2
+    assert relative_error(logits16, logits32) < 5e-2  # measured 6.0e-3 (bfloat16 compute)
 
 
 def test_official_init_matches_rwkv_lm_formulas():

@@ -156,7 +156,7 @@ def test_float32_logits_match_float64_reference(version, dim_att):
     logits, _ = model(tokens)
     assert logits.shape == (2, 9, config.vocab_size) and logits.dtype == jnp.float32
     expected = eagle_finch_reference(to_state_dict(model), np.asarray(tokens), version, config.head_size)
-    assert relative_error(logits, expected) < 1e-5
+    assert relative_error(logits, expected) < 5e-6  # measured 6.8e-7 (2026-12)
 
 
 @pytest.mark.parametrize("version", ["5.2", "6"])
@@ -167,9 +167,9 @@ def test_chunked_and_recurrent_wkv_forms_agree_in_the_model(version):
     start = recurrent(tokens[:, :2])[1]
     logits_r, state_r = recurrent(tokens[:, 2:], start)
     logits_c, state_c = chunked(tokens[:, 2:], start)
-    assert relative_error(logits_c, logits_r) < 1e-5
+    assert relative_error(logits_c, logits_r) < 2e-6  # measured 2.8e-7
     for a, b in zip(jax.tree.leaves(state_c), jax.tree.leaves(state_r), strict=True):
-        assert relative_error(a, b) < 1e-5
+        assert relative_error(a, b) < 3e-6  # measured 3.1e-7
 
 
 def test_state_is_float32_per_layer_with_batch_first():
@@ -191,7 +191,7 @@ def test_bfloat16_compute_stays_close_with_float32_state(version):
     logits16, state16 = model16(tokens)
     assert logits16.dtype == jnp.float32
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state16))
-    assert relative_error(logits16, logits32) < 5e-2
+    assert relative_error(logits16, logits32) < 5e-2  # measured 6.9e-3 (bfloat16 compute)
 
 
 # ----------------------------------------------------------------------------------------------------------

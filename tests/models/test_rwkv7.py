@@ -110,7 +110,7 @@ def test_float32_logits_match_a_float64_transcription_of_the_official_math():
     tokens = random_tokens(1, 9)
     logits, _ = model(tokens)
     expected = rwkv7_reference(to_state_dict(model), np.asarray(tokens[0]), config.head_size)
-    assert relative_error(logits[0], expected) < 1e-5
+    assert relative_error(logits[0], expected) < 3e-6  # measured 3.1e-7 (2026-12)
 
 
 @pytest.mark.parametrize("form", [dict(wkv_impl="scan"), dict(wkv_impl="chunked", chunk_size=4)])
@@ -121,9 +121,9 @@ def test_parallel_and_recurrent_wkv_forms_agree_in_the_model(form):
     start = recurrent(tokens[:, :2])[1]
     logits_r, state_r = recurrent(tokens[:, 2:], start)
     logits_p, state_p = parallel(tokens[:, 2:], start)
-    assert relative_error(logits_p, logits_r) < 1e-5
+    assert relative_error(logits_p, logits_r) < 2e-6  # measured 2.7e-7
     for a, b in zip(jax.tree.leaves(state_p), jax.tree.leaves(state_r), strict=True):
-        assert relative_error(a, b) < 1e-5
+        assert relative_error(a, b) < 2e-6  # measured 2.7e-7
 
 
 def test_bfloat16_compute_stays_close_with_float32_state():
@@ -131,7 +131,7 @@ def test_bfloat16_compute_stays_close_with_float32_state():
     reference, _ = random_model(tiny_config())(tokens)
     logits, state = random_model(tiny_config(dtype="bfloat16"))(tokens)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state))
-    assert relative_error(logits, reference) < 3e-2
+    assert relative_error(logits, reference) < 3e-2  # measured 5.6e-3 (bfloat16 compute)
 
 
 def test_official_init_follows_rwkv_lm():

@@ -44,7 +44,7 @@ def test_plain_reference_matches_the_float64_reference(request):
     args = make_inputs(seed_of(request), (2, 21, 2, 8))
     y, s = kernel.wkv6_float32_reference(*args)
     y_ref, s_ref = wkv6_reference(*(jnp.asarray(x, jnp.float64) for x in args))
-    assert rel_err(y, y_ref) <= 1e-5 and rel_err(s, s_ref) <= 1e-5
+    assert rel_err(y, y_ref) <= 7e-7 and rel_err(s, s_ref) <= 7e-7  # measured 7.5e-8
 
 
 @pytest.mark.parametrize("target", kernel.TARGETS)
@@ -55,13 +55,15 @@ def test_plain_reference_matches_the_float64_reference(request):
 def test_float32_kernel_matches_reference(request, target, batch, length, heads, size, chunk_size):
     run = functools.partial(kernel.wkv6, chunk_size=chunk_size, target=target, interpret=True)
     args = make_inputs(seed_of(request), (batch, length, heads, size))
-    assert_matches_reference(run, args, forward_tolerance=1e-5, gradient_tolerance=1e-4)
+    # measured 1.0e-7, 1.6e-7 (relative errors of y / state and of the gradients)
+    assert_matches_reference(run, args, forward_tolerance=1e-6, gradient_tolerance=1.5e-6)
 
 
 @pytest.mark.parametrize("target", kernel.TARGETS)
 def test_bfloat16_inputs_accumulate_in_float32(request, target):
     run = functools.partial(kernel.wkv6, chunk_size=16, target=target, interpret=True)
     args = make_inputs(seed_of(request), (1, 40, 2, 16), dtype=jnp.bfloat16)
+    # measured 1.7e-3, 2.5e-3 (relative errors of y / state and of the gradients)
     assert_matches_reference(run, args, forward_tolerance=5e-3, gradient_tolerance=5e-3)
 
 
@@ -71,7 +73,8 @@ def test_tpu_semantics_without_races(request):
         kernel.wkv6, chunk_size=16, target="tpu", interpret=pltpu.InterpretParams(detect_races=True)
     )
     args = make_inputs(seed_of(request), (1, 32, 1, 16))
-    assert_matches_reference(run, args, forward_tolerance=1e-5, gradient_tolerance=1e-4)
+    # measured 7.7e-8, 1.1e-7 (relative errors of y / state and of the gradients)
+    assert_matches_reference(run, args, forward_tolerance=8e-7, gradient_tolerance=1e-6)
     assert interpret_pallas_call.races is not None, "race detection did not run"
     assert not interpret_pallas_call.races.races_found
 
@@ -80,7 +83,7 @@ def test_empty_state_is_the_default(request):
     r, k, v, w_log, u, _ = make_inputs(seed_of(request), (1, 20, 1, 16))
     y, s = kernel.wkv6(r, k, v, w_log, u, chunk_size=16, interpret=True)
     y_ref, s_ref = wkv6_reference(*(jnp.asarray(x, jnp.float64) for x in (r, k, v, w_log, u)))
-    assert rel_err(y, y_ref) <= 1e-5 and rel_err(s, s_ref) <= 1e-5
+    assert rel_err(y, y_ref) <= 7e-7 and rel_err(s, s_ref) <= 7e-7  # measured 7.8e-8
 
 
 @pytest.mark.parametrize(

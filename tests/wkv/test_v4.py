@@ -49,7 +49,7 @@ def rescaled(state: WKV4State, max_exp) -> tuple[np.ndarray, np.ndarray]:
 FORWARD = {name: jax.jit(form) for name, form in FORMS.items()}
 
 
-def assert_matches_reference(form: str, inputs, *, tolerance: float = 1e-5) -> None:
+def assert_matches_reference(form: str, inputs, *, tolerance: float = 1e-6) -> None:
     y, state = FORWARD[form](*inputs)
     y_ref, state_ref = wkv4_reference(*inputs)
     assert y.dtype == inputs[3].dtype and state.num.dtype == jnp.float32
@@ -80,7 +80,7 @@ GRADIENT = {
 GRADIENT_NAMES = ("w_log", "u", "k", "v", "state.num", "state.den", "state.max_exp")
 
 
-def assert_gradients_match_reference(form: str, inputs, *, tolerance: float = 1e-4, underflowing=()) -> None:
+def assert_gradients_match_reference(form: str, inputs, *, tolerance: float = 1e-5, underflowing=()) -> None:
     """Gradients wrt every input; those named in ``underflowing`` are below float32 range in truth and must
     come out zero."""
     w_log, u, k, v, state = inputs
@@ -131,35 +131,36 @@ def test_reference_reads_initial_state_as_scaled_sums():
 @pytest.mark.parametrize("length", [1, 2, 17, 256, 4096])
 @pytest.mark.parametrize("form", FORMS)
 def test_form_matches_reference(form, length):
-    assert_matches_reference(form, make_inputs(length, length))
+    assert_matches_reference(form, make_inputs(length, length))  # measured <= 7.4e-8 (2026-12)
 
 
 @pytest.mark.parametrize("form", FORMS)
 def test_form_matches_reference_from_empty_state(form):
-    assert_matches_reference(form, make_inputs(1, 17, with_state=False))
+    assert_matches_reference(form, make_inputs(1, 17, with_state=False))  # measured 5.5e-8
 
 
 @pytest.mark.parametrize("length", [1, 2, 17, 256, 4096])
 @pytest.mark.parametrize("form", FORMS)
 def test_gradients_match_reference(form, length):
-    assert_gradients_match_reference(form, make_inputs(length + 1, length))
+    assert_gradients_match_reference(form, make_inputs(length + 1, length))  # measured <= 1.0e-6
 
 
 @pytest.mark.parametrize("decay", ["near_zero", "near_one"])
 @pytest.mark.parametrize("form", FORMS)
 def test_extreme_decays_match_reference(form, decay):
     inputs = make_inputs(3, 4096, decay=decay, k_scale=5.0)
-    assert_matches_reference(form, inputs)
+    assert_matches_reference(form, inputs, tolerance=1e-5)  # measured 1.2e-6 (4096 steps of near-one decay)
     # d/dw of anything scales with e^w ~ 1e-64 when w ~ -148: zero in float32.
-    assert_gradients_match_reference(form, inputs, underflowing=("w_log",) if decay == "near_zero" else ())
+    underflowing = ("w_log",) if decay == "near_zero" else ()
+    assert_gradients_match_reference(form, inputs, tolerance=1e-4, underflowing=underflowing)  # 2.6e-5
 
 
 @pytest.mark.parametrize("decay", ["normal", "near_one"])
 @pytest.mark.parametrize("form", FORMS)
 def test_large_keys_stay_finite_and_accurate(form, decay):
     inputs = make_inputs(4, 256, decay=decay, k_scale=60.0)
-    assert_matches_reference(form, inputs)
-    assert_gradients_match_reference(form, inputs)
+    assert_matches_reference(form, inputs)  # measured 1.2e-7
+    assert_gradients_match_reference(form, inputs, tolerance=2e-5)  # measured 1.9e-6
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -179,7 +180,7 @@ def test_gradients_of_raw_state_triple_match_reference(form):
         *(x.astype(jnp.float64) for x in args)
     )
     for name, g, g_ref in zip(GRADIENT_NAMES, grads, grads_ref, strict=True):
-        assert relative_error(g, g_ref) <= 1e-4, name
+        assert relative_error(g, g_ref) <= 1e-6, name  # measured 1.4e-7
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -189,9 +190,9 @@ def test_two_chunks_with_carried_state_equal_one_pass(form):
     y, final = run(w_log, u, k, v, state)
     y_head, middle = run(w_log, u, k[:, :32], v[:, :32], state)
     y_tail, final_chunked = run(w_log, u, k[:, 32:], v[:, 32:], middle)
-    assert relative_error(jnp.concatenate([y_head, y_tail], axis=1), y) <= 1e-6
+    assert relative_error(jnp.concatenate([y_head, y_tail], axis=1), y) <= 1e-7  # measured 1.1e-8
     num, den = rescaled(final_chunked, final.max_exp)
-    assert relative_error(num, final.num) <= 1e-6 and relative_error(den, final.den) <= 1e-6
+    assert relative_error(num, final.num) <= 5e-7 and relative_error(den, final.den) <= 5e-7  # 6.9e-8
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -201,8 +202,8 @@ def test_bfloat16_inputs_give_bfloat16_output_near_reference(form):
     y, final = FORWARD[form](w_log, u, k, v, state)
     y_ref, final_ref = wkv4_reference(w_log, u, k, v, state)
     assert y.dtype == jnp.bfloat16 and final.num.dtype == jnp.float32
-    assert relative_error(y, y_ref) <= 5e-3
-    assert relative_error(rescaled(final, final_ref.max_exp)[0], final_ref.num) <= 1e-5
+    assert relative_error(y, y_ref) <= 5e-3  # measured 1.7e-3 (bfloat16 output)
+    assert relative_error(rescaled(final, final_ref.max_exp)[0], final_ref.num) <= 2e-7  # measured 2.6e-8
 
 
 @pytest.mark.parametrize("impl", ["recurrent", "scan", "pallas", Impl.AUTO])
@@ -210,7 +211,7 @@ def test_dispatcher_runs_the_chosen_form(impl):
     inputs = make_inputs(9, 17)
     y, _ = jax.jit(functools.partial(wkv4, impl=impl))(*inputs)
     y_ref, _ = wkv4_reference(*inputs)
-    assert relative_error(y, y_ref) <= 1e-5
+    assert relative_error(y, y_ref) <= 5e-7  # measured 6.2e-8
 
 
 def test_dispatcher_rejects_forms_wkv4_lacks():

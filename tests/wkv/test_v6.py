@@ -82,8 +82,8 @@ def test_float32_forward_matches_reference(request, form, decay, length):
     y_ref, s_ref = wkv6_reference(*to_f64(args))
     y, s = jax.jit(FORMS[form])(*args)
     assert y.dtype == jnp.float32 and s.dtype == jnp.float32
-    assert rel_err(y, y_ref) <= 1e-5
-    assert rel_err(s, s_ref) <= 1e-5
+    assert rel_err(y, y_ref) <= 2e-6  # measured <= 2.8e-7 (2026-12)
+    assert rel_err(s, s_ref) <= 4e-6  # measured <= 4.5e-7
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -95,7 +95,7 @@ def test_float32_gradients_match_reference(request, form, decay):
     grads_ref = jax.grad(functools.partial(scalar_loss, wkv6_reference, seed), argnums=0)(to_f64(args))
     grads = jax.jit(jax.grad(functools.partial(scalar_loss, FORMS[form], seed), argnums=0))(args)
     for i in wrt:
-        assert rel_err(grads[i], grads_ref[i]) <= 1e-4, f"gradient {i}"
+        assert rel_err(grads[i], grads_ref[i]) <= 5e-6, f"gradient {i}"  # measured <= 6.0e-7
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -104,8 +104,8 @@ def test_bfloat16_inputs_accumulate_in_float32(request, form):
     y_ref, s_ref = wkv6_reference(*to_f64(args))
     y, s = jax.jit(FORMS[form])(*args)
     assert y.dtype == jnp.bfloat16 and s.dtype == jnp.float32
-    assert rel_err(y, y_ref) <= 5e-3
-    assert rel_err(s, s_ref) <= 5e-3
+    assert rel_err(y, y_ref) <= 5e-3  # measured 1.7e-3 (bfloat16 output)
+    assert rel_err(s, s_ref) <= 5e-7  # measured 6.6e-8 (a float32 state)
 
 
 @pytest.mark.parametrize("decay", ["weak", "mixed"])
@@ -113,8 +113,8 @@ def test_chunked_is_accurate_on_long_sequences(request, decay):
     args = make_inputs(seed_of(request), (1, 1024, 1, 8), decay)
     y_ref, s_ref = wkv6_reference(*to_f64(args))
     y, s = jax.jit(wkv6_chunked)(*args)
-    assert rel_err(y, y_ref) <= 1e-5
-    assert rel_err(s, s_ref) <= 1e-5
+    assert rel_err(y, y_ref) <= 2e-6  # measured 2.0e-7
+    assert rel_err(s, s_ref) <= 2e-6  # measured 2.7e-7
 
 
 @pytest.mark.parametrize("decay", ["extremes", "strong_then_weak", "weak"])
@@ -124,7 +124,7 @@ def test_chunked_gradients_are_accurate_on_long_sequences(request, decay):
     grads_ref = jax.grad(functools.partial(scalar_loss, wkv6_reference, seed), argnums=0)(to_f64(args))
     grads = jax.jit(jax.grad(functools.partial(scalar_loss, wkv6_chunked, seed), argnums=0))(args)
     for i in range(6):
-        assert rel_err(grads[i], grads_ref[i]) <= 1e-4, f"gradient {i}"
+        assert rel_err(grads[i], grads_ref[i]) <= 5e-6, f"gradient {i}"  # measured <= 6.7e-7
 
 
 @pytest.mark.parametrize("decay", ["mixed", "extremes", "some_zero"])
@@ -142,7 +142,7 @@ def test_hand_written_chunk_backward_equals_autodiff_of_the_chunk_forward(reques
     got = v6_chunked._chunk_backward(*inputs, dy, d_next)
     for name, a, b in zip(("r", "k", "v", "w", "u", "state"), got, expected, strict=True):
         assert a.shape == b.shape, name
-        assert rel_err(a, b) <= 1e-5, name
+        assert rel_err(a, b) <= 4e-6, name  # measured <= 4.1e-7
 
 
 def test_chunked_gradients_keep_the_input_dtypes(request):
@@ -152,7 +152,7 @@ def test_chunked_gradients_keep_the_input_dtypes(request):
     grads_ref = jax.grad(functools.partial(scalar_loss, wkv6_reference, seed), argnums=0)(to_f64(args))
     for i, (grad, arg) in enumerate(zip(grads, args, strict=True)):
         assert grad.dtype == arg.dtype, f"gradient {i}"
-        assert rel_err(grad, grads_ref[i]) <= 2e-2, f"gradient {i}"
+        assert rel_err(grad, grads_ref[i]) <= 2e-2, f"gradient {i}"  # measured 2.3e-3 (bfloat16)
 
 
 @pytest.mark.parametrize("form", ["recurrent", "chunked64"])
@@ -162,8 +162,8 @@ def test_two_pieces_with_carried_state_equal_one_call(request, form):
     cut = 41
     y1, s1 = FORMS[form](r[:, :cut], k[:, :cut], v[:, :cut], w_log[:, :cut], u, state)
     y2, s2 = FORMS[form](r[:, cut:], k[:, cut:], v[:, cut:], w_log[:, cut:], u, s1)
-    assert rel_err(jnp.concatenate([y1, y2], axis=1), y_all) <= 1e-6
-    assert rel_err(s2, s_all) <= 1e-6
+    assert rel_err(jnp.concatenate([y1, y2], axis=1), y_all) <= 6e-7  # measured 7.7e-8
+    assert rel_err(s2, s_all) <= 2e-7  # measured 2.5e-8
 
 
 def test_dispatcher_runs_each_form_and_auto_is_chunked_on_cpu(request):
@@ -171,9 +171,9 @@ def test_dispatcher_runs_each_form_and_auto_is_chunked_on_cpu(request):
     y_ref, _ = wkv6_reference(*to_f64(args))
     for impl in ("recurrent", Impl.SCAN, Impl.CHUNKED, Impl.PALLAS, Impl.AUTO):
         y, _ = wkv6(*args, impl=impl, chunk_size=16)
-        assert rel_err(y, y_ref) <= 1e-5, impl
+        assert rel_err(y, y_ref) <= 8e-7, impl  # measured 8.4e-8
     y, s = wkv6(*args[:5])  # no state: starts from zeros
-    assert rel_err(y, wkv6_reference(*to_f64(args[:5]))[0]) <= 1e-5
+    assert rel_err(y, wkv6_reference(*to_f64(args[:5]))[0]) <= 8e-7  # measured 7.8e-8
     assert s.shape == (1, 2, 8, 8) and s.dtype == jnp.float32
 
 

@@ -85,8 +85,8 @@ def test_float32_forward_matches_reference(request, form, decay, length):
     y_ref, s_ref = wkv7_reference(*to_f64(args))
     y, s = jax.jit(FORMS[form])(*args)
     assert y.dtype == jnp.float32 and s.dtype == jnp.float32
-    assert rel_err(y, y_ref) <= 1e-5
-    assert rel_err(s, s_ref) <= 1e-5
+    assert rel_err(y, y_ref) <= 2e-6  # measured <= 2.5e-7 (2026-12)
+    assert rel_err(s, s_ref) <= 3e-6  # measured <= 3.0e-7
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -97,7 +97,7 @@ def test_float32_gradients_match_reference(request, form, decay):
     grads_ref = jax.grad(functools.partial(scalar_loss, wkv7_reference, seed), argnums=0)(to_f64(args))
     grads = jax.jit(jax.grad(functools.partial(scalar_loss, FORMS[form], seed), argnums=0))(args)
     for name, grad, ref in zip((*"rkv", "w_log", "a", "b", "state"), grads, grads_ref, strict=True):
-        assert rel_err(grad, ref) <= 1e-4, name
+        assert rel_err(grad, ref) <= 4e-6, name  # measured <= 4.2e-7
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -106,8 +106,8 @@ def test_bfloat16_inputs_accumulate_in_float32(request, form):
     y_ref, s_ref = wkv7_reference(*to_f64(args))
     y, s = jax.jit(FORMS[form])(*args)
     assert y.dtype == jnp.bfloat16 and s.dtype == jnp.float32
-    assert rel_err(y, y_ref) <= 5e-3
-    assert rel_err(s, s_ref) <= 5e-3
+    assert rel_err(y, y_ref) <= 5e-3  # measured 1.7e-3 (bfloat16 output)
+    assert rel_err(s, s_ref) <= 6e-7  # measured 7.5e-8 (a float32 state)
 
 
 @pytest.mark.parametrize("form", ["recurrent", "chunked16"])
@@ -117,12 +117,12 @@ def test_forward_and_gradients_are_accurate_on_long_sequences(request, form, dec
     args = make_inputs(seed, (1, 2048, 1, 16), decay)
     y_ref, s_ref = wkv7_reference(*to_f64(args))
     y, s = FORMS[form](*args)
-    assert rel_err(y, y_ref) <= 1e-5
-    assert rel_err(s, s_ref) <= 1e-5
+    assert rel_err(y, y_ref) <= 4e-6  # measured 4.5e-7
+    assert rel_err(s, s_ref) <= 4e-6  # measured 4.1e-7
     grads_ref = jax.grad(functools.partial(scalar_loss, wkv7_reference, seed), argnums=0)(to_f64(args))
     grads = jax.jit(jax.grad(functools.partial(scalar_loss, FORMS[form], seed), argnums=0))(args)
     for name, grad, ref in zip((*"rkv", "w_log", "a", "b", "state"), grads, grads_ref, strict=True):
-        assert rel_err(grad, ref) <= 1e-4, name
+        assert rel_err(grad, ref) <= 6e-6, name  # measured <= 7.8e-7
 
 
 @pytest.mark.parametrize("form", ["recurrent", "scan", "chunked16"])
@@ -132,17 +132,17 @@ def test_two_pieces_with_carried_state_equal_one_call(request, form):
     cut = 13
     y1, s1 = FORMS[form](*(x[:, :cut] for x in inputs), state)
     y2, s2 = FORMS[form](*(x[:, cut:] for x in inputs), s1)
-    assert rel_err(jnp.concatenate([y1, y2], axis=1), y_all) <= 1e-6
-    assert rel_err(s2, s_all) <= 1e-6
+    assert rel_err(jnp.concatenate([y1, y2], axis=1), y_all) <= 1e-6  # measured 1.5e-7
+    assert rel_err(s2, s_all) <= 1e-6  # measured 1.5e-7
 
 
 def test_dispatcher_runs_each_form(request):
     args = make_inputs(seed_of(request), (1, 9, 2, 8), "model")
     y_ref, _ = wkv7_reference(*to_f64(args))
     for impl, chunk_size in (("recurrent", 4), ("scan", 4), ("chunked", 4), ("auto", 4), ("pallas", 16)):
-        assert rel_err(wkv7(*args, impl=impl, chunk_size=chunk_size)[0], y_ref) <= 1e-5, impl
+        assert rel_err(wkv7(*args, impl=impl, chunk_size=chunk_size)[0], y_ref) <= 1e-6, impl  # 1.2e-7
     y, s = wkv7(*args[:6])  # no state: starts from zeros
-    assert rel_err(y, wkv7_reference(*to_f64(args[:6]))[0]) <= 1e-5 and s.shape == (1, 2, 8, 8)
+    assert rel_err(y, wkv7_reference(*to_f64(args[:6]))[0]) <= 1e-6 and s.shape == (1, 2, 8, 8)  # 1.3e-7
 
 
 def test_chunked_rejects_decays_too_strong_for_its_chunk_size_and_bad_chunk_sizes(request):
