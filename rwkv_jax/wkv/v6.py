@@ -154,6 +154,47 @@ def wkv6_scan(
     return y.astype(out_dtype), states_after[:, -1]
 
 
+def _wkv6_chunked(
+    r: Array,
+    k: Array,
+    v: Array,
+    w_log: Array,
+    u: Array,
+    state: Array | None,
+    *,
+    chunk_size: int,
+    starts: Array | None = None,
+) -> tuple[Array, Array]:
+    """:func:`wkv6_chunked`, with ``starts`` by linearity: the state is an affine function of the state at
+    the last document start, so the chunked form runs with a decay of exactly 0 (``w_log = -inf``, which it
+    allows) at each start (token p's decay acts on the state before p when forming the state after p),
+    giving every later token of a document the contribution of the document's own tokens, and the initial
+    state's part is added: ``r_t . (exp(W_t) * state)`` with ``W_t`` the log decays summed from the
+    document's start p to ``t - 1`` (a segmented sum, never a difference of sums), ``<= 0``. A start token
+    itself reads the state before it, so its output is rebuilt: its bonus plus ``r_p . state``."""
+    if starts is None:
+        return wkv6_chunked(r, k, v, w_log, u, state, chunk_size=chunk_size)
+    state = WKV6_FORMS.initial_state(state, (r, k, v, w_log, u))
+    f32, out_dtype = jnp.float32, v.dtype
+    r, k, v, w_log = (x.astype(f32) for x in (r, k, v, w_log))
+    at_start = starts[..., None, None]
+    y, final = wkv6_chunked(r, k, v, jnp.where(at_start, -jnp.inf, w_log), u, state, chunk_size=chunk_size)
+
+    def add(a: tuple[Array], b: tuple[Array]) -> tuple[Array]:
+        return (a[0] + b[0],)
+
+    (through,), _ = jax.lax.associative_scan(with_restarts(add), ((w_log,), starts), axis=1)
+    after_start = jnp.cumsum(starts, axis=1) > 0  # [B, T]: in a document that starts in this call
+    # Decay from the document's start to t - 1: 0 at a start, else the sum through t - 1.
+    before = jnp.concatenate([jnp.zeros_like(through[:, :1]), through[:, :-1]], axis=1)
+    before = jnp.where(at_start, 0.0, before)
+    from_state = jnp.einsum("bthi,bhij->bthj", r * jnp.exp(before), state)
+    bonus = jnp.sum(r * u.astype(f32) * k, axis=-1, keepdims=True) * v
+    y = jnp.where(at_start, bonus + from_state, y + jnp.where(after_start[..., None, None], from_state, 0.0))
+    last = jnp.where(after_start[:, -1, None, None], jnp.exp(through[:, -1]), 0.0)  # [B, H, N]
+    return y.astype(out_dtype), final + last[..., None] * state
+
+
 def _wkv6_pallas(
     r: Array, k: Array, v: Array, w_log: Array, u: Array, state: Array | None, *, chunk_size: int
 ) -> tuple[Array, Array]:
@@ -187,7 +228,7 @@ def wkv6(
       impl: the form, an :class:`Impl` or its name.
       chunk_size: tokens per chunk of the CHUNKED and PALLAS forms.
       starts: ``[B, T]`` bool document-start mask, or None (forms that take it: ``WKV6_FORMS.takes_starts``;
-        AUTO picks RECURRENT where CHUNKED would not).
+        AUTO picks RECURRENT where PALLAS would not).
 
     Returns:
       ``y [B, T, H, N]`` in ``v.dtype`` and the final float32 state ``[B, H, N, N]``.
@@ -204,11 +245,11 @@ WKV6_FORMS = WKVForms(
     forms={
         Impl.RECURRENT: without_chunks(wkv6_recurrent),
         Impl.SCAN: without_chunks(wkv6_scan),
-        Impl.CHUNKED: wkv6_chunked,
+        Impl.CHUNKED: _wkv6_chunked,
         Impl.PALLAS: _wkv6_pallas,
     },
     reference=wkv6_reference,
-    takes_starts=frozenset({Impl.RECURRENT, Impl.SCAN}),
+    takes_starts=frozenset({Impl.RECURRENT, Impl.SCAN, Impl.CHUNKED}),
     auto_cpu=Impl.CHUNKED,
     auto_accelerated=Impl.CHUNKED,
     default_chunk_size=DEFAULT_CHUNK_SIZE,
