@@ -2,7 +2,9 @@
 
 A version subclasses :class:`LanguageModel`, sets ``config``, ``emb``, ``blocks``, ``ln_out`` and ``head`` in
 its ``__init__``, and defines :meth:`LanguageModel.empty_layer_state`. Each block is called as
-``block(x [B, T, C], layer_state) -> (x, layer_state)`` by :meth:`LanguageModel.run_blocks`.
+``block(x [B, T, C], layer_state) -> (x, layer_state)`` by :meth:`LanguageModel.run_blocks`, and as
+``block(x, layer_state, starts)`` when the call packs documents (``starts [B, T]`` bool; a block passes it to
+its token shifts and WKV call, see :func:`rwkv_jax.models.common.token_shift`).
 """
 
 from typing import Any
@@ -106,7 +108,8 @@ class LanguageModel(nnx.Module):
         one to the next (RWKV-7) overrides this."""
         new_state = []
         for block, layer_state in zip(self.blocks, state, strict=True):
-            x, layer_state = block(x, layer_state, starts)
+            # A family whose blocks take no document starts keeps working without them.
+            x, layer_state = block(x, layer_state) if starts is None else block(x, layer_state, starts)
             new_state.append(layer_state)
         return x, tuple(new_state)
 
