@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from rwkv_jax.array_typing import Array
-from rwkv_jax.wkv.forms import WKVForms, restart, with_restarts, without_chunks
+from rwkv_jax.wkv.forms import Form, WKVForms, restart, with_restarts, without_chunks
 from rwkv_jax.wkv.impl import Impl
 from rwkv_jax.wkv.v6_chunked import DEFAULT_CHUNK_SIZE, wkv6_chunked
 
@@ -154,31 +154,36 @@ def wkv6_scan(
     return y.astype(out_dtype), states_after[:, -1]
 
 
-def _wkv6_chunked(
-    r: Array,
-    k: Array,
-    v: Array,
-    w_log: Array,
-    u: Array,
-    state: Array | None,
-    *,
-    chunk_size: int,
-    starts: Array | None = None,
+def _with_starts(form: Form) -> Form:
+    """``form`` (chunked or Pallas, both of which allow ``w_log = -inf``) with ``starts``, by linearity: the
+    state is an affine function of the state at the last document start, so ``form`` runs with a decay of
+    exactly 0 (``w_log = -inf``) at each start (token p's decay acts on the state before p when forming the
+    state after p), giving every later token of a document the contribution of the document's own tokens,
+    and the initial state's part is added: ``r_t . (exp(W_t) * state)`` with ``W_t`` the log decays summed
+    from the document's start p to ``t - 1`` (a segmented sum, never a difference of sums), ``<= 0``. A start
+    token itself reads the state before it, so its output is rebuilt: its bonus plus ``r_p . state``."""
+
+    def run(
+        r: Array, k: Array, v: Array, w_log: Array, u: Array, state: Array | None, *, chunk_size: int,
+        starts: Array | None = None,
+    ) -> tuple[Array, Array]:  # fmt: skip
+        if starts is None:
+            return form(r, k, v, w_log, u, state, chunk_size=chunk_size)
+        return _restarted(form, (r, k, v, w_log, u), state, chunk_size, starts)
+
+    return run
+
+
+def _restarted(
+    form: Form, inputs: tuple[Array, ...], state: Array | None, chunk_size: int, starts: Array
 ) -> tuple[Array, Array]:
-    """:func:`wkv6_chunked`, with ``starts`` by linearity: the state is an affine function of the state at
-    the last document start, so the chunked form runs with a decay of exactly 0 (``w_log = -inf``, which it
-    allows) at each start (token p's decay acts on the state before p when forming the state after p),
-    giving every later token of a document the contribution of the document's own tokens, and the initial
-    state's part is added: ``r_t . (exp(W_t) * state)`` with ``W_t`` the log decays summed from the
-    document's start p to ``t - 1`` (a segmented sum, never a difference of sums), ``<= 0``. A start token
-    itself reads the state before it, so its output is rebuilt: its bonus plus ``r_p . state``."""
-    if starts is None:
-        return wkv6_chunked(r, k, v, w_log, u, state, chunk_size=chunk_size)
-    state = WKV6_FORMS.initial_state(state, (r, k, v, w_log, u))
+    """See :func:`_with_starts`."""
+    r, k, v, w_log, u = inputs
+    state = WKV6_FORMS.initial_state(state, inputs)
     f32, out_dtype = jnp.float32, v.dtype
     r, k, v, w_log = (x.astype(f32) for x in (r, k, v, w_log))
     at_start = starts[..., None, None]
-    y, final = wkv6_chunked(r, k, v, jnp.where(at_start, -jnp.inf, w_log), u, state, chunk_size=chunk_size)
+    y, final = form(r, k, v, jnp.where(at_start, -jnp.inf, w_log), u, state, chunk_size=chunk_size)
 
     def add(a: tuple[Array], b: tuple[Array]) -> tuple[Array]:
         return (a[0] + b[0],)
@@ -245,11 +250,11 @@ WKV6_FORMS = WKVForms(
     forms={
         Impl.RECURRENT: without_chunks(wkv6_recurrent),
         Impl.SCAN: without_chunks(wkv6_scan),
-        Impl.CHUNKED: _wkv6_chunked,
-        Impl.PALLAS: _wkv6_pallas,
+        Impl.CHUNKED: _with_starts(wkv6_chunked),
+        Impl.PALLAS: _with_starts(_wkv6_pallas),
     },
     reference=wkv6_reference,
-    takes_starts=frozenset({Impl.RECURRENT, Impl.SCAN, Impl.CHUNKED}),
+    takes_starts=frozenset({Impl.RECURRENT, Impl.SCAN, Impl.CHUNKED, Impl.PALLAS}),
     auto_cpu=Impl.CHUNKED,
     auto_accelerated=Impl.CHUNKED,
     default_chunk_size=DEFAULT_CHUNK_SIZE,
