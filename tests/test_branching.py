@@ -10,8 +10,9 @@ PREFIX = [5, 17, 200, 3, 3, 41, 99]
 SUFFIXES = [[], [7], [8, 9, 10]]
 
 
-@pytest.mark.parametrize("sampling", [dict(greedy=True), dict(temperature=1.0, top_k=20, seed=3)])
-def test_branches_from_a_cached_prefix_state_equal_the_full_prompts_token_for_token(sampling):
+def test_branches_from_a_cached_prefix_state_equal_the_full_prompts_token_for_token():
+    # Sampled (one compile; greedy is the same path): equal draws need equal logits at every step.
+    sampling = dict(temperature=1.0, top_k=20, seed=3)
     model = get_preset("goose-tiny").build(init="plain", wkv_impl="recurrent")
     cached = prefix_state(model, PREFIX)
     branched = branch(model, PREFIX, SUFFIXES, 6, state=cached, **sampling)
