@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import pytest
 
 import rwkv_jax
+from rwkv_jax import decoding
 from rwkv_jax.models.family import families
 from rwkv_jax.wkv import forms
 from rwkv_jax.wkv.forms import WKVForms
@@ -118,11 +119,12 @@ def test_a_model_with_wkv_impl_auto_runs_the_chunked_form_on_an_accelerator(monk
     calls = recording(table, monkeypatch)
     use_backend(monkeypatch, platform)
     tokens = jnp.arange(2 * 5, dtype=jnp.int32).reshape(2, 5) % model.config.vocab_size
-    # op by op: the jitted call traces once per model structure and shape, so a test that ran earlier in this
-    # process (another platform's case) would leave nothing to record
-    logits, state = model.forward(tokens)
+    # The jitted call traces once per model structure and shape: a trace left by an earlier test in this
+    # process (another platform's case) would leave nothing to record, so the test starts without one.
+    decoding.compiled_step.cache_clear()
+    logits, state = model(tokens)
     assert calls == [Impl.CHUNKED] * model.config.n_layer
     assert bool(jnp.isfinite(logits).all())
     calls.clear()
-    model.forward(tokens[:, :1], state)  # decoding one token
+    model(tokens[:, :1], state)  # decoding one token
     assert calls == [Impl.RECURRENT] * model.config.n_layer
