@@ -25,6 +25,14 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 for _name, _value in CACHE_SETTINGS.items():
     os.environ.setdefault(_name, _value)
 
+# Tests compile hundreds of small programs and run each a few times, so LLVM's optimisation of XLA:CPU code
+# costs more than it saves: at level 0 tests/models/test_family_contract.py took 44 s instead of 73 s, and
+# tests/wkv/test_v7.py with tests/training/test_loop.py 85 s instead of 141 s (one run each, same machine).
+# Inherited by the workers, their subprocesses and the notebook kernels; a level the caller set is kept.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+
 import jax  # noqa: E402  (after the cache settings: JAX reads them at import)
 import pytest  # noqa: E402
 

@@ -14,6 +14,7 @@ import pytest
 
 from rwkv_jax.training.checkpointing import Checkpoints
 from rwkv_jax.training.metrics import read_metrics
+from tests.conftest import TEST_XLA_FLAGS
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -56,7 +57,7 @@ def start(
     corpus: tuple[str, str], workdir: pathlib.Path, num_processes: int, process_id: int, port: int, steps: int
 ) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)  # no forced device count from the parent: each process sets its own
+    env["XLA_FLAGS"] = TEST_XLA_FLAGS  # no forced device count from the parent: each process sets its own
     args = [*corpus, str(workdir), str(num_processes), str(process_id), str(port), str(steps)]
     return subprocess.Popen(
         [sys.executable, "-c", RUN, *args],

@@ -64,7 +64,8 @@ np.testing.assert_allclose(results[0], results[1], rtol=1e-4)
 @pytest.mark.parametrize("family", ["rwkv4", "rwkv6"])  # rwkv6: the chunked WKV, heads split on tensor
 def test_fsdp_and_tensor_sharded_training_matches_data_parallel(corpus, tmp_path, family):
     script = SCRIPT.format(train=corpus[0], val=corpus[1], workdir=str(tmp_path), family=family)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path
