@@ -80,6 +80,11 @@ def tiny_rwkv_dir() -> pathlib.Path:
     return shared_path("fixtures", "tiny-rwkv")
 
 
+def load_experiment(name: str) -> ModuleType:
+    """``experiments/<name>.py`` as a module (``experiments`` is a namespace package under the repo root)."""
+    return importlib.import_module(f"experiments.{name}")
+
+
 def import_or_skip(module: str, reason: str) -> ModuleType:
     """``importlib.import_module(module)``; :func:`skip_or_fail` with ``reason`` when it is not installed."""
     try:

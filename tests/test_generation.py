@@ -1,8 +1,6 @@
 """generate and sample_logits: sampling distributions, greedy = manual argmax, ragged batch = one by one."""
 
 import dataclasses
-import importlib.util
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +11,7 @@ from flax import nnx
 from rwkv_jax.generation import generate, sample_logits
 from rwkv_jax.models.rwkv4.model import RWKV4, RWKV4Config
 from rwkv_jax.numerics import relative_error
+from tests.conftest import load_experiment
 
 VOCAB = 40
 
@@ -251,16 +250,8 @@ def test_bad_arguments_are_rejected(prompts, kwargs, message):
 # ------------------------------------------------------------------------------- experiments/generate.py
 
 
-def load_script(name: str):
-    path = pathlib.Path(__file__).resolve().parent.parent / "experiments" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_generate_script_reproduces_the_fixture_greedy_continuation(tiny_rwkv_dir, capsys):
-    script = load_script("generate")
+    script = load_experiment("generate")
     argv = [
         "--model",
         str(tiny_rwkv_dir / "tiny-rwkv-4v0-660K.pth"),
@@ -282,5 +273,5 @@ def test_generate_script_reproduces_the_fixture_greedy_continuation(tiny_rwkv_di
 def test_generate_script_continues_the_goose_fixture_as_its_readme_says(tiny_rwkv_dir, capsys):
     model = str(tiny_rwkv_dir / "tiny-rwkv-7v0-834K.pth")
     argv = ["--model", model, "--tokenizer", "byte", "--prompt", '"in', "--max-new-tokens", "16"]
-    text = load_script("generate").main([*argv, "--temperature", "0"])
+    text = load_experiment("generate").main([*argv, "--temperature", "0"])
     assert text.startswith('"in the the the')  # the fixture README's greedy continuation for 7v0

@@ -2,9 +2,7 @@
 pure-JAX forms of every registered family against the float64 references; the compare_numerics CLI."""
 
 import csv
-import importlib.util
 import math
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +17,7 @@ from rwkv_jax.wkv.numerics_case import LOG_DECAY_RANGES
 from rwkv_jax.wkv.v4_numerics import LARGE_KEY
 from rwkv_jax.wkv.v7 import WKV7_FORMS
 from rwkv_jax.wkv.v7_numerics import LARGE_ICLR, STRONGEST_LOG_DECAY
+from tests.conftest import load_experiment
 
 
 def test_relative_error_is_the_norm_ratio():
@@ -214,17 +213,9 @@ def test_forms_over_their_length_limit_are_skipped_with_a_note():
     assert "| – |" in markdown_table(rows)
 
 
-def load_compare_numerics():
-    path = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "compare_numerics.py"
-    spec = importlib.util.spec_from_file_location("compare_numerics", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cli_writes_csv_and_markdown_that_render_again(tmp_path):
     """Two families (their gradient columns differ), a regime one of them lacks, a form capped by length."""
-    script = load_compare_numerics()
+    script = load_experiment("compare_numerics")
     tiny = ["--lengths", "20", "--heads", "2", "--head-size", "4", "--chunk-size", "16"]
     options = ["--families", "rwkv4,rwkv7", "--forms", "recurrent", "--dtypes", "float32", *tiny]
     limit = ["--max-length", "rwkv7:recurrent=16"]
@@ -246,7 +237,7 @@ def test_cli_writes_csv_and_markdown_that_render_again(tmp_path):
 
 
 def test_cli_rejects_unknown_names():
-    script = load_compare_numerics()
+    script = load_experiment("compare_numerics")
     with pytest.raises(SystemExit):
         script.parse_args(["--out", "x", "--forms", "fast"])
     with pytest.raises(SystemExit):

@@ -1,7 +1,6 @@
 """experiments/check_device.py: the smoke run on CPU (``--interpret --small``, Pallas interpreter) prints the
 table and the verdicts and writes the JSON; the verdict logic on made-up rows (a hardware pass, a failure)."""
 
-import importlib.util
 import json
 import math
 import os
@@ -13,6 +12,7 @@ from types import ModuleType
 import pytest
 
 from rwkv_jax.numerics import Row
+from tests.conftest import load_experiment
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "experiments" / "check_device.py"
@@ -21,14 +21,6 @@ FORMS = {
     "WKV-6": ("recurrent", "scan", "chunked", "pallas"),
     "WKV-7": ("recurrent", "scan", "chunked", "pallas"),
 }
-
-
-def load_script() -> ModuleType:
-    """The script as a module (experiments/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("check_device", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +108,7 @@ def made_up_results(script: ModuleType, kernel_errors: dict[tuple[str, str], flo
 
 
 def test_every_kernel_passing_on_hardware_names_the_platform_to_add():
-    script = load_script()
+    script = load_experiment("check_device")
     results = made_up_results(
         script, {("WKV-4", "float32"): 1e-7, ("WKV-6", "float32"): 2e-7, ("WKV-6", "bfloat16"): 3e-3}
     )
@@ -129,7 +121,7 @@ def test_every_kernel_passing_on_hardware_names_the_platform_to_add():
 
 
 def test_a_failing_or_unchecked_kernel_adds_nothing():
-    script = load_script()
+    script = load_experiment("check_device")
     results = made_up_results(script, {("WKV-4", "float32"): 1e-7, ("WKV-6", "bfloat16"): 2e-2})
     results[0].rows.append(made_up_row("WKV-4", "pallas", "float32", math.nan, skipped=True))
     assert [r.verdict() for r in results] == ["skipped", "FAIL"]
@@ -141,5 +133,5 @@ def test_a_failing_or_unchecked_kernel_adds_nothing():
 
 
 def test_without_an_accelerator_or_interpret_it_refuses(capsys):
-    assert load_script().main(["--small"]) == 2
+    assert load_experiment("check_device").main(["--small"]) == 2
     assert "--interpret" in capsys.readouterr().err

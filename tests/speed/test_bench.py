@@ -1,25 +1,16 @@
 """experiments/bench.py --small: one command writes the table's figures and the plot; the two stacks agree."""
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
 
-BENCH = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "bench.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("experiments_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_experiment
 
 
 def test_small_bench_writes_every_figure_and_agrees_with_the_rwkv_package(tmp_path, monkeypatch):
     monkeypatch.setenv("RWKV_JIT_ON", "0")  # the package's TorchScript compile would dominate a smoke test
     monkeypatch.delenv("RWKV_CUDA_ON", raising=False)  # the bench sets it (the package needs it set)
-    bench = load_bench()
+    bench = load_experiment("bench")
     out, picture = tmp_path / "bench.json", tmp_path / "bench.png"
     argv = ["--small", "--families", "finch", "--dtypes", "float32", "--repeats", "1"]
     assert bench.main([*argv, "--json", str(out), "--plot", str(picture)]) == 0
