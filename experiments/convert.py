@@ -2,14 +2,15 @@
 
     python experiments/convert.py MODEL.pth --check
     python experiments/convert.py MODEL.pth --roundtrip OUT.pth
-    python experiments/convert.py MODEL.pth --to-hf OUT_DIR [--hf-dtype bfloat16]   # RWKV-7
+    python experiments/convert.py MODEL.pth --to-hf OUT_DIR [--hf-dtype bfloat16] [--hf-layout rwkv-block]
     python experiments/convert.py HF_DIR --roundtrip OUT.pth                         # and back
 
 The checkpoint is a ``.pth``, a ``.safetensors`` with BlinkDL's names or a Hugging Face folder.
 ``--check`` prints the detected family, the inferred config and the parameter count. ``--roundtrip`` loads
 the checkpoint into our model, saves it with ``save_official`` (``.pth``, or ``.safetensors`` by the name)
 and reports whether every tensor came back equal (after conversion to float32, the dtype ``save_official``
-writes). ``--to-hf`` writes a Hugging Face folder (flash-linear-attention's layout, docs/evaluation.md).
+writes). ``--to-hf`` writes an RWKV-7 Hugging Face folder (flash-linear-attention's layout, or
+RWKV-block's with ``--hf-layout rwkv-block``; docs/evaluation.md).
 """
 
 import argparse
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--roundtrip", metavar="OUT.pth", help="save the loaded model to OUT.pth and compare")
     parser.add_argument("--to-hf", metavar="OUT_DIR", help="write a Hugging Face folder (a new folder)")
     parser.add_argument("--hf-dtype", default="float32", help="float32 | bfloat16 | float16 for --to-hf")
+    parser.add_argument("--hf-layout", default="fla", help="fla | rwkv-block: the names --to-hf writes")
     args = parser.parse_args(argv)
     if not (args.check or args.roundtrip or args.to_hf):
         parser.error("give --check, --roundtrip OUT.pth and/or --to-hf OUT_DIR")
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.roundtrip and not roundtrip(args.checkpoint, args.roundtrip):
             return 1
         if args.to_hf:
-            save_hf(load_official(args.checkpoint), args.to_hf, dtype=args.hf_dtype)
+            save_hf(load_official(args.checkpoint), args.to_hf, dtype=args.hf_dtype, layout=args.hf_layout)
             print(f"wrote {args.to_hf}")
     except (OSError, ValueError, TypeError) as error:  # unreadable, malformed, a family without the format
         print(f"error: {error}", file=sys.stderr)

@@ -2,8 +2,9 @@
 
 A folder holds ``model.safetensors``, or shards listed in ``model.safetensors.index.json``, or (older saves)
 ``pytorch_model.bin`` / its index, read with the torch-free ``.pth`` reader. ``config.json``'s
-``model_type`` picks the layout module (:data:`LAYOUTS`), which maps the tensors to BlinkDL names; the
-family's converter then builds the model as for a ``.pth``. Nothing in the folder is executed (a config's
+``model_type`` and the tensor names pick the layout module (:data:`LAYOUTS`: flash-linear-attention's, or
+RWKV-block's, which shares fla's model_type), which maps the tensors to BlinkDL names; the family's converter
+then builds the model as for a ``.pth``. Nothing in the folder is executed (a config's
 ``auto_map`` naming custom code is ignored).
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from rwkv_jax.checkpoint import hf_rwkv7
+from rwkv_jax.checkpoint import hf_rwkv7, hf_rwkv_block
 from rwkv_jax.checkpoint.layout import CheckpointLayoutError
 from rwkv_jax.checkpoint.pth import read_pth
 from rwkv_jax.checkpoint.safetensors_io import read_safetensors, write_safetensors
@@ -27,8 +28,9 @@ from rwkv_jax.models.family import family_of
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
-# config.json's model_type -> the module mapping that layout to BlinkDL names and back.
-LAYOUTS: dict[str, ModuleType] = {hf_rwkv7.MODEL_TYPE: hf_rwkv7}
+# The modules mapping a layout to BlinkDL names and back; each has NAME, MODEL_TYPE (config.json's), FAMILY,
+# matches(tensor names), to_blinkdl and from_blinkdl. Where two share a model_type, the names decide.
+LAYOUTS: tuple[ModuleType, ...] = (hf_rwkv7, hf_rwkv_block)
 # Weight files in the order they are looked for: (single file, index of shards, reader).
 _WEIGHT_FILES = (
     (WEIGHTS, "model.safetensors.index.json", read_safetensors),
@@ -92,24 +94,34 @@ def read_hf(folder: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str,
     folder = pathlib.Path(folder)
     hf_config = _read_json(folder / CONFIG)
     model_type = hf_config.get("model_type")
-    if model_type not in LAYOUTS:
+    candidates = [layout for layout in LAYOUTS if layout.MODEL_TYPE == model_type]
+    if not candidates:
+        known = sorted({layout.MODEL_TYPE for layout in LAYOUTS})
         raise CheckpointLayoutError(
-            f"{folder / CONFIG}: model_type {model_type!r} has no Hugging Face layout here; known: "
-            f"{sorted(LAYOUTS)}"
+            f"{folder / CONFIG}: model_type {model_type!r} has no Hugging Face layout here; known: {known}"
         )
-    return LAYOUTS[model_type].to_blinkdl(read_hf_tensors(folder), hf_config)
+    tensors = read_hf_tensors(folder)
+    # Names of neither layout: the first one's check names what is missing and unexpected.
+    layout = next((layout for layout in candidates if layout.matches(tensors)), candidates[0])
+    return layout.to_blinkdl(tensors, hf_config)
 
 
-def _layout_of(model: nnx.Module) -> ModuleType:
+def _layout_of(model: nnx.Module, name: str) -> ModuleType:
     family = family_of(model)
-    for layout in LAYOUTS.values():
-        if layout.FAMILY == family.name:
+    for layout in LAYOUTS:
+        if layout.FAMILY == family.name and layout.NAME == name:
             return layout
-    raise TypeError(f"{family.title} has no Hugging Face layout; known: {sorted(LAYOUTS)}")
+    known = sorted(f"{layout.NAME} ({layout.FAMILY})" for layout in LAYOUTS)
+    raise ValueError(f"{family.title} has no Hugging Face layout {name!r}; known: {known}")
 
 
-def save_hf(model: nnx.Module, folder: str | os.PathLike, dtype: str = "float32") -> None:
+def save_hf(
+    model: nnx.Module, folder: str | os.PathLike, dtype: str = "float32", layout: str = hf_rwkv7.NAME
+) -> None:
     """Writes ``model`` as a Hugging Face folder (``config.json``, ``model.safetensors`` in ``dtype``).
+
+    ``layout``: ``"fla"`` (flash-linear-attention's names, as the ``fla-hub/rwkv7-*`` releases) or
+    ``"rwkv-block"`` (BlinkDL's names with RWKV-block's config, as the ``RWKV/v7-Goose-*-HF`` releases).
 
     Atomic: the files are written into a temporary folder beside ``folder``, which is then renamed to it.
     ``folder`` must not exist or be empty (a non-empty one is never overwritten: FileExistsError).
@@ -117,7 +129,7 @@ def save_hf(model: nnx.Module, folder: str | os.PathLike, dtype: str = "float32"
     folder = pathlib.Path(folder).absolute()
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise FileExistsError(f"{folder} exists and is not an empty folder; save to a new folder")
-    hf_config, tensors = _layout_of(model).from_blinkdl(model, dtype)
+    hf_config, tensors = _layout_of(model, layout).from_blinkdl(model, dtype)
     temporary = folder.with_name(f".{folder.name}.{secrets.token_hex(6)}.tmp")
     temporary.mkdir(parents=True)
     try:

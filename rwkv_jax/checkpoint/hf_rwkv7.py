@@ -24,7 +24,7 @@ BlinkDL's 64e-5 = 64 * 1e-5: the same for head size 64, which every release has.
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import ml_dtypes
@@ -34,6 +34,7 @@ from rwkv_jax.checkpoint.layout import CheckpointLayoutError, check_tensors
 from rwkv_jax.models.rwkv7 import convert as convert_v7
 from rwkv_jax.models.rwkv7.model import RWKV7, RWKV7Config
 
+NAME = "fla"  # save_hf(layout=...)
 MODEL_TYPE = "rwkv7"
 FAMILY = "rwkv7"  # the registry name of the family this layout converts to
 # The dtypes a file is written in (config.json's torch_dtype names them the same way).
@@ -81,6 +82,11 @@ _LORA_PARTS = {
     "0": ("lora.2.bias", FLAT),
 }
 _MIXES = "rwkvag"  # the rows of the older fused attn.x_x
+
+
+def matches(keys: Iterable[str]) -> bool:
+    """True for tensors under fla's names (``model.layers.N.*``, ``model.embeddings.weight``)."""
+    return any(key.startswith(("model.layers.", "model.embeddings.")) for key in keys)
 
 
 def hf_name(name: str) -> tuple[str, str]:
