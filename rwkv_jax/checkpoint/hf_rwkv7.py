@@ -128,7 +128,7 @@ def config_from_hf(hf_config: Mapping[str, Any], **fields: Any) -> RWKV7Config:
 
     Raises :class:`CheckpointLayoutError` for settings our RWKV-7 cannot represent: hybrid attention
     layers (``attn``), ``norm_first: false``, a ``value_dim`` other than ``hidden_size``, an activation
-    other than sqrelu, ``norm_eps`` other than 1e-5.
+    other than sqrelu.
     """
     _refuse(hf_config.get("model_type") != MODEL_TYPE, f"model_type {hf_config.get('model_type')!r}")
     setting = {key: _setting(hf_config, key) for key in FLA_DEFAULTS}
@@ -148,11 +148,6 @@ def config_from_hf(hf_config: Mapping[str, Any], **fields: Any) -> RWKV7Config:
     ffn_dim = setting["intermediate_size"]
     if ffn_dim is None:  # fla's RWKV7FeedForward: hidden_size * hidden_ratio, rounded up to a multiple of 32
         ffn_dim = 32 * math.ceil(int(C * setting["hidden_ratio"]) / 32)
-    _refuse(
-        not math.isclose(setting["norm_eps"], RWKV7Config.layer_norm_eps),
-        f"norm_eps {setting['norm_eps']} (only {RWKV7Config.layer_norm_eps} loads: the RWKV-7 converter "
-        "takes no layer-norm eps)",
-    )
     return RWKV7Config(
         vocab_size=setting["vocab_size"],
         n_layer=L,
@@ -160,6 +155,7 @@ def config_from_hf(hf_config: Mapping[str, Any], **fields: Any) -> RWKV7Config:
         head_size=head_dim,
         ffn_dim=ffn_dim,
         group_norm_eps=head_dim * setting["norm_eps"],
+        layer_norm_eps=setting["norm_eps"],
         **{ours: setting[theirs] for theirs, ours in _LORAS.items()},
         **fields,
     )
@@ -226,7 +222,7 @@ def to_blinkdl(
         else:  # blocks.N.att.x_?: a row of attn.x_x
             block, mix = name.split(".")[1], name[-1]
             out[name] = tensors[f"model.layers.{block}.attn.x_x"][_MIXES.index(mix)].reshape(shapes[name])
-    return out, {"group_norm_eps": config.group_norm_eps}
+    return out, {"group_norm_eps": config.group_norm_eps, "layer_norm_eps": config.layer_norm_eps}
 
 
 def hf_config_of(config: RWKV7Config, dtype: str) -> dict[str, Any]:

@@ -247,6 +247,19 @@ def test_missing_unexpected_and_misshapen_hf_tensors_are_named(tmp_path):
         load_official(tmp_path / "hf" / "model.safetensors")
 
 
+def test_a_norm_eps_other_than_fla_default_loads_into_both_norms_and_round_trips(tmp_path):
+    model = random_model(
+        tiny_config(
+            n_embd=128, head_size=64, ffn_dim=128, vocab_size=128, layer_norm_eps=1e-3, group_norm_eps=64e-3
+        )
+    )
+    save_hf(model, tmp_path / "hf")
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["norm_eps"] == 1e-3
+    back = load_official(tmp_path / "hf", wkv_impl=model.config.wkv_impl)
+    assert (back.config.layer_norm_eps, back.config.group_norm_eps) == (1e-3, 64e-3)
+    np.testing.assert_array_equal(logits(back), logits(model))  # the same weights, eps and form: exact
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
@@ -255,7 +268,6 @@ def test_missing_unexpected_and_misshapen_hf_tensors_are_named(tmp_path):
         ({"norm_first": False}, "norm_first false"),
         ({"value_dim": 256}, "value_dim 256 differs"),
         ({"attn": {"layers": [1]}}, "hybrid attention"),
-        ({"norm_eps": 1e-6}, "norm_eps 1e-06"),
     ],
 )
 def test_settings_our_rwkv7_cannot_represent_are_refused_by_name(tmp_path, setting, message):

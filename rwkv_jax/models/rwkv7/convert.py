@@ -113,6 +113,7 @@ def config_from_state_dict(
     param_dtype: str = "float32",
     wkv_impl: Impl | str = Impl.AUTO,
     group_norm_eps: float = 64e-5,
+    layer_norm_eps: float = 1e-5,
 ) -> RWKV7Config:
     """Infers the sizes from the names and shapes (heads from ``r_k``, LoRA ranks from ``*1``)."""
     check_keys(tensors.keys(), layout_keys(tensors.keys()), LAYOUT)
@@ -132,6 +133,7 @@ def config_from_state_dict(
         head_size=head_size,
         ffn_dim=ffn_dim,
         group_norm_eps=group_norm_eps,
+        layer_norm_eps=layer_norm_eps,
         dtype=dtype,
         param_dtype=param_dtype,
         wkv_impl=wkv_impl,
@@ -146,6 +148,7 @@ def from_state_dict(
     param_dtype: str = "float32",
     wkv_impl: Impl | str = Impl.AUTO,
     group_norm_eps: float = 64e-5,
+    layer_norm_eps: float = 1e-5,
 ) -> RWKV7:
     """Builds an :class:`RWKV7` holding exactly the official tensors (cast to ``param_dtype``).
 
@@ -154,7 +157,12 @@ def from_state_dict(
     ``v0, v1, v2`` are zeros when the file leaves them out.
     """
     config = config_from_state_dict(
-        tensors, dtype=dtype, param_dtype=param_dtype, wkv_impl=wkv_impl, group_norm_eps=group_norm_eps
+        tensors,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        wkv_impl=wkv_impl,
+        group_norm_eps=group_norm_eps,
+        layer_norm_eps=layer_norm_eps,
     )
     shapes = expected_shapes(config)
     if not has_block0_value(tensors):
