@@ -196,8 +196,8 @@ def chunk_inputs(seed: int, shape: tuple[int, int, int, int], decay: str, dtype)
 @pytest.mark.parametrize("chunk_size", CHUNKED_SIZES)
 def test_chunk_backward_equals_autodiff_of_the_chunk_forward(request, dtype, decay, chunk_size):
     inputs, state, dy, d_end = chunk_inputs(seed_of(request), (2, chunk_size, 2, 16), decay, dtype)
-    _, pullback = jax.vjp(v7_chunked._chunk_forward, *inputs, state)
-    expected = pullback((dy, d_end))
+    # Jitted: op by op, every primitive compiles on its own (25 s per case in a loaded suite).
+    expected = jax.jit(lambda *x: jax.vjp(v7_chunked._chunk_forward, *x)[1]((dy, d_end)))(*inputs, state)
     grads = jax.jit(v7_chunked._chunk_backward)(*inputs, dy, state, d_end)
     bound = {"float32": 4e-6, "float64": 8e-15}[dtype]  # measured: 4.5e-7, 8.2e-16
     for name, grad, ref in zip(GRAD_NAMES, grads, expected, strict=True):
