@@ -17,11 +17,13 @@ gate):
 - 2.9B (RWKV-x070-World-2.9B, G1 2.9B): L32 C2560, ranks 96/96/64/320: a vllm-rwkv conversion script's
   config for rwkv7-g1i-2.9b (found by code search; repository not named there); L and C also in RWKV-LM
   ``README.md`` ("3B = --n_layer 32 --n_embd 2560").
-- 7.2B (G0/G1 7.2B): L32 C4096 from RWKV-LM ``README.md`` ("7B = --n_layer 32 --n_embd 4096"). The released
-  ranks were NOT found in any readable source: these are the trainer's suggestion for C = 4096
-  (160/160/96/320). ``load_official`` reads the true ranks from a file's shapes whatever the preset says.
-- 13.3B (G1 13.3B): C4096 and, unconfirmed, L61 (the count that gives 13.3B at this width); ranks as 7.2B,
-  also unconfirmed.
+- 7.2B (rwkv7-g0-7.2b-20250722): L32 C4096, ranks 128/128/96/480; 13.3B (rwkv7-g0b-13.3b-20251130): L61
+  C4096, ranks 192/192/128/384: the model configs of aierwiki/rwkvtune
+  (``rwkvtune/configs/models/rwkv7-7.2b.json`` and ``-13.3b.json``, written to load those very files:
+  ``dim_att_lora`` is both the decay and the in-context-rate rank in its ``models/rwkv7/model.py``,
+  ``dim_mv_lora`` the value residual's, ``dim_gate_lora`` the gate's); the same source gives 2.9B's ranks
+  as above. L and C of 7.2B also in RWKV-LM ``README.md`` ("7B = --n_layer 32 --n_embd 4096").
+  ``load_official`` reads the ranks from a file's shapes whatever the preset says.
 """
 
 WORLD_VOCAB = 65536
@@ -40,8 +42,8 @@ PRESETS = {
     "goose-0b4": _world(24, 1024, (64, 64, 32, 128)),
     "goose-1b5": _world(24, 2048, (96, 96, 64, 256)),
     "goose-2b9": _world(32, 2560, (96, 96, 64, 320)),
-    "goose-7b2": _world(32, 4096, (160, 160, 96, 320)),  # ranks unconfirmed (module docstring)
-    "goose-13b3": _world(61, 4096, (160, 160, 96, 320)),  # layers and ranks unconfirmed
+    "goose-7b2": _world(32, 4096, (128, 128, 96, 480)),
+    "goose-13b3": _world(61, 4096, (192, 192, 128, 384)),
     # Not released: byte level, for tests, runlocal and the CPU demo.
     "goose-tiny": dict(n_layer=2, n_embd=64, vocab_size=256, head_size=16),
     "goose-demo": dict(n_layer=4, n_embd=128, vocab_size=256, head_size=32),
