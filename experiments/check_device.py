@@ -16,11 +16,11 @@ its pure-JAX forms) it
    reference computed on the host CPU (``jax.enable_x64``): the output y, the final state and the gradient
    of a fixed random projection of both with respect to every input and the initial state, as
    ``rwkv_jax.numerics`` does; errors are ``||a - b|| / ||b||`` (``rwkv_jax.numerics.relative_error``) and a
-   row passes within ``rwkv_jax.numerics.BOUNDS`` of its dtype. The check runs at T = 4096 with B = 2 (the
-   float64 host reference is the slow part) in the regimes "mixed" (decays over the whole range) and,
-   for RWKV-4, "large_k"; RWKV-7 in "large_iclr" (the model's decays, in-context rates near 1). The float32
-   case runs on the bfloat16 case's inputs cast to float32 (exactly representable), so one reference serves
-   both dtypes;
+   row passes within the bounds of its family and dtype (``rwkv_jax.numerics.bounds_of``). The check runs at
+   T = 4096 with B = 2 (the float64 host reference is the slow part) in the regimes "mixed" (decays over the
+   whole range) and, for RWKV-4, "large_k"; RWKV-7 in "large_iclr" (the model's decays, in-context rates
+   near 1). The float32 case runs on the bfloat16 case's inputs cast to float32 (exactly representable), so
+   one reference serves both dtypes;
 2. times every form at model size (WKV-6 and WKV-7: B=8, T=4096, H=32, N=64; RWKV-4: C=4096), forward and
    forward+backward (the gradient of the same projection), median of ``--repeats`` calls after a warm-up.
 

@@ -182,9 +182,11 @@ def sizes_line(rows: list[numerics.Row], args: argparse.Namespace) -> str:
 
 
 def markdown_report(rows: list[numerics.Row], args: argparse.Namespace, seconds: float) -> str:
+    labels = {(row.family, row.wkv, row.dtype) for row in rows}
     bounds = "; ".join(
-        f"{dtype}: outputs <= {b.forward:g}, gradients <= {b.gradient:g}"
-        for dtype, b in numerics.BOUNDS.items()
+        f"{wkv} {dtype}: outputs <= {b.forward:g}, gradients <= {b.gradient:g}"
+        for family, wkv, dtype in sorted(labels)
+        for b in (numerics.bounds_of(family, dtype),)
     )
     lines = [
         "# WKV numerics: every form against the float64 reference",

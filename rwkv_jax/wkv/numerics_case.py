@@ -76,12 +76,16 @@ class NumericsCase:
       comparable_state: ``(final, reference_final) -> array``: the final state as one array that compares
         across forms (a form's state and the float64 reference's final state of the same inputs).
       default_shape: B, H, N of the sweep when none are given (T is set per row).
+      float32_bounds: ``(outputs, gradients)``: the largest relative errors accepted in float32, each at
+        most 10x the worst this family's forms showed over the full sweep (docs/numerics.md), so that a 10x
+        regression fails (bfloat16 rows use :data:`rwkv_jax.numerics.BOUNDS`).
     """
 
     regimes: Mapping[str, str]
     make_inputs: MakeInputs
     comparable_state: Callable[[Any, Any], Array] = final_state_as_is
     default_shape: Shape = Shape()
+    float32_bounds: tuple[float, float] = (1e-5, 1e-4)
 
 
 def log_decays(rng: np.random.Generator, shape: tuple[int, ...], regime: str) -> Array:

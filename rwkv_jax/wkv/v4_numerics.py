@@ -49,4 +49,8 @@ WKV4_NUMERICS = NumericsCase(
     },
     make_inputs=make_inputs,
     comparable_state=rescaled_to_reference,
+    # Worst float32 errors of the full sweep (docs/numerics.md, commit 57e673d): outputs 2.2e-6 (state,
+    # T=16384, mixed), gradients 6.6e-6 (Pallas, large_k): 4.5x and 7.6x. One known row stays outside: the
+    # recurrent form's gradient at T=16384, near1 (2.3e-4; it grows linearly in T, docs/numerics.md).
+    float32_bounds=(1e-5, 5e-5),
 )

@@ -17,4 +17,6 @@ def make_inputs(
     return (r, k, v, w_log, u), normal(rng, (shape.batch, shape.heads, shape.size, shape.size))
 
 
-WKV6_NUMERICS = NumericsCase(regimes=LOG_DECAY_REGIMES, make_inputs=make_inputs)
+# Worst float32 errors of the full sweep (docs/numerics.md, commit 57e673d): outputs 3.4e-6 and gradients
+# 3.4e-6, both the recurrent form at T=16384, near1: bounds 2.9x and 8.8x.
+WKV6_NUMERICS = NumericsCase(regimes=LOG_DECAY_REGIMES, make_inputs=make_inputs, float32_bounds=(1e-5, 3e-5))

@@ -57,4 +57,6 @@ def make_inputs(
     return (r, k, v, w_log, a, b), state
 
 
-WKV7_NUMERICS = NumericsCase(regimes=REGIMES, make_inputs=make_inputs)
+# Worst float32 errors of the full sweep (docs/numerics.md, commit 57e673d): outputs 2.6e-7 (scan, T=16384,
+# near1), gradients 6.2e-7 (chunked, T=16, strongest): bounds 7.7x and 8.1x.
+WKV7_NUMERICS = NumericsCase(regimes=REGIMES, make_inputs=make_inputs, float32_bounds=(2e-6, 5e-6))
