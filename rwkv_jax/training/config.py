@@ -114,6 +114,9 @@ def default_config() -> ConfigDict:
         ("head_dim", None),
         ("lora", None),
     )
+    # Refuse to start when more than this fraction of the parameter bytes is left fully replicated on a mesh
+    # with fsdp or tensor > 1 (rwkv_jax.training.sharding_check; 1.0 turns the check off).
+    c.sharding_max_replicated = 0.05
 
     # Multi-process runs (rwkv_jax.training.distributed): every process runs the same command and config,
     # with its own process_id. An empty coordinator address lets JAX find the cluster (TPU pod, Slurm, ...).
@@ -280,6 +283,7 @@ _RANGES: dict[str, tuple[type, float | None, float | None, bool]] = {
     "eval.sample_tokens": (int, 0, None, False),
     "eval.temperature": (float, 0, None, False),
     "eval.lm_eval_limit": (int, 0, None, False),
+    "sharding_max_replicated": (float, 0, 1, False),
     "distributed.num_processes": (int, 1, None, False),
     "distributed.process_id": (int, 0, None, False),
     "distributed.local_device_count": (int, 0, None, False),

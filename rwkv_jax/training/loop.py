@@ -29,6 +29,7 @@ from rwkv_jax.training.evaluate import evaluate_batches, token_byte_lengths
 from rwkv_jax.training.metrics import MetricWriter, Progress
 from rwkv_jax.training.model import ModelFns
 from rwkv_jax.training.optim import make_optimizer, weight_decay_mask
+from rwkv_jax.training.sharding_check import check_replicated
 from rwkv_jax.training.step import (
     jit_eval_step,
     jit_train_step,
@@ -88,6 +89,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
     param_sh = tree_shardings(fns.logical_axes, params, rules, mesh)
     params = jax.device_put(params, param_sh)
     frozen_sh = tree_shardings(fns.frozen_axes, frozen, rules, mesh)
+    check_replicated((param_sh, frozen_sh), (params, frozen), mesh, config.sharding_max_replicated)
     frozen = jax.device_put(frozen, frozen_sh)
     opt_sh = optimizer_state_shardings(tx, params, param_sh, mesh)
     opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
