@@ -1,0 +1,234 @@
+r"""Per-device memory and FLOPs of a sharded train step, compiled on fake CPU devices (nothing allocated).
+
+    python experiments/memory_plan.py --config configs/world_rwkv7.py:size=goose-7b2 \
+        --mesh data=4,fsdp=16,tensor=1 --seq_len 4096
+    python experiments/memory_plan.py --table        # the README's table (each row in its own process)
+
+The model is built abstractly (``nnx.eval_shape``), the train step is lowered with ``jax.ShapeDtypeStruct``
+inputs carrying the mesh's shardings and compiled by XLA:CPU for the fake devices. Printed per device:
+parameters and optimiser state (the bytes of each array's shard under its NamedSharding), temporaries
+(``compiled.memory_analysis().temp_size_in_bytes``: activations, gradients in flight, workspace) and FLOPs
+per token, both XLA's count (``compiled.cost_analysis()``) and the analytic 6N (N: the parameters a token
+meets, embedding excluded; the WKV recurrence is not counted).
+
+``--layers L`` compiles the model at 1 and 2 layers and extrapolates every figure linearly to L (the blocks
+are identical; compiling a 14B model for 256 fake devices on a 2-core CPU takes too long); the output says
+so. The batch is one sequence per batch shard (``data * fsdp`` sequences) unless ``--batch`` is given.
+XLA:CPU's buffer assignment stands in for the accelerator's: the temporaries are an estimate, not a promise.
+"""
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """``"data=4,fsdp=16,tensor=1"`` -> {"data": 4, "fsdp": 16, "tensor": 1} (axes left out are 1)."""
+    sizes = {}
+    for item in filter(None, text.split(",")):
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit() or int(value) < 1:
+            raise SystemExit(f"--mesh item {item!r}: expected axis=positive integer, e.g. data=4,fsdp=16")
+        sizes[name.strip()] = int(value)
+    return sizes
+
+
+def plan(config_spec: str, mesh_sizes: dict[str, int], seq_len: int, batch: int, layers: int) -> dict:
+    """Compiles the sharded train step of ``config_spec`` with ``layers`` blocks; figures per device (bytes,
+    FLOPs per token). Needs ``prod(mesh_sizes)`` devices (set before JAX is imported)."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from rwkv_jax import sharding
+    from rwkv_jax.training.config import load_config
+    from rwkv_jax.training.model import ModelFns, build_model
+    from rwkv_jax.training.optim import make_optimizer, weight_decay_mask
+    from rwkv_jax.training.step import jit_train_step, make_train_step, optimizer_state_shardings
+
+    config = load_config(config_spec)
+    unknown = set(mesh_sizes) - set(sharding.MESH_AXES)
+    if unknown:
+        raise SystemExit(f"--mesh axes {sorted(unknown)}: expected among {sharding.MESH_AXES}")
+    config.model.n_layer = layers
+    mesh = sharding.make_mesh(**{axis: mesh_sizes.get(axis, 1) for axis in sharding.MESH_AXES})
+    rules = config.sharding_rules
+
+    module = nnx.eval_shape(lambda: build_model(config.model, config.seed))
+    fns, params = ModelFns.split(module)
+    tx, _ = make_optimizer(config.optim, config.train.steps, weight_decay_mask(fns.logical_axes, params, ()))
+    param_sh = sharding.tree_shardings(fns.logical_axes, params, rules, mesh)
+    opt_sh = optimizer_state_shardings(tx, params, param_sh, mesh)
+    opt_state = jax.eval_shape(tx.init, params)
+    batch_sh = sharding.batch_sharding(mesh, rules)
+
+    def shaped(tree: object, shardings: object) -> object:
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+    def shard_bytes(tree: object, shardings: object) -> int:
+        sizes = jax.tree.map(
+            lambda x, s: math.prod(s.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize, tree, shardings
+        )
+        return sum(jax.tree.leaves(sizes))
+
+    step = make_train_step(
+        fns,
+        tx,
+        segment_len=config.segments.length,
+        truncate=config.segments.truncate,
+        l2wrap=config.loss.l2wrap,
+    )
+    batch_arg = jax.ShapeDtypeStruct((batch, seq_len + 1), np.int32, sharding=batch_sh)
+    jitted = jit_train_step(step, param_sh, opt_sh, batch_sh)
+    compiled = jitted.lower(shaped(params, param_sh), shaped(opt_state, opt_sh), batch_arg).compile()
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    tokens_per_device = batch * seq_len / mesh.size
+    counted = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+    embedding = math.prod(params["embed"]["embedding"].shape) if "embed" in params else 0
+    return {
+        "params": shard_bytes(params, param_sh),
+        "optimizer": shard_bytes(opt_state, opt_sh),
+        "temporaries": int(memory.temp_size_in_bytes),
+        "xla_flops_per_token": float(cost.get("flops", 0.0)) / tokens_per_device,
+        "analytic_flops_per_token": 6.0 * (counted - embedding),
+        "parameter_count": counted,
+    }
+
+
+def extrapolate(one: dict, two: dict, layers: int) -> dict:
+    """Each figure f(L) = f(1) + (L - 1) * (f(2) - f(1)): the blocks are identical."""
+    return {key: one[key] + (layers - 1) * (two[key] - one[key]) for key in one}
+
+
+def run_isolated(args: list[str], devices: int) -> dict:
+    """This script in a fresh process with ``devices`` fake CPU devices (fixed at JAX's import); its JSON."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, __file__, "--json", *args], capture_output=True, text=True, env=env, check=False
+    )
+    if done.returncode:
+        raise SystemExit(f"memory plan of {args} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+GIB = 2**30
+
+
+def describe(figures: dict, note: str) -> str:
+    """The per-device report of one plan."""
+    total = figures["params"] + figures["optimizer"] + figures["temporaries"]
+    return "\n".join(
+        [
+            f"parameters        {figures['params'] / GIB:9.3f} GiB per device "
+            f"({figures['parameter_count']:,} in all)",
+            f"optimiser state   {figures['optimizer'] / GIB:9.3f} GiB per device",
+            f"temporaries       {figures['temporaries'] / GIB:9.3f} GiB per device (XLA memory analysis)",
+            f"total             {total / GIB:9.3f} GiB per device",
+            f"FLOPs per token   {figures['xla_flops_per_token']:.3e} (XLA cost analysis, train step)",
+            f"                  {figures['analytic_flops_per_token']:.3e} (analytic 6N, WKV not counted)",
+            note,
+        ]
+    )
+
+
+# The README's table: (config, candidate meshes as (data, fsdp, tensor) per device count).
+TABLE_MODELS = [
+    "configs/world_rwkv6.py:size=finch-3b1",
+    "configs/world_rwkv6.py:size=eagle-7b",
+    "configs/pile_rwkv4.py:size=rwkv4-14b",
+    "configs/world_rwkv7.py:size=goose-7b2",
+    "configs/world_rwkv7.py:size=goose-13b3",
+]
+TABLE_MESHES = {64: [(8, 8, 1), (4, 16, 1), (1, 64, 1)], 256: [(32, 8, 1), (16, 16, 1), (4, 64, 1)]}
+
+
+def table_rows(seq_len: int) -> list[str]:
+    """One Markdown row per (model, device count): each candidate's total GiB, the recommended mesh (the
+    least FSDP, so the least gathering, that fits 16 GiB, else 32 GiB, else the smallest) and the fit."""
+    rows = [
+        "| model | devices | GiB per device (data x fsdp) | recommended | fits 16 GiB | fits 32 GiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for spec in TABLE_MODELS:
+        layers = load_layers(spec)
+        for devices, meshes in TABLE_MESHES.items():
+            totals = {}
+            for data, fsdp, tensor in meshes:
+                args = ["--config", spec, "--mesh", f"data={data},fsdp={fsdp},tensor={tensor}"]
+                args += ["--seq_len", str(seq_len), "--layers", str(layers)]
+                figures = run_isolated(args, devices)
+                totals[(data, fsdp)] = (
+                    figures["params"] + figures["optimizer"] + figures["temporaries"]
+                ) / GIB
+            fitting = [mesh for mesh in totals if totals[mesh] <= 16] or [
+                m for m in totals if totals[m] <= 32
+            ]
+            best = min(fitting, key=lambda m: m[1]) if fitting else min(totals, key=totals.get)
+            cells = ", ".join(f"{d}x{f}: {gib:.1f}" for (d, f), gib in totals.items())
+            fits = ["yes" if totals[best] <= limit else "no" for limit in (16, 32)]
+            rows.append(
+                f"| {spec.split('=')[-1]} | {devices} | {cells} | {best[0]}x{best[1]} | {' | '.join(fits)} |"
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
+def load_layers(spec: str) -> int:
+    """The number of blocks of the config's model (no JAX devices needed)."""
+    from rwkv_jax.training.config import load_config
+
+    return load_config(spec).model.n_layer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", help="configs/<name>.py[:arg]")
+    parser.add_argument("--mesh", default="", help="data=..,fsdp=..,tensor=.. (axes left out: 1)")
+    parser.add_argument("--devices", type=int, default=0, help="fake devices (default: the mesh's product)")
+    parser.add_argument("--seq_len", type=int, default=4096)
+    parser.add_argument("--batch", type=int, default=0, help="sequences per step (default: data * fsdp)")
+    parser.add_argument("--layers", type=int, default=0, help="extrapolate from 1- and 2-layer compiles to L")
+    parser.add_argument("--table", action="store_true", help="the README's table (every model, mesh)")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # the isolated worker
+    args = parser.parse_args()
+    if args.table:
+        print("\n".join(["", *table_rows(args.seq_len)]))
+        return
+    if not args.config or not args.mesh:
+        raise SystemExit("--config and --mesh are required (or --table)")
+    sizes = parse_mesh(args.mesh)
+    devices = math.prod(sizes.values())
+    if args.devices and args.devices != devices:
+        raise SystemExit(f"--devices {args.devices}: the mesh {sizes} needs exactly {devices}")
+    batch = args.batch or sizes.get("data", 1) * sizes.get("fsdp", 1)
+    if not args.json:
+        forwarded = [a for a in sys.argv[1:] if a not in ("--json",)]
+        figures = run_isolated(forwarded, devices)
+        note = f"mesh {sizes}, {batch} x {args.seq_len} tokens per step, config {args.config}"
+        if args.layers:
+            note += f"; extrapolated linearly to {args.layers} layers from 1- and 2-layer compiles"
+        print(describe(figures, note))
+        return
+    if args.layers:
+        one, two = (plan(args.config, sizes, args.seq_len, batch, n) for n in (1, 2))
+        figures = extrapolate(one, two, args.layers)
+    else:
+        figures = plan(args.config, sizes, args.seq_len, batch, load_layers(args.config))
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
