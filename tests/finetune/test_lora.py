@@ -141,8 +141,8 @@ def test_merged_finch_runs_in_blinkdl_rwkv_package_to_the_adapted_logits(tmp_pat
     theirs, _ = blinkdl_rwkv_model.RWKV(str(tmp_path / "merged.pth"), strategy="cpu fp32").forward(
         tokens, None
     )
-    # measured 1.5e-7 (the base model alone: 1.5e-7)
-    assert relative_error(np.asarray(adapted[0, -1]), theirs.numpy().astype(np.float64)) < 1.5e-6
+    # measured 1.4e-7 and 1.5e-7 (the base model alone: 1.5e-7)
+    assert relative_error(np.asarray(adapted[0, -1]), theirs.numpy().astype(np.float64)) < 1.4e-6
 
 
 def test_bfloat16_base_keeps_its_weights_and_computes_with_float32_adapters():

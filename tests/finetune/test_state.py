@@ -47,7 +47,7 @@ def test_tuned_state_is_the_initial_state_of_every_call(preset):
     add_state_tuning(model, token_shift=True)
     # zeros: the model computes as before (bit for bit but RWKV-4, whose pp = 0 instead of -1e38 rounds
     # differently: measured 1.7e-8)
-    assert relative_error(model(TOKENS)[0], base_logits) < 1.7e-7
+    assert relative_error(model(TOKENS)[0], base_logits) < 6e-8  # measured 6.5e-9
     with pytest.raises(ValueError, match="already has a tuned state"):
         add_state_tuning(model)
     tuned(model, noise_only=True)

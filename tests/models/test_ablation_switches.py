@@ -226,7 +226,8 @@ def test_plain_init_has_one_decay_of_0_9_per_token(preset):
     else:
         decay = att.decay.time_decay if hasattr(att, "decay") else att.time_decay
         w_log = -np.exp(np.asarray(decay[...], np.float64))
-    assert relative_error(jnp.asarray(np.exp(w_log)), jnp.full(w_log.shape, common.PLAIN_DECAY)) < 1e-6
+    plain = jnp.full(w_log.shape, common.PLAIN_DECAY)
+    assert relative_error(jnp.asarray(np.exp(w_log)), plain) < 8e-8  # measured 8.0e-9
 
 
 # ------------------------------------------------------------------------------------------ bad configs

@@ -24,9 +24,9 @@ def finch() -> rwkv_jax.RWKV6:
 def test_call_equals_op_by_op_forward_and_last_only_is_the_last_position(finch):
     logits, state = finch(TOKENS)
     eager_logits, eager_state = finch.forward(TOKENS)
-    assert relative_error(logits, eager_logits) < 1e-5  # measured 0 (same program, jitted or not)
+    assert relative_error(logits, eager_logits) < 1e-6  # measured 0 and 1.1e-7 (op fusion differs)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(eager_state), strict=True):
-        assert relative_error(a, b) < 1e-5
+        assert relative_error(a, b) < 1.5e-6  # measured 1.5e-7
     last, last_state = finch(TOKENS, last_only=True)
     assert last.shape == (2, 1, 64)
     assert relative_error(last[:, 0], logits[:, -1]) < 1e-6  # measured 0
@@ -53,7 +53,7 @@ def test_changing_a_weight_changes_the_next_call():
     kernel = jax.random.normal(jax.random.key(2), (32, 64), jnp.float32)
     model.head = Linear(32, 64, ("embed", "vocab"), kernel=kernel)  # a replaced sub-module
     replaced, _ = model(TOKENS)
-    assert relative_error(replaced, model.forward(TOKENS)[0]) < 1e-5  # measured 0
+    assert relative_error(replaced, model.forward(TOKENS)[0]) < 6e-7  # measured 0 and 6e-8
     assert relative_error(replaced, doubled) > 0.1  # measured 1.1
 
 
@@ -81,7 +81,7 @@ def test_decoder_step_is_a_pure_function_usable_in_a_scan(finch):
         return state, out[:, 0]
 
     _, per_token = jax.lax.scan(feed, jitted.init_state(2), jnp.asarray(TOKENS).T)
-    assert relative_error(per_token.transpose(1, 0, 2), logits) < 1e-5  # measured 4e-7
+    assert relative_error(per_token.transpose(1, 0, 2), logits) < 2e-6  # measured 4e-7, 4.5e-9
 
 
 def test_token_ids_are_checked_before_the_jitted_call(finch):

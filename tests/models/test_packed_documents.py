@@ -60,7 +60,7 @@ def test_packed_documents_give_the_logits_and_gradients_of_each_document_alone(p
         if float(jnp.linalg.norm(want[path])) == 0.0:  # parameters no path reaches (RWKV-7's block-0 v0)
             assert float(jnp.linalg.norm(grad)) == 0.0, jax.tree_util.keystr(path)
         else:
-            assert relative_error(grad, want[path]) < 3e-6, jax.tree_util.keystr(path)
+            assert relative_error(grad, want[path]) < 1.5e-6, jax.tree_util.keystr(path)  # measured 1.5e-7
     # The jitted model call (concrete parameters) takes the mask too.
     assert relative_error(model(tokens, state, starts=starts_mask())[0], expected) < 1e-6
 

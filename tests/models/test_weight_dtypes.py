@@ -70,4 +70,4 @@ def test_bfloat16_model_computes_in_float32_on_cpu():
     model = rwkv_jax.RWKV6(rwkv_jax.RWKV6Config(**SIZES, dtype="bfloat16"), rngs=nnx.Rngs(0))
     logits, _ = model(TOKENS)
     float32_compute, _ = with_config(model, dtype="float32").forward(TOKENS)  # the same bfloat16 weights
-    assert relative_error(logits, float32_compute) < 1e-5  # measured 0
+    assert relative_error(logits, float32_compute) < 1e-6  # measured 0 and 9.6e-8

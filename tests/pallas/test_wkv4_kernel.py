@@ -10,6 +10,7 @@ import pytest
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels import wkv4 as kernel
+from rwkv_jax.numerics import relative_error  # NaN/Inf give NaN/Inf: every bound fails
 from rwkv_jax.wkv.v4 import WKV4State, wkv4_reference
 from tests.pallas.lowering import assert_lowers_forward_and_backward
 
@@ -17,12 +18,6 @@ from tests.pallas.lowering import assert_lowers_forward_and_backward
 GPU_SMALL = ("gpu", kernel.BlockSizes(block_c=16, block_t=4))
 TPU = ("tpu", kernel.BlockSizes(block_c=128, block_t=16))
 GRADIENT_NAMES = ("w_log", "u", "k", "v", "state.num", "state.den", "state.max_exp")
-
-
-def relative_error(actual, expected) -> float:
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    assert np.isfinite(actual).all(), "NaN or Inf in result"
-    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
 
 
 def make_inputs(seed: int, shape, *, dtype=jnp.float32, time_decay=(0.0, 1.0), k_scale: float = 1.0):
@@ -93,8 +88,8 @@ def assert_kernel_matches_reference(config, args, *, forward_tolerance: float, g
     ids=["gpu-1step", "gpu-padded", "tpu-padded"],
 )
 def test_float32_matches_reference(config, shape):
-    assert_kernel_matches_reference(
-        config, make_inputs(0, shape), forward_tolerance=1e-5, gradient_tolerance=1e-4
+    assert_kernel_matches_reference(  # measured 2026-12: outputs <= 7.0e-8, gradients <= 2.6e-7
+        config, make_inputs(0, shape), forward_tolerance=6e-7, gradient_tolerance=2e-6
     )
 
 
@@ -116,26 +111,28 @@ def test_extreme_inputs_stay_finite_and_accurate(inputs):
         grads_ref = reference_run(args, [c.astype(jnp.float64) for c in cotangents])[2]
         assert not np.asarray(grads[0]).any() and np.linalg.norm(grads_ref[0]) < 1e-30
         for name, actual, expected in list(zip(GRADIENT_NAMES, grads, grads_ref, strict=True))[1:]:
-            assert relative_error(actual, expected) <= 1e-4, name
-    else:
-        assert_kernel_matches_reference(GPU_SMALL, args, forward_tolerance=1e-5, gradient_tolerance=1e-4)
+            assert relative_error(actual, expected) <= 1e-6, name  # measured 1.3e-7
+    else:  # measured: outputs <= 9.5e-7 (near 1), gradients <= 5.6e-7
+        assert_kernel_matches_reference(GPU_SMALL, args, forward_tolerance=8e-6, gradient_tolerance=5e-6)
 
 
 def test_long_sequence_with_decay_near_one_matches_reference():
     """4096 steps of decay ~ 1 - 1e-6: the float32 rounding of every step adds up instead of fading."""
     args = make_inputs(6, (1, 4096, 16), time_decay=(np.log(1e-6), 0.1), k_scale=5.0)
-    assert_kernel_matches_reference(GPU_SMALL, args, forward_tolerance=1e-5, gradient_tolerance=1e-4)
+    # Measured 2026-12: outputs 9.7e-7, gradients 7.2e-6.
+    assert_kernel_matches_reference(GPU_SMALL, args, forward_tolerance=8e-6, gradient_tolerance=6e-5)
 
 
 def test_bfloat16_inputs_match_reference():
     args = make_inputs(3, (2, 13, 24), dtype=jnp.bfloat16)
+    # Measured 2026-12: outputs 1.6e-3, gradients 1.7e-3 (the bfloat16 rounding of the inputs and of y).
     assert_kernel_matches_reference(GPU_SMALL, args, forward_tolerance=5e-3, gradient_tolerance=5e-3)
 
 
 def test_tpu_semantics_without_races():
     config = (*TPU, pltpu.InterpretParams(detect_races=True))
-    assert_kernel_matches_reference(
-        config, make_inputs(4, (1, 3, 128)), forward_tolerance=1e-5, gradient_tolerance=1e-4
+    assert_kernel_matches_reference(  # measured 2026-12: outputs <= 5.9e-8, gradients <= 9.0e-8
+        config, make_inputs(4, (1, 3, 128)), forward_tolerance=5e-7, gradient_tolerance=8e-7
     )
 
 
@@ -146,9 +143,9 @@ def test_empty_state_is_the_default_and_plain_reference_agrees():
     y_ref, state_ref = wkv4_reference(w_log, u, k, v)
     for forward in (run, kernel.wkv4_float32_reference):
         y, state = forward(w_log, u, k, v)
-        assert relative_error(y, y_ref) <= 1e-5
+        assert relative_error(y, y_ref) <= 5e-7  # measured 5.2e-8
         for actual, expected in zip(state, state_ref, strict=True):
-            assert relative_error(actual, expected) <= 1e-5
+            assert relative_error(actual, expected) <= 5e-7  # measured 6.2e-8
 
 
 @pytest.mark.parametrize(
