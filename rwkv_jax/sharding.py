@@ -4,6 +4,9 @@ Parameters name their dimensions with logical axes (``vocab``, ``embed``, ``mlp`
 ``logical_axes`` metadata of ``nnx.Param``). A rules table (from the config) maps each logical axis to a mesh
 axis (``data``, ``fsdp``, ``tensor``), a tuple of them, or None (replicated); modules never name mesh axes.
 The default mesh is every device on ``data`` (plain data parallelism; one device on this machine).
+The ``context`` axis splits the time axis of sequences (context parallelism; :mod:`rwkv_jax.wkv.context`):
+the batch's ``sequence`` rule names it, and the WKV recurrences split their time axis over it when the
+mesh is set (``jax.set_mesh``) while the step is traced.
 """
 
 from collections.abc import Sequence
@@ -14,16 +17,25 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "tensor", "context")
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
-    """A ``(data, fsdp, tensor)`` mesh over ``devices`` (default: all); one size may be -1 (the rest)."""
+def make_mesh(
+    data: int = -1,
+    fsdp: int = 1,
+    tensor: int = 1,
+    devices: Sequence[Any] | None = None,
+    context: int = 1,
+) -> Mesh:
+    """A ``(data, fsdp, tensor, context)`` mesh over ``devices`` (default: all); one size may be -1 (the
+    rest)."""
     devices = list(devices if devices is not None else jax.devices())
-    sizes = [data, fsdp, tensor]
+    sizes = [data, fsdp, tensor, context]
     if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-        raise ValueError(f"mesh sizes (data, fsdp, tensor) = {tuple(sizes)}: positive, at most one -1")
+        raise ValueError(
+            f"mesh sizes (data, fsdp, tensor, context) = {tuple(sizes)}: positive, at most one -1"
+        )
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes:
         if len(devices) % known:
@@ -84,3 +96,11 @@ def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
     """The sharding of a ``[B, ...]`` batch: ``B`` on the ``batch`` rule's mesh axes, the rest replicated."""
     target = dict(rules).get("batch")
     return NamedSharding(mesh, PartitionSpec(target, *([None] * (ndim - 1))))
+
+
+def sequence_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
+    """The sharding of ``[B, T]`` token inputs: ``B`` on the ``batch`` rule's mesh axes, ``T`` on the
+    ``sequence`` rule's (``context``; a batch row of ``T + 1`` tokens stays whole in time until the step
+    has cut its inputs)."""
+    table = dict(rules)
+    return NamedSharding(mesh, PartitionSpec(table.get("batch"), table.get("sequence")))

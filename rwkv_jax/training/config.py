@@ -104,9 +104,11 @@ def default_config() -> ConfigDict:
     c.mesh.data = -1  # -1: every device not used by the other axes
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
+    c.mesh.context = 1  # > 1: the time axis of each sequence split over this many devices (Finch, Goose)
     # Logical axis -> mesh axis (or None: replicated). Only the config names mesh axes.
     c.sharding_rules = (
         ("batch", ("data", "fsdp")),
+        ("sequence", "context"),
         ("vocab", "tensor"),
         ("embed", "fsdp"),
         ("mlp", "tensor"),
@@ -126,6 +128,10 @@ def default_config() -> ConfigDict:
     c.distributed.num_processes = 1
     c.distributed.process_id = 0
     c.distributed.local_device_count = 0  # CPU only: devices this process exposes (0: JAX's default)
+    # A process that dies is noticed by the others after this many seconds without its heartbeat; they then
+    # exit with an error instead of waiting in a collective forever (jax.distributed.initialize).
+    c.distributed.heartbeat_timeout_seconds = 100
+    c.distributed.initialization_timeout = 300  # seconds to wait for every process to connect
     c.lock()
     return c
 
@@ -246,6 +252,7 @@ def check_values(config: ConfigDict, device_count: int | None = None) -> None:
     _check_mesh(config, device_count)
     model_cfg = _check_model(config.model)
     _check_chunk_size(config.model.family, model_cfg)
+    _check_context(config, model_cfg)
     from rwkv_jax.finetune.training import check_finetune  # here: it imports the model families
 
     check_finetune(config)
@@ -287,9 +294,11 @@ _RANGES: dict[str, tuple[type, float | None, float | None, bool]] = {
     "distributed.num_processes": (int, 1, None, False),
     "distributed.process_id": (int, 0, None, False),
     "distributed.local_device_count": (int, 0, None, False),
+    "distributed.heartbeat_timeout_seconds": (int, 1, None, False),
+    "distributed.initialization_timeout": (int, 1, None, False),
 }
 _SCHEDULES = ("cosine", "linear", "constant")
-_MESH_AXES = ("data", "fsdp", "tensor")
+_MESH_AXES = ("data", "fsdp", "tensor", "context")
 
 
 def _fail(field: str, value: Any, valid: str) -> None:
@@ -394,6 +403,27 @@ def _check_mesh(config: ConfigDict, device_count: int | None) -> None:
             "data.batch_size",
             config.data.batch_size,
             f"a multiple of {shards}, the mesh axes {batch_axes} that shard the batch ({sizes})",
+        )
+
+
+def _check_context(config: ConfigDict, model_cfg: Any) -> None:
+    """``mesh.context > 1`` splits each window (or segment) over devices: the family's WKV must have a
+    context-parallel form, each device's share must be whole chunks; packed-document masks are not split."""
+    context = config.mesh.context
+    if context == 1:
+        return
+    table = get_family(config.model.family).wkv
+    if table is None or table.context is None:
+        _fail("mesh.context", context, f"1 for {config.model.family} (context parallelism: Finch, Goose)")
+    if config.data.document_starts:
+        _fail("mesh.context", context, "1 with data.document_starts (start masks are not split over devices)")
+    length = config.segments.length or config.data.seq_len
+    share = context * (getattr(model_cfg, "chunk_size", None) or 1)
+    if length % share:
+        _fail(
+            "mesh.context",
+            context,
+            f"a size whose product with the chunk size ({share}) divides the window ({length} tokens)",
         )
 
 

@@ -65,7 +65,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
         write_atomically(workdir / "config.json", config.to_json(indent=2))
 
     # ---- Mesh -------------------------------------------------------------------------------------------
-    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, context=config.mesh.context)
     rules = config.sharding_rules
     batch_sh = batch_sharding(mesh, rules)
 

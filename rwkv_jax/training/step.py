@@ -6,6 +6,7 @@ say, the batch along ``data``/``fsdp``, the metrics replicated. Parameters and o
 the model computes in its configured dtype (bfloat16 for training) with a float32 WKV state.
 """
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -89,6 +90,18 @@ def make_eval_step(fns: ModelFns, document_starts: bool = False) -> Callable:
     return eval_step
 
 
+def under_mesh(step: Callable, mesh: Any) -> Callable:
+    """``step`` traced with ``mesh`` as the abstract mesh, so that the WKV recurrences see its ``context``
+    axis and split their time axis over it (:mod:`rwkv_jax.wkv.context`)."""
+
+    @functools.wraps(step)
+    def traced(*args: Any) -> Any:
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return step(*args)
+
+    return traced
+
+
 def jit_train_step(
     train_step: Callable,
     param_shardings: Any,
@@ -101,7 +114,7 @@ def jit_train_step(
     replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
     frozen = () if frozen_shardings is None else (frozen_shardings,)
     return jax.jit(
-        train_step,
+        under_mesh(train_step, batch_sharding.mesh),
         in_shardings=(param_shardings, opt_shardings, batch_sharding, *frozen),
         out_shardings=(param_shardings, opt_shardings, replicated),
         donate_argnums=(0, 1),
@@ -114,7 +127,9 @@ def jit_eval_step(
     """jit of the eval step with the parameters', the batch's (and the frozen parameters') shardings."""
     frozen = () if frozen_shardings is None else (frozen_shardings,)
     return jax.jit(
-        eval_step, in_shardings=(param_shardings, batch_sharding, *frozen), out_shardings=batch_sharding
+        under_mesh(eval_step, batch_sharding.mesh),
+        in_shardings=(param_shardings, batch_sharding, *frozen),
+        out_shardings=batch_sharding,
     )
 
 

@@ -19,6 +19,7 @@ before (no extra operation).
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rwkv_jax.array_typing import Array
+from rwkv_jax.wkv.context import Transition, context_size, sharded_over_context
 from rwkv_jax.wkv.impl import Impl
 
 # Platforms where a family's Pallas kernel has been run against the float64 reference on real hardware
@@ -67,6 +69,8 @@ class WKVForms:
         inputs only), raising ValueError.
       takes_starts: the forms that accept ``starts=`` (see the module docstring); their functions and
         ``reference`` take it as a keyword argument.
+      context: how a shard of tokens maps its incoming state, for context parallelism
+        (:mod:`rwkv_jax.wkv.context`); None: the family's time axis is never split over devices.
     """
 
     name: str
@@ -81,6 +85,7 @@ class WKVForms:
     default_chunk_size: int = 64
     check_values: Callable[[dict[str, Array], Impl, int], None] | None = None
     takes_starts: frozenset[Impl] = frozenset()
+    context: Transition | None = None
 
     @property
     def form_names(self) -> tuple[str, ...]:
@@ -174,9 +179,19 @@ class WKVForms:
         chunk_size = self.default_chunk_size if chunk_size is None else chunk_size
         if self.check_values is not None:
             self.check_values(dict(zip(self.input_names, args, strict=True)), impl, chunk_size)
+        run = functools.partial(self.forms[impl], chunk_size=chunk_size)
+        if starts is None and self._splits_time(sizes["T"]):
+            time_args = tuple("T" in letters for _, letters in self.inputs)
+            split = sharded_over_context(run, self.context, time_args)
+            return split(*args, self.initial_state(state, args))
         if starts is None:
-            return self.forms[impl](*args, state, chunk_size=chunk_size)
+            return run(*args, state)
         return self.forms[impl](*args, state, chunk_size=chunk_size, starts=starts)
+
+    def _splits_time(self, length: int) -> bool:
+        """Whether a call of ``length`` tokens runs sharded over the mesh's ``context`` axis."""
+        devices = context_size()
+        return self.context is not None and devices > 1 and length % devices == 0
 
     def initial_state(self, state: Any, args: tuple[Array, ...], dtype: jnp.dtype = jnp.float32) -> Any:
         """``state`` cast to ``dtype`` (float32 by default), or the empty state for the inputs' sizes.

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from rwkv_jax.array_typing import Array
+from rwkv_jax.wkv.context import diagonal_transition
 from rwkv_jax.wkv.forms import Form, WKVForms, restart, with_restarts, without_chunks
 from rwkv_jax.wkv.impl import Impl
 from rwkv_jax.wkv.v6_chunked import DEFAULT_CHUNK_SIZE, wkv6_chunked
@@ -258,4 +259,5 @@ WKV6_FORMS = WKVForms(
     auto_cpu=Impl.CHUNKED,
     auto_accelerated=Impl.CHUNKED,
     default_chunk_size=DEFAULT_CHUNK_SIZE,
+    context=diagonal_transition(decay_log_index=3),
 )

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from rwkv_jax.array_typing import Array
+from rwkv_jax.wkv.context import matrix_transition
 from rwkv_jax.wkv.forms import WKVForms, restart, with_restarts, without_chunks
 from rwkv_jax.wkv.impl import Impl
 from rwkv_jax.wkv.v7_chunked import DEFAULT_CHUNK_SIZE, check_decay_range, wkv7_chunked
@@ -214,5 +215,6 @@ WKV7_FORMS = WKVForms(
     auto_cpu=Impl.CHUNKED,
     auto_accelerated=Impl.CHUNKED,
     default_chunk_size=DEFAULT_CHUNK_SIZE,
+    context=matrix_transition(value_index=2),
     check_values=_check_chunk_decay,
 )

@@ -1,0 +1,97 @@
+"""Context parallelism against one device: loss and parameter gradients of Finch and Goose, fake CPU devices.
+
+For each family and mesh ``data x fsdp x context`` the loss (mean next-token cross entropy) and every
+parameter gradient of the sharded, jitted step are compared with one device (relative error over each
+tensor, float32), and the step's XLA temporary bytes per device (``memory_analysis``) are printed with
+the ratio to one device.
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python experiments/check_context_parallel.py
+    ... --meshes 1x1x2 --seq-len 64   (the small version the test runs)
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    raise SystemExit("set XLA_FLAGS=--xla_force_host_platform_device_count=8 before running (fake devices)")
+
+import jax
+import numpy as np
+
+from rwkv_jax.numerics import relative_error
+from rwkv_jax.sharding import make_mesh, sequence_sharding, tree_shardings
+from rwkv_jax.training.config import default_config, model_section
+from rwkv_jax.training.loss import token_nll
+from rwkv_jax.training.model import ModelFns, build_model
+from rwkv_jax.training.step import under_mesh
+
+MESHES = ("1x1x2", "1x1x4", "1x1x8", "2x1x4", "1x2x4", "2x2x2")
+
+
+def loss_and_grads(fns: ModelFns, mesh: Any, rules: Any, params: Any, tokens: np.ndarray) -> tuple:
+    """Loss, gradients and the compiled step's temporary bytes per device on ``mesh``."""
+
+    def objective(params: Any, inputs: Any, targets: Any) -> Any:
+        logits, _ = fns.apply(params, inputs, None)
+        return token_nll(logits, targets).mean()
+
+    param_sh = tree_shardings(fns.logical_axes, params, rules, mesh)
+    step = jax.jit(
+        under_mesh(jax.value_and_grad(objective), mesh),
+        in_shardings=(param_sh, *[sequence_sharding(mesh, rules)] * 2),
+    )
+    compiled = step.lower(params, tokens[:, :-1], tokens[:, 1:]).compile()
+    loss, grads = compiled(params, tokens[:, :-1], tokens[:, 1:])
+    return float(loss), grads, compiled.memory_analysis().temp_size_in_bytes
+
+
+def check(family: str, meshes: list[str], seq_len: int, batch: int) -> float:
+    """Prints one row per mesh; returns the worst relative error seen."""
+    config = default_config()
+    config.model = model_section(
+        family, n_layer=2, n_embd=64, head_size=16, vocab_size=256, dtype="float32", chunk_size=8
+    )
+    fns, params = ModelFns.split(build_model(config.model, seed=0))
+    rules = config.sharding_rules
+    tokens = np.random.default_rng(0).integers(0, 256, (batch, seq_len + 1), dtype=np.int32)
+    one = make_mesh(1, 1, 1, jax.devices()[:1])
+    loss_1, grads_1, temp_1 = loss_and_grads(fns, one, rules, params, tokens)
+    worst = 0.0
+    for name in meshes:
+        data, fsdp, context = map(int, name.split("x"))
+        devices = jax.devices()[: data * fsdp * context]
+        mesh = make_mesh(data, fsdp, 1, devices, context=context)
+        loss, grads, temp = loss_and_grads(fns, mesh, rules, params, tokens)
+        loss_error = abs(loss - loss_1) / abs(loss_1)
+        grad_error = max(
+            jax.tree.leaves(jax.tree.map(lambda a, b: float(relative_error(a, b)), grads, grads_1))
+        )
+        worst = max(worst, loss_error, grad_error)
+        print(
+            f"{family} data x fsdp x context = {name}: loss rel. error {loss_error:.1e}, worst gradient "
+            f"rel. error {grad_error:.1e}, temporaries {temp / 2**20:.2f} MiB/device "
+            f"({temp / temp_1:.3f}x one device's {temp_1 / 2**20:.2f} MiB)",
+            flush=True,
+        )
+    return worst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--families", nargs="+", default=["rwkv6", "rwkv7"])
+    parser.add_argument("--meshes", nargs="+", default=list(MESHES), help="data x fsdp x context")
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=4)
+    args = parser.parse_args()
+    worst = max(check(family, args.meshes, args.seq_len, args.batch) for family in args.families)
+    print(f"worst relative error {worst:.1e}")
+
+
+if __name__ == "__main__":
+    main()
