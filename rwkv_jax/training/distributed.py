@@ -30,15 +30,21 @@ def initialize(config: ConfigDict) -> None:
 
     Fields: ``initialize`` (False: a single-process run, nothing to do), ``coordinator_address``
     (``"host:port"`` of process 0, or empty to let JAX detect the cluster), ``num_processes``,
-    ``process_id`` and ``local_device_count`` (CPU only: how many devices this process exposes; 0 keeps
-    JAX's default). Must run before anything asks JAX for its devices.
+    ``process_id``, ``local_device_count`` (CPU only: how many devices this process exposes; 0 keeps
+    JAX's default), ``heartbeat_timeout_seconds`` (a process silent that long counts as dead: the others
+    exit with an error rather than wait forever) and ``initialization_timeout``. Must run before anything
+    asks JAX for its devices.
     """
     if not config.initialize:
         return
     if config.local_device_count:
         jax.config.update("jax_num_cpu_devices", config.local_device_count)
+    timeouts = dict(
+        heartbeat_timeout_seconds=config.heartbeat_timeout_seconds,
+        initialization_timeout=config.initialization_timeout,
+    )
     if not config.coordinator_address:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**timeouts)
         return
     if not 0 <= config.process_id < config.num_processes:
         raise ValueError(
@@ -49,6 +55,7 @@ def initialize(config: ConfigDict) -> None:
         coordinator_address=config.coordinator_address,
         num_processes=config.num_processes,
         process_id=config.process_id,
+        **timeouts,
     )
 
 
