@@ -34,15 +34,20 @@ def replicated_fraction(shardings: Any, shapes: Any) -> tuple[float, list[tuple[
     return (sum(size for _, size in replicated) / total if total else 0.0), replicated
 
 
+# Mesh axes that split the inputs (batch rows, the time axis): parameters are replicated over them by design.
+INPUT_AXES = ("data", "context")
+
+
 def parameter_sharding_axes(mesh: Mesh) -> tuple[str, ...]:
-    """The mesh axes of size > 1 meant to split parameters (every axis but ``data``)."""
-    return tuple(axis for axis, size in mesh.shape.items() if axis != "data" and size > 1)
+    """The mesh axes of size > 1 meant to split parameters (``fsdp``, ``tensor``: not :data:`INPUT_AXES`)."""
+    return tuple(axis for axis, size in mesh.shape.items() if axis not in INPUT_AXES and size > 1)
 
 
 def check_replicated(shardings: Any, shapes: Any, mesh: Mesh, max_fraction: float) -> float:
     """Raises ShardingError when more than ``max_fraction`` of the parameter bytes stay fully replicated.
 
-    Off (returns 0.0) on a mesh with no parameter-sharding axis (pure data parallelism replicates by design)
+    Off (returns 0.0) on a mesh with no parameter-sharding axis (data and context parallelism replicate by
+    design)
     and when ``max_fraction`` >= 1. Returns the measured fraction.
     """
     axes = parameter_sharding_axes(mesh)

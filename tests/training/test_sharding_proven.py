@@ -4,10 +4,10 @@ before it compiles anything."""
 
 import jax
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec
 
-from rwkv_jax.sharding import make_mesh
-from rwkv_jax.training.sharding_check import check_replicated
+from rwkv_jax.sharding import MESH_AXES, make_mesh
+from rwkv_jax.training.sharding_check import check_replicated, parameter_sharding_axes
 from tests.training.fake_devices import run_with_devices
 
 # 8 fake devices, fsdp = 8: bytes each device holds (addressable_shards) against the totals.
@@ -15,7 +15,7 @@ PER_DEVICE = """
 import jax, numpy as np, optax
 from tests.training.conftest import tiny_config
 from rwkv_jax.finetune.training import finetune_model
-from rwkv_jax.sharding import make_mesh, tree_shardings
+from rwkv_jax.sharding import MESH_AXES, make_mesh, tree_shardings
 from rwkv_jax.training.model import ModelFns
 from rwkv_jax.training.optim import make_optimizer, weight_decay_mask
 from rwkv_jax.training.sharding_check import replicated_fraction
@@ -56,7 +56,9 @@ def _shardings(mesh, specs):
     return [NamedSharding(mesh, PartitionSpec(*spec)) for spec in specs]
 
 
-def test_pure_data_parallelism_replicates_by_design_and_is_not_refused():
+def test_only_fsdp_and_tensor_axes_are_expected_to_split_parameters():
+    assert parameter_sharding_axes(AbstractMesh((4, 1, 1, 2), MESH_AXES)) == ()  # data x context
+    assert parameter_sharding_axes(AbstractMesh((2, 2, 2, 1), MESH_AXES)) == ("fsdp", "tensor")
     shapes = [jax.ShapeDtypeStruct((64, 64), "float32"), jax.ShapeDtypeStruct((64,), "float32")]
     mesh = make_mesh(1, 1, 1, jax.devices()[:1])
     assert check_replicated(_shardings(mesh, [(), ()]), shapes, mesh, 0.05) == 0.0
