@@ -33,7 +33,8 @@ MESHES = ("1x1x2", "1x1x4", "1x1x8", "2x1x4", "1x2x4", "2x2x2")
 
 
 def loss_and_grads(fns: ModelFns, mesh: Any, rules: Any, params: Any, tokens: np.ndarray) -> tuple:
-    """Loss, gradients and the compiled step's temporary bytes per device on ``mesh``."""
+    """Loss, gradients, the compiled step's temporary bytes per device on ``mesh`` and whether the WKV
+    split its time axis over ``context``."""
 
     def objective(params: Any, inputs: Any, targets: Any) -> Any:
         logits, _ = fns.apply(params, inputs, None)
@@ -44,9 +45,11 @@ def loss_and_grads(fns: ModelFns, mesh: Any, rules: Any, params: Any, tokens: np
         under_mesh(jax.value_and_grad(objective), mesh),
         in_shardings=(param_sh, *[sequence_sharding(mesh, rules)] * 2),
     )
-    compiled = step.lower(params, tokens[:, :-1], tokens[:, 1:]).compile()
+    traced = step.trace(params, tokens[:, :-1], tokens[:, 1:])
+    compiled = traced.lower().compile()
     loss, grads = compiled(params, tokens[:, :-1], tokens[:, 1:])
-    return float(loss), grads, compiled.memory_analysis().temp_size_in_bytes
+    split = "shard_map" in str(traced.jaxpr)  # the WKV ran under shard_map over context
+    return float(loss), grads, compiled.memory_analysis().temp_size_in_bytes, split
 
 
 def check(family: str, meshes: list[str], seq_len: int, batch: int) -> float:
@@ -59,13 +62,17 @@ def check(family: str, meshes: list[str], seq_len: int, batch: int) -> float:
     rules = config.sharding_rules
     tokens = np.random.default_rng(0).integers(0, 256, (batch, seq_len + 1), dtype=np.int32)
     one = make_mesh(1, 1, 1, jax.devices()[:1])
-    loss_1, grads_1, temp_1 = loss_and_grads(fns, one, rules, params, tokens)
+    loss_1, grads_1, temp_1, _ = loss_and_grads(fns, one, rules, params, tokens)
     worst = 0.0
     for name in meshes:
         data, fsdp, context = map(int, name.split("x"))
         devices = jax.devices()[: data * fsdp * context]
         mesh = make_mesh(data, fsdp, 1, devices, context=context)
-        loss, grads, temp = loss_and_grads(fns, mesh, rules, params, tokens)
+        loss, grads, temp, split = loss_and_grads(fns, mesh, rules, params, tokens)
+        if split != (context > 1):
+            raise SystemExit(
+                f"{name}: the WKV {'ran' if split else 'did not run'} under shard_map over context"
+            )
         loss_error = abs(loss - loss_1) / abs(loss_1)
         grad_error = max(
             jax.tree.leaves(jax.tree.map(lambda a, b: float(relative_error(a, b)), grads, grads_1))
