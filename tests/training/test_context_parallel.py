@@ -20,7 +20,9 @@ load_experiment("check_context_parallel").main()
 def test_finch_and_goose_split_over_context_equal_one_device(tmp_path):
     out = run_with_devices(SWEEP, 8, tmp_path, timeout=300)
     worst = float(out.split("worst relative error")[1])
-    assert worst < 5e-6, out  # measured 4.4e-7 (64 tokens), float32
+    # Measured 4.2e-6 (Finch 2x1x4, time_maa_k: a sum over tokens that cancels; changing the chunk size
+    # on one device moves it by 2.4e-6), float32.
+    assert worst < 1e-5, out
 
 
 @pytest.mark.parametrize(
