@@ -15,6 +15,8 @@ meets, embedding excluded; the WKV recurrence is not counted).
 are identical; compiling a 14B model for 256 fake devices on a 2-core CPU takes too long); the output says
 so. The batch is one sequence per batch shard (``data * fsdp`` sequences) unless ``--batch`` is given.
 XLA:CPU's buffer assignment stands in for the accelerator's: the temporaries are an estimate, not a promise.
+XLA's FLOP count undercounts a step whose segments run in a loop (about a third of 6N at 4096 tokens in
+segments of 1024; README): take the analytic figure there.
 """
 
 import argparse
