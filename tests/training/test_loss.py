@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rwkv_jax.numerics import relative_error
 from rwkv_jax.training.loss import lm_loss, token_nll
 
 
@@ -13,7 +14,7 @@ def test_token_nll_matches_log_softmax_in_float64():
     expected = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), np.asarray(targets)[..., None], -1)
     got = token_nll(logits.astype(jnp.float32), targets)
     assert got.dtype == jnp.float32
-    np.testing.assert_allclose(got, expected[..., 0], rtol=1e-5)
+    assert relative_error(got, expected[..., 0]) <= 5e-7  # measured: 5.8e-8
 
 
 def test_l2wrap_adds_rwkv_lm_gradient_on_the_max_logit():
@@ -30,7 +31,8 @@ def test_l2wrap_adds_rwkv_lm_gradient_on_the_max_logit():
     peak = np.asarray(logits).max(-1)
     expected = np.zeros(logits.shape, np.float32)
     np.put_along_axis(expected, np.asarray(logits).argmax(-1)[..., None], (peak * factor)[..., None], -1)
-    np.testing.assert_allclose(extra, expected, rtol=1e-4, atol=1e-8)
+    # measured: 2.0e-5 (the difference of two float32 gradients ~1e3x larger than it)
+    assert relative_error(extra, expected) <= 1e-4
     _, nll_with = lm_loss(logits, targets, coef)
     _, nll_without = lm_loss(logits, targets, 0.0)
     assert float(nll_with) == float(nll_without)

@@ -42,8 +42,8 @@ def test_segmented_gradient_equals_full_sequence_gradient(family):
     (seg, _), g_seg = grad(params, 8, False)
     (trunc, _), g_trunc = grad(params, 8, True)
     leaves = jax.tree.leaves
-    np.testing.assert_allclose(seg, full, rtol=1e-6)
-    np.testing.assert_allclose(trunc, full, rtol=1e-6)  # truncation changes gradients, not values
+    assert relative_error(seg, full) <= 5e-7  # measured: 8.2e-8
+    assert relative_error(trunc, full) <= 5e-7  # measured: 8.2e-8; truncation changes gradients, not values
     assert rel(leaves(g_seg), leaves(g_full)) < 1e-5
     assert rel(leaves(g_trunc), leaves(g_full)) > 1e-3
 

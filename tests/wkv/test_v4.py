@@ -111,10 +111,11 @@ def test_reference_matches_hand_computed_sum():
     y, state = wkv4_reference(
         as_array([w]), as_array([u]), as_array(k)[None, :, None], as_array(v)[None, :, None]
     )
-    np.testing.assert_allclose(np.asarray(y)[0, :, 0], [y0, y1], rtol=1e-14)
-    np.testing.assert_allclose(state.max_exp, [[max_exp]], rtol=1e-14)
-    np.testing.assert_allclose(state.num, [[num * np.exp(-max_exp)]], rtol=1e-14)
-    np.testing.assert_allclose(state.den, [[den * np.exp(-max_exp)]], rtol=1e-14)
+    # float64; where the measured error is 0, 1e-15 is a floor
+    assert relative_error(np.asarray(y)[0, :, 0], [y0, y1]) <= 1e-15  # measured: 0
+    assert relative_error(state.max_exp, [[max_exp]]) <= 1e-15  # measured: 0
+    assert relative_error(state.num, [[num * np.exp(-max_exp)]]) <= 1e-15  # measured: 0
+    assert relative_error(state.den, [[den * np.exp(-max_exp)]]) <= 1e-15  # measured: 1.5e-16
 
 
 def test_reference_reads_initial_state_as_scaled_sums():
@@ -124,8 +125,9 @@ def test_reference_reads_initial_state_as_scaled_sums():
     y_tail, state_tail = wkv4_reference(
         w_log, u, k[:, 4:], v[:, 4:], wkv4_reference(w_log, u, k[:, :4], v[:, :4])[1]
     )
-    np.testing.assert_allclose(y_tail, y[:, 4:], rtol=1e-12)
-    np.testing.assert_allclose(np.stack(state_tail), np.stack(state), rtol=1e-12)
+    # float64; where the measured error is 0, 1e-15 is a floor
+    assert relative_error(y_tail, y[:, 4:]) <= 1e-15  # measured: 5.2e-17
+    assert relative_error(np.stack(state_tail), np.stack(state)) <= 1e-15  # measured: 0
 
 
 @pytest.mark.parametrize("length", [1, 2, 17, 256, 4096])
