@@ -30,6 +30,7 @@ def test_call_equals_op_by_op_forward_and_last_only_is_the_last_position(finch):
     last, last_state = finch(TOKENS, last_only=True)
     assert last.shape == (2, 1, 64)
     assert relative_error(last[:, 0], logits[:, -1]) < 1e-6  # measured 0
+    # measured 0; left at 1e-6 like the call-vs-forward logits above (a different program rounds 1.1e-7)
     assert relative_error(jax.tree.leaves(last_state)[1], jax.tree.leaves(state)[1]) < 1e-6
 
 
@@ -49,7 +50,7 @@ def test_changing_a_weight_changes_the_next_call():
     before, _ = model(TOKENS)
     model.head.kernel[...] = 2 * model.head.kernel[...]  # in place, through the variable
     doubled, _ = model(TOKENS)
-    assert relative_error(doubled, 2 * before) < 1e-6  # measured 0
+    assert relative_error(doubled, 2 * before) < 1e-7  # measured 0 (doubling is exact; 1e-7 is a floor)
     kernel = jax.random.normal(jax.random.key(2), (32, 64), jnp.float32)
     model.head = Linear(32, 64, ("embed", "vocab"), kernel=kernel)  # a replaced sub-module
     replaced, _ = model(TOKENS)

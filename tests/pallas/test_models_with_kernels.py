@@ -53,7 +53,7 @@ def test_pallas_form_matches_pure_jax_form_in_logits_and_training_gradients(buil
     assert [block.att.wkv_impl for block in kernel_model.blocks] == [Impl.PALLAS] * model.config.n_layer
     kernel_loss, kernel_logits, kernel_grads = loss_and_grads(kernel_model, tokens)
     assert relative_error(kernel_logits, logits) <= 3e-6  # measured 3.4e-7 (2026-12, worst family)
-    assert relative_error(kernel_loss, loss) <= 1e-6
+    assert relative_error(kernel_loss, loss) <= 1e-6  # measured 1.1e-7 (2026-12, worst family)
     flat, kernel_flat = nnx.to_flat_state(grads), nnx.to_flat_state(kernel_grads)
     for (path, grad), (_, kernel_grad) in zip(flat, kernel_flat, strict=True):
         reference = np.asarray(grad.get_value())

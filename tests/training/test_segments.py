@@ -44,7 +44,7 @@ def test_segmented_gradient_equals_full_sequence_gradient(family):
     leaves = jax.tree.leaves
     assert relative_error(seg, full) <= 5e-7  # measured: 8.2e-8
     assert relative_error(trunc, full) <= 5e-7  # measured: 8.2e-8; truncation changes gradients, not values
-    assert rel(leaves(g_seg), leaves(g_full)) < 1e-5
+    assert rel(leaves(g_seg), leaves(g_full)) < 2e-6  # measured 2.2e-7
     assert rel(leaves(g_trunc), leaves(g_full)) > 1e-3
 
 
