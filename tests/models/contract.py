@@ -107,3 +107,9 @@ def assert_plain_jit_matches_eager(model: nnx.Module, tokens: jax.Array) -> None
     assert relative_error(direct, eager) < 2e-6 and relative_error(split, eager) < 2e-6
     for a, b in zip(jax.tree.leaves(direct_state), jax.tree.leaves(eager_state), strict=True):
         assert relative_error(a, b) < 2e-6
+
+
+def assert_matches_formula(param, expected) -> None:
+    """An initialised parameter (float32) equals RWKV-LM's formula evaluated in float64, by relative error
+    over the tensor (measured <= 2.1e-7 over the RWKV-4, Eagle, Finch and Goose formulas, 2026-12)."""
+    assert relative_error(np.asarray(param[...], np.float64), expected) <= 1e-6

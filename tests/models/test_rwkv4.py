@@ -12,7 +12,7 @@ from rwkv_jax.models.rwkv4 import init
 from rwkv_jax.models.rwkv4.convert import to_state_dict
 from rwkv_jax.models.rwkv4.model import RWKV4, RWKV4Config
 from rwkv_jax.numerics import relative_error
-from tests.models.contract import jitted
+from tests.models.contract import assert_matches_formula, jitted
 
 CONFIG = RWKV4Config(vocab_size=64, n_layer=2, n_embd=32, ffn_dim=64)
 
@@ -150,18 +150,14 @@ def test_official_init_matches_rwkv_lm_formulas():
         att, ffn = model.blocks[layer].att, model.blocks[layer].ffn
         ratio_0_to_1, ratio_1_to_almost0 = layer / (L - 1), 1 - layer / L
         decay = -5 + 8 * (h / (C - 1)) ** (0.7 + 1.3 * ratio_0_to_1)
-        np.testing.assert_allclose(att.time_decay[...], decay, rtol=1e-6, atol=1e-6)
+        assert_matches_formula(att.time_decay, decay)
         zigzag = np.array([0.5 * ((i + 1) % 3 - 1) for i in range(C)])
-        np.testing.assert_allclose(att.time_first[...], np.log(0.3) + zigzag, rtol=1e-6)
+        assert_matches_formula(att.time_first, np.log(0.3) + zigzag)
         ddd = h / C
-        np.testing.assert_allclose(att.time_mix_k[...], ddd**ratio_1_to_almost0, rtol=1e-6, atol=1e-7)
-        np.testing.assert_allclose(
-            att.time_mix_v[...], ddd**ratio_1_to_almost0 + 0.3 * ratio_0_to_1, rtol=1e-6, atol=1e-7
-        )
-        np.testing.assert_allclose(
-            att.time_mix_r[...], ddd ** (0.5 * ratio_1_to_almost0), rtol=1e-6, atol=1e-7
-        )
-        np.testing.assert_allclose(ffn.time_mix_k[...], ddd**ratio_1_to_almost0, rtol=1e-6, atol=1e-7)
+        assert_matches_formula(att.time_mix_k, ddd**ratio_1_to_almost0)
+        assert_matches_formula(att.time_mix_v, ddd**ratio_1_to_almost0 + 0.3 * ratio_0_to_1)
+        assert_matches_formula(att.time_mix_r, ddd ** (0.5 * ratio_1_to_almost0))
+        assert_matches_formula(ffn.time_mix_k, ddd**ratio_1_to_almost0)
         for zero in (att.key, att.receptance, att.output, ffn.receptance, ffn.value):
             assert not np.asarray(zero.kernel[...]).any()
 

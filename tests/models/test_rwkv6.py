@@ -12,6 +12,7 @@ from rwkv_jax.models.rwkv6 import init as rwkv6_init
 from rwkv_jax.models.rwkv6.convert import to_state_dict
 from rwkv_jax.models.rwkv6.model import RWKV6, RWKV6Config, default_ffn_dim
 from rwkv_jax.numerics import relative_error
+from tests.models.contract import assert_matches_formula
 
 VERSIONS = ("5.1", "5.2", "6")
 
@@ -202,10 +203,6 @@ def _singular_values(kernel):
     return np.linalg.svd(np.asarray(kernel[...], np.float64), compute_uv=False)
 
 
-def _close(param, expected):
-    np.testing.assert_allclose(np.asarray(param[...], np.float64), expected, rtol=1e-6, atol=1e-7)
-
-
 def test_official_init_of_finch_matches_rwkv_lm_formulas():
     config = RWKV6Config(version="6", vocab_size=100, n_layer=3, n_embd=32, head_size=8, ffn_dim=96)
     model = RWKV6(config, rngs=nnx.Rngs(0))
@@ -222,14 +219,16 @@ def test_official_init_of_finch_matches_rwkv_lm_formulas():
             "r": 1 - ddd ** (0.5 * r10),
             "g": 1 - ddd ** (0.5 * r10),
         }.items():
-            _close(getattr(att.mix, f"time_maa_{name}"), expected)
-        _close(ffn.mix.time_maa_k, 1 - ddd ** (r10**3))
-        _close(ffn.mix.time_maa_r, 1 - ddd ** (r10**3))
+            assert_matches_formula(getattr(att.mix, f"time_maa_{name}"), expected)
+        assert_matches_formula(ffn.mix.time_maa_k, 1 - ddd ** (r10**3))
+        assert_matches_formula(ffn.mix.time_maa_r, 1 - ddd ** (r10**3))
         n = np.arange(A)
-        _close(att.decay.time_decay, -6 + 5 * (n / (A - 1)) ** (0.7 + 1.3 * r01))
+        assert_matches_formula(att.decay.time_decay, -6 + 5 * (n / (A - 1)) ** (0.7 + 1.3 * r01))
         zigzag = ((n + 1) % 3 - 1) * 0.1
-        _close(att.bonus.time_faaaa, (r01 * (1 - n / (A - 1)) + zigzag).reshape(config.n_head, -1))
-        _close(att.ln_x.weight, np.full(A, ((1 + layer) / L) ** 0.7))
+        assert_matches_formula(
+            att.bonus.time_faaaa, (r01 * (1 - n / (A - 1)) + zigzag).reshape(config.n_head, -1)
+        )
+        assert_matches_formula(att.ln_x.weight, np.full(A, ((1 + layer) / L) ** 0.7))
         assert not np.asarray(att.ln_x.bias[...]).any()
         for zero in (att.mix.time_maa_w1, att.decay.time_decay_w1, att.output.kernel, ffn.value.kernel):
             assert not np.asarray(zero[...]).any()
@@ -256,15 +255,19 @@ def test_official_init_of_eagle_matches_rwkv_lm_formulas():
     for layer in range(L):
         att, ffn = model.blocks[layer].att, model.blocks[layer].ffn
         r01, r10 = layer / (L - 1), 1 - layer / L
-        _close(att.mix.time_mix_k, ddd**r10)
-        _close(att.mix.time_mix_v, ddd**r10 + 0.3 * r01)
-        _close(att.mix.time_mix_r, ddd ** (0.5 * r10))
-        _close(att.mix.time_mix_g, ddd ** (0.5 * r10))
-        _close(ffn.mix.time_mix_k, ddd**r10)
-        _close(ffn.mix.time_mix_r, ddd**r10)
+        assert_matches_formula(att.mix.time_mix_k, ddd**r10)
+        assert_matches_formula(att.mix.time_mix_v, ddd**r10 + 0.3 * r01)
+        assert_matches_formula(att.mix.time_mix_r, ddd ** (0.5 * r10))
+        assert_matches_formula(att.mix.time_mix_g, ddd ** (0.5 * r10))
+        assert_matches_formula(ffn.mix.time_mix_k, ddd**r10)
+        assert_matches_formula(ffn.mix.time_mix_r, ddd**r10)
         n = np.arange(A)
-        _close(att.decay.time_decay, (-6 + 5 * (n / (A - 1)) ** (0.7 + 1.3 * r01)).reshape(H, -1))
-        _close(att.bonus.time_faaaa, (r01 * (1 - n / (A - 1)) + ((n + 1) % 3 - 1) * 0.1).reshape(H, -1))
+        assert_matches_formula(
+            att.decay.time_decay, (-6 + 5 * (n / (A - 1)) ** (0.7 + 1.3 * r01)).reshape(H, -1)
+        )
+        assert_matches_formula(
+            att.bonus.time_faaaa, (r01 * (1 - n / (A - 1)) + ((n + 1) % 3 - 1) * 0.1).reshape(H, -1)
+        )
     np.testing.assert_allclose(_singular_values(model.head.kernel), 0.5, rtol=1e-5)  # V <= C: gain 0.5
     assert config.ffn_dim == 96 == default_ffn_dim(32)  # int(3.5 * 32) // 32 * 32
 
@@ -276,8 +279,10 @@ def test_official_init_of_rwkv5_1_has_per_head_decay_and_log_bonus():
     for layer in range(config.n_layer):
         att = model.blocks[layer].att
         h = np.arange(H)
-        _close(att.decay.time_decay, -6 + 5 * (h / (H - 1)) ** (0.7 + 1.3 * layer / (config.n_layer - 1)))
-        _close(att.bonus.time_first, np.full(H, -3.0))
+        assert_matches_formula(
+            att.decay.time_decay, -6 + 5 * (h / (H - 1)) ** (0.7 + 1.3 * layer / (config.n_layer - 1))
+        )
+        assert_matches_formula(att.bonus.time_first, np.full(H, -3.0))
         assert att.gate is None
 
 
