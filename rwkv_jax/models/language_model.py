@@ -17,6 +17,7 @@ from flax import nnx
 from rwkv_jax.array_typing import Array, Tokens
 from rwkv_jax.decoding import compiled_call
 from rwkv_jax.models.common import check_token_ids
+from rwkv_jax.models.layer_scan import run_layers
 from rwkv_jax.wkv.forms import check_starts
 
 _STATE_SHAPES: dict[tuple, Any] = {}  # (model class, config, batch size) -> the empty layer state's shapes
@@ -38,6 +39,9 @@ class LanguageModel(nnx.Module):
     """
 
     eager = False
+    # True: run_blocks scans the runs of same-structured blocks (rwkv_jax.models.layer_scan), so compile
+    # time does not grow with depth; False: a Python loop (one copy of the block per layer in the program).
+    scan_layers = True
 
     def empty_layer_state(self, batch_size: int) -> Any:
         """The state of one block before any token (a NamedTuple of float32 arrays, batch on axis 0)."""
@@ -105,13 +109,15 @@ class LanguageModel(nnx.Module):
     ) -> tuple[Array, tuple[Any, ...]]:
         """``x [B, T, C]`` through the blocks in order, each with its layer state (and the document starts
         ``[B, T]`` or None); returns x and the new state. A version whose blocks pass more than ``x`` from
-        one to the next (RWKV-7) overrides this."""
-        new_state = []
-        for block, layer_state in zip(self.blocks, state, strict=True):
+        one to the next (RWKV-7) overrides this. Runs as a scan over layers where ``scan_layers`` and the
+        blocks share one structure, falling back to one call per block where they differ
+        (:func:`rwkv_jax.models.layer_scan.run_layers`)."""
+
+        def step(block: nnx.Module, x: Array, layer_state: Any) -> tuple[Array, Any]:
             # A family whose blocks take no document starts keeps working without them.
-            x, layer_state = block(x, layer_state) if starts is None else block(x, layer_state, starts)
-            new_state.append(layer_state)
-        return x, tuple(new_state)
+            return block(x, layer_state) if starts is None else block(x, layer_state, starts)
+
+        return run_layers(list(self.blocks), x, state, step, scan=self.scan_layers)
 
     def _layer_state_shapes(self, batch_size: int) -> Any:
         """``jax.eval_shape`` of :meth:`empty_layer_state`, remembered per config and batch size (a call

@@ -42,6 +42,7 @@ from rwkv_jax.models.common import (
     weight_dtype,
 )
 from rwkv_jax.models.language_model import LanguageModel
+from rwkv_jax.models.layer_scan import run_layers
 from rwkv_jax.models.official_init import initial_linear
 from rwkv_jax.models.rwkv7 import init as rwkv7_init
 from rwkv_jax.wkv.impl import Impl
@@ -385,9 +386,15 @@ class RWKV7(LanguageModel):
     def run_blocks(
         self, x: Array, state: tuple[RWKV7LayerState, ...], starts: Array | None = None
     ) -> tuple[Array, tuple]:
-        """The blocks in order, each also given the first block's value (the value residual)."""
-        v_first, new_state = None, []
-        for block, layer_state in zip(self.blocks, state, strict=True):
-            x, v_first, layer_state = block(x, v_first, layer_state, starts)
-            new_state.append(layer_state)
-        return x, tuple(new_state)
+        """The blocks in order, each also given the first block's value (the value residual). Block 0 runs
+        alone (it produces ``v_first``); the rest as a scan over layers (see
+        :func:`rwkv_jax.models.layer_scan.run_layers`, which falls back to a loop where they differ)."""
+        x, v_first, first_state = self.blocks[0](x, None, state[0], starts)
+
+        def step(block: nnx.Module, carry: tuple[Array, Array], layer_state: RWKV7LayerState) -> tuple:
+            x, v_first = carry
+            x, _, layer_state = block(x, v_first, layer_state, starts)  # later blocks return v_first as given
+            return (x, v_first), layer_state
+
+        (x, _), rest = run_layers(list(self.blocks)[1:], (x, v_first), state[1:], step, scan=self.scan_layers)
+        return x, (first_state, *rest)
