@@ -57,7 +57,8 @@ for data, fsdp, tensor in [(4, 1, 1), (1, 2, 2)]:
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = data, fsdp, tensor
     results.append(loop.train_and_evaluate(config, {workdir!r} + f"/{{data}}")["val_loss"])
 print(results)
-np.testing.assert_allclose(results[0], results[1], rtol=1e-4)
+from rwkv_jax.numerics import relative_error
+assert relative_error(results[1], results[0]) < 1e-7, results  # measured 2.6e-9 (rwkv4), 1.3e-8 (rwkv6)
 """
 
 
