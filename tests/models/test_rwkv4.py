@@ -12,7 +12,7 @@ from rwkv_jax.models.rwkv4 import init
 from rwkv_jax.models.rwkv4.convert import to_state_dict
 from rwkv_jax.models.rwkv4.model import RWKV4, RWKV4Config
 from rwkv_jax.numerics import relative_error
-from tests.models.contract import assert_matches_formula, jitted
+from tests.models.contract import assert_matches_formula, assert_orthogonal_with_gain, jitted
 
 CONFIG = RWKV4Config(vocab_size=64, n_layer=2, n_embd=32, ffn_dim=64)
 
@@ -161,14 +161,11 @@ def test_official_init_matches_rwkv_lm_formulas():
         for zero in (att.key, att.receptance, att.output, ffn.receptance, ffn.value):
             assert not np.asarray(zero.kernel[...]).any()
 
-    def singular_values(kernel):
-        return np.linalg.svd(np.asarray(kernel[...], np.float64), compute_uv=False)
-
     block = model.blocks[1]
-    np.testing.assert_allclose(singular_values(block.att.value.kernel), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(singular_values(block.ffn.key.kernel), 2.0, rtol=1e-5)  # gain sqrt(64/16)
+    assert_orthogonal_with_gain(block.att.value.kernel, 1.0)
+    assert_orthogonal_with_gain(block.ffn.key.kernel, 2.0)  # gain sqrt(64/16)
     head_gain = 0.5 * math.sqrt(config.vocab_size / C)
-    np.testing.assert_allclose(singular_values(model.head.kernel), head_gain, rtol=1e-5)
+    assert_orthogonal_with_gain(model.head.kernel, head_gain)
     emb = np.asarray(model.emb.weight[...])
     assert np.abs(emb).max() <= init.EMBEDDING_INIT_SCALE and emb.std() > 0.5 * init.EMBEDDING_INIT_SCALE / 2
     assert model.blocks[0].ln0 is not None and model.blocks[1].ln0 is None

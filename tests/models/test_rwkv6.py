@@ -12,7 +12,7 @@ from rwkv_jax.models.rwkv6 import init as rwkv6_init
 from rwkv_jax.models.rwkv6.convert import to_state_dict
 from rwkv_jax.models.rwkv6.model import RWKV6, RWKV6Config, default_ffn_dim
 from rwkv_jax.numerics import relative_error
-from tests.models.contract import assert_matches_formula
+from tests.models.contract import assert_matches_formula, assert_orthogonal_with_gain
 
 VERSIONS = ("5.1", "5.2", "6")
 
@@ -199,10 +199,6 @@ def test_bfloat16_compute_stays_close_with_float32_state(version):
 # The official initialisation, recomputed here from RWKV-LM's formulas (RWKV-v5/src/model.py, 86affd7).
 
 
-def _singular_values(kernel):
-    return np.linalg.svd(np.asarray(kernel[...], np.float64), compute_uv=False)
-
-
 def test_official_init_of_finch_matches_rwkv_lm_formulas():
     config = RWKV6Config(version="6", vocab_size=100, n_layer=3, n_embd=32, head_size=8, ffn_dim=96)
     model = RWKV6(config, rngs=nnx.Rngs(0))
@@ -238,10 +234,10 @@ def test_official_init_of_finch_matches_rwkv_lm_formulas():
             assert np.abs(values).max() <= 0.01 and values.std() > 0.01 / 2 / 2  # U(-0.01, 0.01): std 0.0058
     block = model.blocks[1]
     for kernel, gain in ((block.att.receptance, 1.0), (block.att.value, 1.0), (block.ffn.key, 1.0)):
-        np.testing.assert_allclose(_singular_values(kernel.kernel), gain, rtol=1e-5)
+        assert_orthogonal_with_gain(kernel.kernel, gain)
     for kernel in (block.att.key, block.att.gate):
-        np.testing.assert_allclose(_singular_values(kernel.kernel), 0.1, rtol=1e-5)
-    np.testing.assert_allclose(_singular_values(model.head.kernel), 0.5 * math.sqrt(100 / C), rtol=1e-5)
+        assert_orthogonal_with_gain(kernel.kernel, 0.1)
+    assert_orthogonal_with_gain(model.head.kernel, 0.5 * math.sqrt(100 / C))
     emb = np.asarray(model.emb.weight[...])
     assert np.abs(emb).max() <= 1e-4 and emb.std() > 0.5e-4 / 2
     assert model.blocks[0].ln0 is not None and model.blocks[1].ln0 is None
@@ -268,7 +264,7 @@ def test_official_init_of_eagle_matches_rwkv_lm_formulas():
         assert_matches_formula(
             att.bonus.time_faaaa, (r01 * (1 - n / (A - 1)) + ((n + 1) % 3 - 1) * 0.1).reshape(H, -1)
         )
-    np.testing.assert_allclose(_singular_values(model.head.kernel), 0.5, rtol=1e-5)  # V <= C: gain 0.5
+    assert_orthogonal_with_gain(model.head.kernel, 0.5)  # V <= C: gain 0.5
     assert config.ffn_dim == 96 == default_ffn_dim(32)  # int(3.5 * 32) // 32 * 32
 
 
