@@ -211,7 +211,7 @@ WKV7_FORMS = WKVForms(
         Impl.PALLAS: _wkv7_pallas,
     },
     reference=wkv7_reference,
-    takes_starts=frozenset({Impl.RECURRENT, Impl.SCAN}),
+    takes_starts=frozenset({Impl.RECURRENT, Impl.SCAN, Impl.CHUNKED}),
     auto_cpu=Impl.CHUNKED,
     auto_accelerated=Impl.CHUNKED,
     default_chunk_size=DEFAULT_CHUNK_SIZE,

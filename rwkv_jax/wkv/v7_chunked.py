@@ -52,13 +52,14 @@ which leave the state unchanged, and the padded outputs are sliced off.
 """
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rwkv_jax.array_typing import Array
+from rwkv_jax.wkv.forms import check_starts
 
 # Two blocks of 16: in the benchmark (docs/wkv_training_speed.md) about as fast as chunks of 16 under a
 # quiet machine and faster under load, with half the states kept.
@@ -155,44 +156,99 @@ class _Block(NamedTuple):
     E: Array
     scores: Array
     inverse: Array
+    mask: Array
+    documents: "_Documents | None"
 
 
-def _block_terms(r: Array, k: Array, w: Array, a: Array, b: Array) -> _Block:
-    """The decay factors, decayed vectors, scores and inverse of a block (inputs ``[B, H, L, N]``)."""
+class _Documents(NamedTuple):
+    """Packed documents within a block (``starts``): ``same [B, 1, L, L]`` 1 where tokens t and s are in the
+    same document, ``first``/``last`` ``[B, 1, L, 1]`` 1 for the tokens of the block's first/last document
+    (the first reads the carried state, later ones the call's initial state ``init [B, H, key, value]``)."""
+
+    same: Array
+    first: Array
+    last: Array
+    init: Array
+
+
+def _documents(starts: Array, init: Array) -> _Documents:
+    """The masks of a block's documents from ``starts [B, 1, L, 1]`` (float 0/1)."""
+    _, causal = _masks(starts.shape[-2])
+    ids = _batched(causal, starts) @ starts  # documents begun in the block up to t
+    return _Documents(
+        (ids == _transpose(ids)).astype(jnp.float32),
+        (ids == 0).astype(jnp.float32),
+        (ids == ids[..., -1:, :]).astype(jnp.float32),
+        init,
+    )
+
+
+def _read(X: Array, state: Array, documents: "_Documents | None") -> Array:
+    """``X [.., M, key] @ state``; with documents, rows (stacked ``[a; r]`` if M = 2L) after a start read the
+    initial state."""
+    if documents is None:
+        return X @ state
+    first = documents.first if X.shape[-2] == documents.first.shape[-2] else _stack(*(documents.first,) * 2)
+    return (X * first) @ state + (X * (1 - first)) @ documents.init
+
+
+def _start_state(state: Array, documents: "_Documents | None") -> Array:
+    """The state the block's last document starts from: the carried one, or the initial one after a start."""
+    if documents is None:
+        return state
+    carried = documents.first[..., -1:, :]
+    return carried * state + (1 - carried) * documents.init
+
+
+def _block_terms(r: Array, k: Array, w: Array, a: Array, b: Array, documents: _Documents | None) -> _Block:
+    """The decay factors, decayed vectors, scores and inverse of a block (inputs ``[B, H, L, N]``). With
+    documents, the cumulative decays restart at each start and the scores across documents are masked."""
     length = r.shape[-2]
     strict, causal = _masks(length)
     # c_t, c_L - c_t and c_L in one matmul (XLA:CPU's cumsum is a slow reduce-window), each summed from its
     # own steps: no difference of two long sums
-    sums = _batched(np.concatenate([causal, strict.T, np.ones((1, length), np.float32)]), w) @ w
+    if documents is None:
+        sums = _batched(np.concatenate([causal, strict.T, np.ones((1, length), np.float32)]), w) @ w
+        mask = _score_mask(length)
+    else:
+        within = causal * documents.same
+        ends = _transpose(documents.last)
+        matrix = jnp.concatenate([within, jnp.broadcast_to(strict.T, within.shape), ends], axis=-2)
+        sums = matrix @ w
+        mask = _score_mask(length) * jnp.tile(documents.same, (2, 2))
     c, after, total = sums[..., :length, :], sums[..., length:-1, :], sums[..., -1:, :]
     row_decay = jnp.exp(_stack(c - w, c))
     undecay, to_end = (jnp.exp(_stack(x, x)) for x in (-c, after))
+    if documents is not None:  # only the last document reaches the block's end
+        to_end = to_end * _stack(documents.last, documents.last)
     X, bk = _stack(a, r) * row_decay, _stack(b, k)
     Y = bk * undecay
-    scores = _nt(X, Y) * _score_mask(length)
+    scores = _nt(X, Y) * mask
     inverse = _unit_lower_inverse(scores[..., :length, :length])
-    return _Block(row_decay, undecay, to_end, jnp.exp(total), X, Y, bk * to_end, scores, inverse)
+    return _Block(
+        row_decay, undecay, to_end, jnp.exp(total), X, Y, bk * to_end, scores, inverse, mask, documents
+    )
 
 
 def _removed(terms: _Block, v: Array, state: Array) -> Array:
     """``U = [u; v]`` ``[B, H, 2L, value]``, ``u = P (A S_0^T + M_ak v)`` the values the block's tokens
     remove."""
     length = v.shape[-2]
-    z = terms.X[..., :length, :] @ state + terms.scores[..., :length, length:] @ v
+    z = _read(terms.X[..., :length, :], state, terms.documents) + terms.scores[..., :length, length:] @ v
     return _stack(terms.inverse @ z, v)
 
 
 def _block_forward(
-    r: Array, k: Array, v: Array, w: Array, a: Array, b: Array, state: Array
+    r: Array, k: Array, v: Array, w: Array, a: Array, b: Array, state: Array, documents: _Documents | None
 ) -> tuple[Array, Array]:
     """One block: r, k, v, w, a, b ``[B, H, L, N]`` and the start state ``[B, H, key, value]`` (float32,
     transposed: each row of ``X`` reads it as a plain matmul) -> ``y [B, H, L, N]`` and the state after
     the block."""
-    terms = _block_terms(r, k, w, a, b)
+    terms = _block_terms(r, k, w, a, b, documents)
     length = v.shape[-2]
     U = _removed(terms, v, state)
-    y = terms.X[..., length:, :] @ state + terms.scores[..., length:, :] @ U
-    return y, state * _transpose(terms.decay) + _tn(terms.E, U)
+    y = _read(terms.X[..., length:, :], state, documents) + terms.scores[..., length:, :] @ U
+    return y, _start_state(state, documents) * _transpose(terms.decay) + _tn(terms.E, U)
 
 
 def _transpose(x: Array) -> Array:
@@ -200,11 +256,21 @@ def _transpose(x: Array) -> Array:
 
 
 def _block_backward(
-    r: Array, k: Array, v: Array, w: Array, a: Array, b: Array, dy: Array, state: Array, d_next: Array
+    r: Array,
+    k: Array,
+    v: Array,
+    w: Array,
+    a: Array,
+    b: Array,
+    dy: Array,
+    state: Array,
+    d_next: Array,
+    documents: _Documents | None,
 ) -> tuple[Array, ...]:
     """Gradients of one block (shapes as :func:`_block_forward`) given ``dy``, the start state and the
-    gradient of the state after the block: ``(dr, dk, dv, dw, da, db, d_state)``."""
-    t = _block_terms(r, k, w, a, b)
+    gradient of the state after the block: ``(dr, dk, dv, dw, da, db, d_state, d_init)`` (``d_init`` the
+    initial state's, None without documents)."""
+    t = _block_terms(r, k, w, a, b, documents)
     length = v.shape[-2]
     U = _removed(t, v, state)
     # S_L = S_0 decay + E^T U;  y = R S_0 + [Q_b, Q_k] U;  u = P z, z = A S_0 + M_ak v
@@ -212,22 +278,33 @@ def _block_backward(
     du = from_end[..., :length, :] + _tn(t.scores[..., length:, :length], dy)
     D = _stack(_tn(t.inverse, du), dy)  # [dz; dy]: through the solve, dz = P^T du
     dv = from_end[..., length:, :] + _tn(t.scores[..., length:], D)
-    d_scores = _nt(D, U) * _score_mask(length)
-    dX = _nt(D, state) + d_scores @ t.Y
+    d_scores = _nt(D, U) * t.mask
+    dX = _read(D, _transpose(state), _transposed(documents)) + d_scores @ t.Y
     dY = _tn(d_scores, t.X)
     dE = _nt(U, d_next)
-    d_state = d_next * _transpose(t.decay) + _tn(t.X, D)
+    d_through = d_next * _transpose(t.decay)
+    if documents is None:
+        d_state, d_init = d_through + _tn(t.X, D), None
+    else:  # each state's part: the rows (and the end) that read it
+        first, carried = _stack(documents.first, documents.first), documents.first[..., -1:, :]
+        d_state = carried * d_through + _tn(t.X * first, D)
+        d_init = (1 - carried) * d_through + _tn(t.X * (1 - first), D)
     from_x, from_y, from_e = dX * t.X, dY * t.Y, dE * t.E
     from_a, from_r = _halves(from_x)
     dw = _decay_grad(
         from_r - sum(_halves(from_y)),
         from_a,
         sum(_halves(from_e)),
-        _transpose(_row_sums(d_next * state)) * t.decay,
+        _transpose(_row_sums(d_next * _start_state(state, documents))) * t.decay,
+        documents,
     )
     da, dr = _halves(dX * t.row_decay)
     db, dk = _halves(dY * t.undecay + dE * t.to_end)
-    return dr, dk, dv, dw, da, db, d_state
+    return dr, dk, dv, dw, da, db, d_state, d_init
+
+
+def _transposed(documents: _Documents | None) -> _Documents | None:
+    return None if documents is None else documents._replace(init=_transpose(documents.init))
 
 
 def _blocks(chunk_size: int) -> int:
@@ -240,33 +317,62 @@ def _split(x: Array, blocks: int) -> list[Array]:
     return jnp.split(x, blocks, axis=-2)
 
 
+Restarts = tuple[Array, Array] | None
+"""Packed documents: ``(starts [B, T, 1, 1] float 0/1, initial state [B, H, key, value])``, or None."""
+
+
+def _block_documents(restarts: Restarts, blocks: int) -> list[_Documents | None]:
+    """Each block's documents of a chunk's ``restarts`` (starts ``[B, 1, L, 1]``)."""
+    if restarts is None:
+        return [None] * blocks
+    starts, init = restarts
+    return [_documents(block, init) for block in _split(starts, blocks)]
+
+
 def _chunk_forward(
-    r: Array, k: Array, v: Array, w: Array, a: Array, b: Array, state: Array
+    r: Array, k: Array, v: Array, w: Array, a: Array, b: Array, state: Array, restarts: Restarts = None
 ) -> tuple[Array, Array]:
     """One chunk, block after block (shapes as :func:`_block_forward`)."""
-    ys = []
-    for block in zip(*(_split(x, _blocks(r.shape[-2])) for x in (r, k, v, w, a, b)), strict=True):
-        y, state = _block_forward(*block, state)
+    ys, count = [], _blocks(r.shape[-2])
+    blocks = zip(
+        *(_split(x, count) for x in (r, k, v, w, a, b)), _block_documents(restarts, count), strict=True
+    )
+    for *block, documents in blocks:
+        y, state = _block_forward(*block, state, documents)
         ys.append(y)
     return jnp.concatenate(ys, axis=-2), state
 
 
 def _chunk_backward(
-    r: Array, k: Array, v: Array, w: Array, a: Array, b: Array, dy: Array, state: Array, d_next: Array
+    r: Array,
+    k: Array,
+    v: Array,
+    w: Array,
+    a: Array,
+    b: Array,
+    dy: Array,
+    state: Array,
+    d_next: Array,
+    restarts: Restarts = None,
 ) -> tuple[Array, ...]:
     """Gradients of :func:`_chunk_forward` given ``dy``, the start state and the gradient of the state
-    after the chunk: ``(dr, dk, dv, dw, da, db, d_state)``. The states at the blocks' starts are recomputed
-    from the chunk's (the forward's ``y`` part of that is dead code, and XLA shares the rest with the
-    blocks' backward)."""
-    blocks = list(zip(*(_split(x, _blocks(r.shape[-2])) for x in (r, k, v, w, a, b, dy)), strict=True))
+    after the chunk: ``(dr, dk, dv, dw, da, db, d_state)``, and with ``restarts`` the initial state's
+    gradient ``d_init`` after them. The states at the blocks' starts are
+    recomputed from the chunk's (the forward's ``y`` part of that is dead code, and XLA shares the rest with
+    the blocks' backward)."""
+    count = _blocks(r.shape[-2])
+    blocks = list(zip(*(_split(x, count) for x in (r, k, v, w, a, b, dy)), strict=True))
+    documents = _block_documents(restarts, count)
     starts = [state]
-    for block in blocks[:-1]:
-        starts.append(_block_forward(*block[:-1], starts[-1])[1])
-    grads = []
-    for block, start in reversed(list(zip(blocks, starts, strict=True))):
-        *block_grads, d_next = _block_backward(*block, start, d_next)
+    for block, docs in zip(blocks[:-1], documents, strict=False):
+        starts.append(_block_forward(*block[:-1], starts[-1], docs)[1])
+    grads, d_init = [], None
+    for block, start, docs in reversed(list(zip(blocks, starts, documents, strict=True))):
+        *block_grads, d_next, d_block_init = _block_backward(*block, start, d_next, docs)
         grads.insert(0, block_grads)
-    return (*(jnp.concatenate(g, axis=-2) for g in zip(*grads, strict=True)), d_next)
+        d_init = d_block_init if d_init is None else d_init + d_block_init
+    grads = (*(jnp.concatenate(g, axis=-2) for g in zip(*grads, strict=True)), d_next)
+    return grads if restarts is None else (*grads, d_init)
 
 
 def _row_sums(x: Array) -> Array:
@@ -275,7 +381,9 @@ def _row_sums(x: Array) -> Array:
     return x @ jnp.ones((x.shape[-1], 1), x.dtype)
 
 
-def _decay_grad(from_rows: Array, from_before: Array, from_end: Array, from_state: Array) -> Array:
+def _decay_grad(
+    from_rows: Array, from_before: Array, from_end: Array, from_state: Array, documents: _Documents | None
+) -> Array:
     """Gradient of a block's log decays ``[..., L, N]`` from per-token terms ``X_t = x_t * dx_t`` of the
     decayed vectors ``x_t = x exp(e_t)``, grouped by the steps j that their exponent ``e_t`` sums:
 
@@ -288,13 +396,18 @@ def _decay_grad(from_rows: Array, from_before: Array, from_end: Array, from_stat
     ``= sum_{t>=j} (from_rows + from_before - from_end)_t - from_before_j + sum_t from_end_t + from_state``:
     one matmul with a triangular 0/1 matrix and a column sum. The ``+c_t`` and ``-c_s`` terms of one pair
     (s, t) cancel for ``j <= s``, leaving the steps between them.
+
+    With documents the exponents sum the steps of their own document: the triangular matrix is masked to
+    pairs within a document, and the end and state terms reach only the block's last document.
     """
     _, causal = _masks(from_rows.shape[-2])
     from_all = from_rows + from_before - from_end
     ones = np.ones((1, from_end.shape[-2]), np.float32)
-    return _batched(causal.T, from_all) @ from_all + (
-        _batched(ones, from_end) @ from_end + from_state - from_before
-    )
+    to_end = _batched(ones, from_end) @ from_end + from_state
+    if documents is None:
+        return _batched(causal.T, from_all) @ from_all + (to_end - from_before)
+    within = _transpose(causal * documents.same)
+    return within @ from_all + (to_end * documents.last - from_before)
 
 
 def _chunk(x: Array, index: Array, chunk_size: int) -> Array:
@@ -308,13 +421,20 @@ def _put_chunk(x: Array, index: Array, chunk_size: int, value: Array) -> Array:
     return jax.lax.dynamic_update_slice_in_dim(x, value.transpose(0, 2, 1, 3), index * chunk_size, axis=1)
 
 
-def _forward_pass(inputs: tuple[Array, ...], state: Array, chunk_size: int) -> tuple[Array, Array, Array]:
+def _chunk_restarts(restarts: Restarts, index: Array, chunk_size: int) -> Restarts:
+    return None if restarts is None else (_chunk(restarts[0], index, chunk_size), restarts[1])
+
+
+def _forward_pass(
+    inputs: tuple[Array, ...], state: Array, restarts: Restarts, chunk_size: int
+) -> tuple[Array, Array, Array]:
     """inputs (r, k, v, w, a, b) ``[B, T, H, N]`` -> y ``[B, T, H, N]``, the final state and the states at
     every chunk start ``[T / L, B, H, key, value]``."""
 
     def chunk_step(index: Array, carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
         y, starts, s = carry
-        y_chunk, s_next = _chunk_forward(*(_chunk(x, index, chunk_size) for x in inputs), s)
+        chunk = (_chunk(x, index, chunk_size) for x in inputs)
+        y_chunk, s_next = _chunk_forward(*chunk, s, _chunk_restarts(restarts, index, chunk_size))
         return _put_chunk(y, index, chunk_size, y_chunk), starts.at[index].set(s), s_next
 
     starts = jnp.zeros((inputs[0].shape[1] // chunk_size, *state.shape), state.dtype)
@@ -323,21 +443,29 @@ def _forward_pass(inputs: tuple[Array, ...], state: Array, chunk_size: int) -> t
     return y, final, starts
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
 def _wkv_chunks(
-    r: Array, k: Array, v: Array, w: Array, a: Array, b: Array, state: Array, chunk_size: int
+    r: Array,
+    k: Array,
+    v: Array,
+    w: Array,
+    a: Array,
+    b: Array,
+    state: Array,
+    restarts: Restarts,
+    chunk_size: int,
 ) -> tuple[Array, Array]:
     """The chunk loop: r, k, v, w, a, b ``[B, T, H, N]`` (T a multiple of chunk_size), state
-    ``[B, H, key, value]``, all float32 -> (y, final state). Differentiated by
+    ``[B, H, key, value]``, all float32, and the packed documents -> (y, final state). Differentiated by
     :func:`_wkv_chunks_backward`."""
-    y, final, _ = _forward_pass((r, k, v, w, a, b), state, chunk_size)
+    y, final, _ = _forward_pass((r, k, v, w, a, b), state, restarts, chunk_size)
     return y, final
 
 
-def _wkv_chunks_forward(*args) -> tuple[tuple[Array, Array], tuple[Array, ...]]:
-    *inputs, state, chunk_size = args
-    y, final, starts = _forward_pass(tuple(inputs), state, chunk_size)
-    return (y, final), (*inputs, starts)
+def _wkv_chunks_forward(*args) -> tuple[tuple[Array, Array], tuple[Any, ...]]:
+    *inputs, state, restarts, chunk_size = args
+    y, final, starts = _forward_pass(tuple(inputs), state, restarts, chunk_size)
+    return (y, final), (*inputs, starts, restarts)
 
 
 def _wkv_chunks_backward(
@@ -345,20 +473,27 @@ def _wkv_chunks_backward(
 ) -> tuple[Array, ...]:
     """The chunks in reverse, carrying the gradient of the state: recomputes each chunk's scores and inverse
     from the saved inputs and the chunk's start state."""
-    *inputs, starts = saved
+    *inputs, starts, restarts = saved
     dy, d_final = cotangents
     last = starts.shape[0] - 1
 
-    def chunk_step(step: Array, carry: tuple[Array, ...]) -> tuple[Array, ...]:
+    def chunk_step(step: Array, carry: tuple[Any, ...]) -> tuple[Any, ...]:
         index = last - step
-        *grads, d_state = carry
+        *grads, d_state, d_init = carry
         chunk = (_chunk(x, index, chunk_size) for x in (*inputs, dy))
-        *chunk_grads, d_state = _chunk_backward(*chunk, starts[index], d_state)
+        chunk_restarts = _chunk_restarts(restarts, index, chunk_size)
+        chunk_grads = _chunk_backward(*chunk, starts[index], d_state, chunk_restarts)
+        if d_init is not None:
+            d_init = d_init + chunk_grads[-1]
+        *chunk_grads, d_state = chunk_grads[:7]
         grads = (_put_chunk(g, index, chunk_size, c) for g, c in zip(grads, chunk_grads, strict=True))
-        return (*grads, d_state)
+        return (*grads, d_state, d_init)
 
-    initial = (*(jnp.zeros_like(x) for x in inputs), d_final)
-    return jax.lax.fori_loop(0, starts.shape[0], chunk_step, initial)
+    d_init = None if restarts is None else jnp.zeros_like(restarts[1])
+    initial = (*(jnp.zeros_like(x) for x in inputs), d_final, d_init)
+    *grads, d_state, d_init = jax.lax.fori_loop(0, starts.shape[0], chunk_step, initial)
+    d_restarts = None if restarts is None else (jnp.zeros_like(restarts[0]), d_init)
+    return (*grads, d_state, d_restarts)
 
 
 _wkv_chunks.defvjp(_wkv_chunks_forward, _wkv_chunks_backward)
@@ -375,6 +510,7 @@ def wkv7_chunked(
     state: Array | None = None,
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    starts: Array | None = None,
 ) -> tuple[Array, Array]:
     """Chunk-wise parallel WKV-7, float32 accumulation, with a hand-written backward.
 
@@ -383,6 +519,9 @@ def wkv7_chunked(
         ``chunk_size * max(-w_log) <= 60`` (see the module docstring).
       state: ``[B, H, N, N]`` initial state ``[value, key]``, or None for zeros.
       chunk_size: tokens per chunk (any positive integer; RWKV-LM's kernels use 16).
+      starts: ``[B, T]`` bool, or None: before a token that starts a document the state returns to
+        ``state``. Within a block the cumulative decays restart at a start, the scores across documents are
+        masked, and rows after a start read the initial state rather than the carried one.
 
     Returns:
       ``y [B, T, H, N]`` in ``v.dtype`` and the final float32 state ``[B, H, N, N]``.
@@ -397,5 +536,10 @@ def wkv7_chunked(
         state = jnp.zeros((batch, heads, size, size), jnp.float32)
     pad = [(0, 0), (0, -length % chunk_size), (0, 0), (0, 0)]
     padded = (jnp.pad(x.astype(jnp.float32), pad) for x in (r, k, v, w_log, a, b))
-    y, final = _wkv_chunks(*padded, _transpose(state.astype(jnp.float32)), chunk_size)  # [key, value]
+    initial = _transpose(state.astype(jnp.float32))  # [key, value]
+    restarts = None
+    if starts is not None:
+        check_starts(starts, batch, length)
+        restarts = (jnp.pad(starts.astype(jnp.float32)[..., None, None], pad), initial)
+    y, final = _wkv_chunks(*padded, initial, restarts, chunk_size)
     return y[:, :length].astype(v.dtype), _transpose(final)

@@ -164,8 +164,8 @@ def test_packed_forms_give_the_outputs_and_gradients_of_the_reference(name, form
         return table(*inputs, state=state, impl=form, chunk_size=CHUNK_SIZE, starts=starts_mask())
 
     (_, (y, final)), grads = loss_and_outputs(table, case, packed, directions, at=final_ref)(inputs, state)
-    # Measured (float32 against float64, XLA:CPU): y <= 1.1e-7, final state <= 7.2e-8, gradients <= 3.8e-7
-    # over every family and form (the issue asks 1e-5).
+    # Measured (float32 against float64, XLA:CPU): y <= 1.1e-7, final state <= 7.3e-8, gradients <= 3.8e-7
+    # over every family and form (chunked WKV-7: 9.2e-8, 7.3e-8, 2.1e-7; the issue asks 1e-5).
     assert relative_error(y, y_ref) < 7e-7
     assert (
         relative_error(case.comparable_state(final, final_ref), case.comparable_state(final_ref, final_ref))
