@@ -29,10 +29,10 @@ DOCUMENT_STARTS = ((0, 13, 16), (1, 11, LENGTH - 1))
 # The extreme decays of each family's numerics regimes (WKV-7's model never decays below e^-0.607 a step).
 EXTREME_REGIMES = {"WKV-4": ("near0", "near1"), "WKV-6": ("near0", "near1"), "WKV-7": ("strongest", "near1")}
 CASES = [
-    (name, form)
+    (name, form, CHUNK_SIZE)
     for name, family in FAMILIES.items()
     for form in sorted(i.value for i in family.wkv.takes_starts)
-]
+] + [("WKV-7", "chunked", 32)]  # two blocks of 16 in a chunk: the starts at 13 and 16 fall in one chunk
 
 
 def starts_mask() -> jax.Array:
@@ -151,8 +151,8 @@ def test_reference_with_starts_equals_each_document_alone(name):
     assert_gradients_close(grads, grads_alone, 4e-15)
 
 
-@pytest.mark.parametrize(("name", "form"), CASES)
-def test_packed_forms_give_the_outputs_and_gradients_of_the_reference(name, form):
+@pytest.mark.parametrize(("name", "form", "chunk_size"), CASES)
+def test_packed_forms_give_the_outputs_and_gradients_of_the_reference(name, form, chunk_size):
     """Each form with ``starts`` (float32) against the float64 reference with ``starts`` (which equals each
     document alone, above), half the channels at each extreme decay."""
     table, case, inputs, state = make_extreme_case(name, seed=len(name) + len(form))
@@ -161,7 +161,7 @@ def test_packed_forms_give_the_outputs_and_gradients_of_the_reference(name, form
     (_, (y_ref, final_ref)), grads_ref = reference(to_float64(inputs), to_float64(state))
 
     def packed(inputs, state):
-        return table(*inputs, state=state, impl=form, chunk_size=CHUNK_SIZE, starts=starts_mask())
+        return table(*inputs, state=state, impl=form, chunk_size=chunk_size, starts=starts_mask())
 
     (_, (y, final)), grads = loss_and_outputs(table, case, packed, directions, at=final_ref)(inputs, state)
     # Measured (float32 against float64, XLA:CPU): y <= 1.1e-7, final state <= 7.3e-8, gradients <= 3.8e-7
