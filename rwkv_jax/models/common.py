@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from rwkv_jax.array_typing import Array, PRNGKey, Tokens
+from rwkv_jax.wkv.context import context_size, shift_over_context
 
 FLOAT_DTYPES = tuple(np.dtype(d) for d in (jnp.float32, jnp.bfloat16, jnp.float16))  # compute and storage
 
@@ -175,9 +176,13 @@ def token_shift(x: Array, prev: Array, starts: Array | None = None) -> tuple[Arr
 
     ``starts [B, T]`` bool (or None): a token that starts a packed document sees ``prev`` (the call's
     initial shift state) as its previous token, not the last token of the document before it.
+    Under a mesh with a ``context`` axis the time axis is split over it (:mod:`rwkv_jax.wkv.context`).
     Returns the shifted sequence ``[B, T, C]`` and the last input ``x[:, -1] [B, C]`` (the next call's prev).
     """
     first = prev[:, None, :].astype(x.dtype)
+    devices = context_size()
+    if starts is None and devices > 1 and x.shape[1] % devices == 0:  # time split over devices
+        return shift_over_context(x, first), x[:, -1]
     shifted = jnp.concatenate([first, x[:, :-1]], axis=1)
     if starts is not None:
         shifted = jnp.where(starts[..., None], first, shifted)

@@ -12,8 +12,8 @@ near 0 and 1 stay exact). Gradients flow back through the collectives by autodif
 
 The WKV call sees the mesh set with ``jax.set_mesh``: when it has a ``context`` axis of size > 1 and the call
 has no document-start mask, :func:`sharded_over_context` wraps the form in a ``shard_map`` over ``context``
-only (the other mesh axes stay automatic). Token shift needs no hook: XLA's SPMD partitioner turns the
-one-step shift of a time-sharded array into a collective permute of each shard's last token.
+only (the other mesh axes stay automatic). Token shift crosses shard edges with :func:`shift_over_context`
+(one ``ppermute`` of each shard's last token).
 """
 
 import dataclasses
@@ -120,3 +120,22 @@ def matrix_transition(value_index: int) -> Transition:
         return finals[batch:], finals[:batch]
 
     return Transition(of_shard=of_shard, apply=lambda p, s: s @ p, compose=lambda p_1, p_2: p_1 @ p_2)
+
+
+def shift_over_context(x: Array, first: Array) -> Array:
+    """``x [B, T, C]`` shifted one step back in time with T split over ``context``: each device's first
+    token is the previous device's last (one ``ppermute``), device 0's is ``first [B, 1, C]``."""
+    devices = context_size()
+
+    def local(x: Array, first: Array) -> Array:
+        incoming = jax.lax.ppermute(x[:, -1:], CONTEXT_AXIS, [(d, d + 1) for d in range(devices - 1)])
+        head = jnp.where(jax.lax.axis_index(CONTEXT_AXIS) == 0, first, incoming)
+        return jnp.concatenate([head, x[:, :-1]], axis=1)
+
+    return jax.shard_map(
+        local,
+        in_specs=(PartitionSpec(None, CONTEXT_AXIS), PartitionSpec()),
+        out_specs=PartitionSpec(None, CONTEXT_AXIS),
+        axis_names={CONTEXT_AXIS},
+        check_vma=False,
+    )(x, first)
