@@ -18,7 +18,13 @@ from rwkv_jax.numerics import relative_error
 from rwkv_jax.presets import get_preset
 from tests.models.contract import random_tokens, randomize
 
-PRESETS = ("rwkv4-tiny", "finch-tiny", "goose-tiny")
+# (preset, WKV form): the recurrent forms, and Goose's chunked form (its own reset code, what AUTO picks)
+CASES = (
+    ("rwkv4-tiny", "recurrent"),
+    ("finch-tiny", "recurrent"),
+    ("goose-tiny", "chunked"),
+    ("goose-tiny", "recurrent"),
+)
 DOCUMENTS, DOCUMENT_LENGTH = 3, 3  # equal lengths: the documents alone are one batch of DOCUMENTS rows
 
 
@@ -27,9 +33,9 @@ def starts_mask() -> jax.Array:
     return (jnp.arange(DOCUMENTS * DOCUMENT_LENGTH) % DOCUMENT_LENGTH == 0)[None]
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-def test_packed_documents_give_the_logits_and_gradients_of_each_document_alone(preset):
-    small = dict(n_layer=1, n_embd=32, vocab_size=32, wkv_impl="recurrent")  # what AUTO picks with a mask
+@pytest.mark.parametrize(("preset", "wkv_impl"), CASES)
+def test_packed_documents_give_the_logits_and_gradients_of_each_document_alone(preset, wkv_impl):
+    small = dict(n_layer=1, n_embd=32, vocab_size=32, wkv_impl=wkv_impl)
     model = randomize(get_preset(preset).build(seed=0, **small), seed=1)
     vocab = model.config.vocab_size
     tokens = random_tokens(vocab, 1, DOCUMENTS * DOCUMENT_LENGTH, seed=2)
