@@ -37,7 +37,7 @@ def test_a_dimension_stays_replicated_when_it_does_not_divide_or_its_mesh_axis_i
 
 def test_default_mesh_puts_every_device_on_data():
     mesh = make_mesh()
-    assert dict(mesh.shape) == {"data": len(jax.devices()), "fsdp": 1, "tensor": 1}
+    assert dict(mesh.shape) == {"data": len(jax.devices()), "fsdp": 1, "tensor": 1, "context": 1}
     assert batch_sharding(mesh, RULES).spec == PartitionSpec(("data", "fsdp"), None)
     with pytest.raises(ValueError, match="needs 8 devices"):
         make_mesh(2, 2, 2)
