@@ -117,6 +117,7 @@ def assert_matches_formula(param, expected) -> None:
 
 def assert_orthogonal_with_gain(kernel, gain: float) -> None:
     """An orthogonal initialisation (RWKV-LM's ``nn.init.orthogonal_(w, gain)``): every singular value of the
-    kernel equals ``gain``, by relative error over the vector (measured <= 1.6e-7 over RWKV-4, Eagle and Finch, 2026-12)."""
+    kernel equals ``gain``, by relative error over the vector (measured <= 1.6e-7 over RWKV-4, Eagle and
+    Finch, 2026-12)."""
     values = np.linalg.svd(np.asarray(kernel[...], np.float64), compute_uv=False)
     assert relative_error(values, np.full_like(values, gain)) <= 1e-6
