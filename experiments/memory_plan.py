@@ -52,7 +52,7 @@ def plan(config_spec: str, mesh_sizes: dict[str, int], seq_len: int, batch: int,
     from rwkv_jax.training.config import load_config
     from rwkv_jax.training.model import ModelFns, build_model
     from rwkv_jax.training.optim import make_optimizer, weight_decay_mask
-    from rwkv_jax.training.step import jit_train_step, make_train_step, optimizer_state_shardings
+    from rwkv_jax.training.step import jit_train_step, optimizer_state_shardings, train_step_of
 
     config = load_config(config_spec)
     unknown = set(mesh_sizes) - set(sharding.MESH_AXES)
@@ -79,13 +79,7 @@ def plan(config_spec: str, mesh_sizes: dict[str, int], seq_len: int, batch: int,
         )
         return sum(jax.tree.leaves(sizes))
 
-    step = make_train_step(
-        fns,
-        tx,
-        segment_len=config.segments.length,
-        truncate=config.segments.truncate,
-        l2wrap=config.loss.l2wrap,
-    )
+    step = train_step_of(config, fns, tx)
     batch_arg = jax.ShapeDtypeStruct((batch, seq_len + 1), np.int32, sharding=batch_sh)
     jitted = jit_train_step(step, param_sh, opt_sh, batch_sh)
     compiled = jitted.lower(shaped(params, param_sh), shaped(opt_state, opt_sh), batch_arg).compile()

@@ -34,8 +34,8 @@ from rwkv_jax.training.step import (
     jit_eval_step,
     jit_train_step,
     make_eval_step,
-    make_train_step,
     optimizer_state_shardings,
+    train_step_of,
 )
 
 
@@ -100,14 +100,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
     start, params, opt_state = ckpts.restore_latest(params, opt_state)
 
     # ---- Update and eval steps --------------------------------------------------------------------------
-    step_fn = make_train_step(
-        fns,
-        tx,
-        segment_len=config.segments.length,
-        truncate=config.segments.truncate,
-        l2wrap=config.loss.l2wrap,
-        document_starts=config.data.document_starts,
-    )
+    step_fn = train_step_of(config, fns, tx)
     train_step = jit_train_step(step_fn, param_sh, opt_sh, batch_sh, frozen_sh)
     eval_fn = make_eval_step(fns, document_starts=config.data.document_starts)
     jitted_eval_step = jit_eval_step(eval_fn, param_sh, batch_sh, frozen_sh)

@@ -75,6 +75,19 @@ def make_train_step(
     return train_step
 
 
+def train_step_of(config: Any, fns: ModelFns, tx: optax.GradientTransformation) -> Callable:
+    """:func:`make_train_step` with the settings a training config names (segments, L2Wrap, document starts):
+    what the training loop runs and what ``experiments/memory_plan.py`` compiles."""
+    return make_train_step(
+        fns,
+        tx,
+        segment_len=config.segments.length,
+        truncate=config.segments.truncate,
+        l2wrap=config.loss.l2wrap,
+        document_starts=config.data.document_starts,
+    )
+
+
 def make_eval_step(fns: ModelFns, document_starts: bool = False) -> Callable:
     """``eval_step(params, batch [B, T + 1], frozen=None) -> nll [B, T]`` (float32 nats per target token);
     ``document_starts`` as in :func:`make_train_step`."""
