@@ -4,8 +4,9 @@ Usage: ``python experiments/bench_compile.py [--layers 12 24 61] [--presets finc
 
 Each preset is built at 768 channels, a 256-token vocabulary and 16 tokens a row (abstract parameters:
 nothing is initialised), lowered and compiled once per depth with ``LanguageModel.scan_layers`` off (a
-Python loop over the blocks) and on (:mod:`rwkv_jax.models.layer_scan`), taking turns; prints a Markdown
-table of seconds to lower + compile and the ratio of the deepest to the shallowest.
+Python loop over the blocks, parameters per layer) and on (the layers scanned, their parameters stored
+stacked: :mod:`rwkv_jax.models.layer_stack`), taking turns; prints a Markdown table of seconds to lower +
+compile and the ratio of the deepest to the shallowest. ``--no-loop`` skips the loop (slow at depth).
 """
 
 import argparse
@@ -17,31 +18,25 @@ import optax
 from flax import nnx
 
 from rwkv_jax.presets import get_preset
+from rwkv_jax.training.model import ModelFns
+from rwkv_jax.training.step import make_train_step
 
 WIDTH = dict(n_embd=768, vocab_size=256, dtype="float32")
 BATCH, STEPS = 1, 16
 
 
 def compile_seconds(preset: str, n_layer: int, scan: bool) -> float:
-    """Seconds to lower and compile one AdamW training step of ``preset`` at ``n_layer`` layers."""
+    """Seconds to lower and compile one AdamW training step of ``preset`` at ``n_layer`` layers: the train
+    step of ``rwkv_jax.training.step`` on the parameters as training splits them (``ModelFns``: stacked
+    where the layers are scanned)."""
     model = nnx.eval_shape(lambda: get_preset(preset).build(seed=0, n_layer=n_layer, **WIDTH))
     model.scan_layers = scan
-    graphdef, params = nnx.split(model)
+    fns, params = ModelFns.split(model)
     tx = optax.adamw(1e-4)
     opt_state = jax.eval_shape(tx.init, params)
-    tokens = jax.ShapeDtypeStruct((BATCH, STEPS + 1), jnp.int32)
-
-    def step(params, opt_state, tokens):
-        def loss(params):
-            logits, _ = nnx.merge(graphdef, params)(tokens[:, :-1])
-            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], axis=-1))
-
-        grads = jax.grad(loss)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
+    batch = jax.ShapeDtypeStruct((BATCH, STEPS + 1), jnp.int32)
     start = time.perf_counter()
-    jax.jit(step).lower(params, opt_state, tokens).compile()
+    jax.jit(make_train_step(fns, tx)).lower(params, opt_state, batch).compile()
     return time.perf_counter() - start
 
 
@@ -49,15 +44,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, nargs="+", default=[12, 24, 61])
     parser.add_argument("--presets", nargs="+", default=["finch-tiny", "goose-tiny"])
+    parser.add_argument("--no-loop", action="store_true", help="time the scanned layers only")
     args = parser.parse_args()
     print(f"| preset | layers | loop (s) | scan (s) |   ({jax.devices()[0].device_kind}, 768 wide)")
     print("|---|---|---|---|")
     for preset in args.presets:
         scanned = {}
         for n_layer in args.layers:
-            loop = compile_seconds(preset, n_layer, scan=False)
+            loop = "" if args.no_loop else f"{compile_seconds(preset, n_layer, scan=False):.1f}"
             scanned[n_layer] = compile_seconds(preset, n_layer, scan=True)
-            print(f"| {preset} | {n_layer} | {loop:.1f} | {scanned[n_layer]:.1f} |", flush=True)
+            print(f"| {preset} | {n_layer} | {loop} | {scanned[n_layer]:.1f} |", flush=True)
         deep, shallow = scanned[max(args.layers)], scanned[min(args.layers)]
         print(f"| {preset} | scan {max(args.layers)} / {min(args.layers)} layers | | {deep / shallow:.2f} |")
 

@@ -1,23 +1,29 @@
 """The blocks of a model as ``jax.lax.scan`` over layers, so the compiled program does not grow with depth.
 
-Parameters stay stored per layer (``model.blocks[i]``, what the checkpoints, sharding rules, adapters and
-ablation switches address); inside the call each run of consecutive blocks with the same structure is split
-(``nnx.split``: one graphdef, one state per block), the states are stacked along a new leading layer axis and
-one scan step merges the layer's slice back into a block and calls it. Blocks whose structure differs from
-their neighbours' (RWKV-4/6's block 0 holds ``ln0``, an ablation or adapter on some layers only) are called
-one by one, so such a model still works and only the differing layers add to the program.
+``model.blocks`` holds single blocks and, in the layout training steps use (:mod:`rwkv_jax.models.
+layer_stack`), :class:`~rwkv_jax.models.layer_stack.StackedBlocks` whose parameters are stored stacked: such
+a stack is scanned as it is. Single blocks (the layout a family builds and checkpoints load) are split
+(``nnx.split``: one graphdef, one state per block) and each run of consecutive blocks with the same
+structure is stacked inside the call and scanned (one scan step merges the layer's slice back into a block
+and calls it). Blocks whose structure differs from their neighbours' (RWKV-4/6's block 0 holds ``ln0``, an
+ablation or adapter on some layers only) are called one by one, so such a model still works and only the
+differing layers add to the program.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rwkv_jax.models.layer_stack import StackedBlocks, equal_structure_runs, layer_count
+
 Carry = TypeVar("Carry")
 # step(block, carry, layer_state) -> (carry, new layer_state); carry keeps its structure, shapes and dtypes.
 Step = Callable[[nnx.Module, Any, Any], tuple[Any, Any]]
+# A block called alone, or (graphdef, parameters stacked on a leading layer axis, number of layers).
+Group = nnx.Module | tuple[Any, Any, int]
 
 
 def _stack(trees: Sequence[Any]) -> Any:
@@ -25,42 +31,56 @@ def _stack(trees: Sequence[Any]) -> Any:
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
-def _runs(graphdefs: Sequence[Any]) -> list[tuple[int, int]]:
-    """``[start, stop)`` of each maximal run of equal consecutive graphdefs."""
-    runs, start = [], 0
-    for i in range(1, len(graphdefs) + 1):
-        if i == len(graphdefs) or graphdefs[i] != graphdefs[start]:
-            runs.append((start, i))
-            start = i
-    return runs
+def _groups(blocks: Sequence[nnx.Module], scan: bool) -> Iterator[Group]:
+    """The blocks in order as groups: a stored stack whole; with ``scan``, each run of two or more single
+    blocks of one structure stacked here; every other block alone."""
+    start = 0
+    while start < len(blocks):
+        if isinstance(blocks[start], StackedBlocks):
+            graphdef, params = nnx.split(blocks[start].layers)
+            yield graphdef, params, blocks[start].count
+            start += 1
+            continue
+        stop = start + 1
+        while stop < len(blocks) and not isinstance(blocks[stop], StackedBlocks):
+            stop += 1
+        for a, b in equal_structure_runs(blocks[start:stop]) if scan else []:
+            run = blocks[start + a : start + b]
+            if len(run) == 1:
+                yield run[0]
+            else:
+                yield nnx.split(run[0])[0], _stack([nnx.split(block)[1] for block in run]), len(run)
+        yield from [] if scan else blocks[start:stop]
+        start = stop
 
 
 def run_layers(
     blocks: Sequence[nnx.Module], carry: Carry, states: Sequence[Any], step: Step, *, scan: bool = True
 ) -> tuple[Carry, tuple[Any, ...]]:
-    """``step`` through ``blocks`` in order with their layer ``states``; returns the carry and new states.
+    """``step`` through ``blocks`` in order with their layer ``states`` (one per layer: a stored stack of
+    ``count`` layers takes ``count``); returns the carry and the new states, one per layer.
 
-    ``scan=True`` scans each run of two or more blocks with equal ``nnx.split`` graphdefs (a Python loop
-    otherwise: the same numbers, a program that grows with the number of layers). ``step`` must leave the
-    carry's structure, shapes and dtypes as they were (``lax.scan``'s rule) within a run.
+    ``scan=True`` scans each run of two or more single blocks with equal ``nnx.split`` graphdefs (a Python
+    loop otherwise: the same numbers, a program that grows with the number of layers); a stored stack is
+    always scanned. ``step`` must leave the carry's structure, shapes and dtypes as they were (``lax.scan``'s
+    rule) within a run.
     """
-    if len(blocks) != len(states):
-        raise ValueError(f"{len(blocks)} blocks but {len(states)} layer states")
-    splits = [nnx.split(block) for block in blocks]
-    runs = _runs([graphdef for graphdef, _ in splits]) if scan else [(i, i + 1) for i in range(len(blocks))]
+    layers = sum(layer_count(block) for block in blocks)
+    if layers != len(states):
+        raise ValueError(f"{layers} layers but {len(states)} layer states")
     new_states: list[Any] = []
-    for start, stop in runs:
-        if stop - start == 1:
-            carry, layer_state = step(blocks[start], carry, states[start])
+    for group in _groups(blocks, scan):
+        first = len(new_states)
+        if isinstance(group, nnx.Module):
+            carry, layer_state = step(group, carry, states[first])
             new_states.append(layer_state)
             continue
-        graphdef = splits[start][0]
+        graphdef, params, count = group
 
         def body(c: Any, layer: tuple[Any, Any], graphdef: Any = graphdef) -> tuple[Any, Any]:
-            params, layer_state = layer
-            return step(nnx.merge(graphdef, params), c, layer_state)
+            layer_params, layer_state = layer
+            return step(nnx.merge(graphdef, layer_params), c, layer_state)
 
-        layers = (_stack([params for _, params in splits[start:stop]]), _stack(states[start:stop]))
-        carry, stacked = jax.lax.scan(body, carry, layers)
-        new_states.extend(jax.tree.map(lambda a, k=k: a[k], stacked) for k in range(stop - start))
+        carry, stacked = jax.lax.scan(body, carry, (params, _stack(states[first : first + count])))
+        new_states.extend(jax.tree.map(lambda a, k=k: a[k], stacked) for k in range(count))
     return carry, tuple(new_states)

@@ -2,7 +2,10 @@
 
 Training works on ``params``, a nested dict of float32 arrays (``nnx.split`` then ``to_pure_dict``), so that
 optax, jit shardings and orbax all see a plain pytree; :class:`ModelFns` merges them back into the module for
-each call.
+each call. A model that scans its layers (``scan_layers``, the default) is split in the stacked layout
+(:mod:`rwkv_jax.models.layer_stack`: each run of equal blocks one array per parameter, leading axis
+``layers``), so that the train step's program and its compile time do not grow with depth; the per-layer
+module comes back from :meth:`ModelFns.module`.
 """
 
 import dataclasses
@@ -12,6 +15,7 @@ from flax import nnx
 
 from rwkv_jax.array_typing import Array
 from rwkv_jax.models.family import get_family
+from rwkv_jax.models.layer_stack import stack_layers, unstack_layers
 from rwkv_jax.sharding import logical_axes_of
 from rwkv_jax.training.config import ConfigDict
 
@@ -53,14 +57,20 @@ class ModelFns:
     def split_trainable(cls, module: nnx.Module, trainable: Any) -> tuple["ModelFns", dict, dict]:
         """``(fns, params, frozen)``: the variables of the nnx filter ``trainable`` are ``params`` (what
         training differentiates, updates and checkpoints), the other parameters ``frozen`` (passed to every
-        call, no gradient, no optimiser state); both nested dicts of arrays."""
+        call, no gradient, no optimiser state); both nested dicts of arrays, in the stacked layout when
+        ``module.scan_layers`` (see the module docstring)."""
+        if getattr(module, "scan_layers", False):
+            module = stack_layers(module)
         graphdef, params, frozen, rest = nnx.split(module, trainable, nnx.Param, ...)
         fns = cls(graphdef, rest, logical_axes_of(params), logical_axes_of(frozen))
         return fns, nnx.to_pure_dict(params), nnx.to_pure_dict(frozen)
 
-    def module(self, params: dict, frozen: dict | None = None) -> nnx.Module:
-        """The module holding ``params`` and ``frozen`` (inside a traced function, or for one-off calls)."""
-        return nnx.merge(self.graphdef, params, frozen or {}, self.rest)
+    def module(self, params: dict, frozen: dict | None = None, *, per_layer: bool = True) -> nnx.Module:
+        """The module holding ``params`` and ``frozen``: one block per layer (what checkpoints, adapters and
+        the official converters address; stacked parameters are sliced, a copy), or with
+        ``per_layer=False`` in the layout of ``params`` (no copy; what the steps call when traced)."""
+        module = nnx.merge(self.graphdef, params, frozen or {}, self.rest)
+        return unstack_layers(module) if per_layer else module
 
     def apply(
         self,
@@ -72,9 +82,9 @@ class ModelFns:
     ) -> tuple[Array, Any]:
         """``model(tokens [B, T], state) -> (logits [B, T, V] float32, new state)``; ``starts [B, T]`` bool
         (or None): packed documents' first tokens, where the model's state returns to ``state``."""
-        model = self.module(params, frozen)
+        model = self.module(params, frozen, per_layer=False)
         return model(tokens, state) if starts is None else model(tokens, state, starts=starts)
 
     def init_state(self, params: dict, batch_size: int, frozen: dict | None = None) -> Any:
         """The model's initial recurrent state for ``batch_size`` sequences (a tuned one when trained)."""
-        return self.module(params, frozen).init_state(batch_size)
+        return self.module(params, frozen, per_layer=False).init_state(batch_size)

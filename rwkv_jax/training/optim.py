@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import optax
 
+from rwkv_jax.models.layer_stack import LAYERS_AXIS
 from rwkv_jax.training.config import ConfigDict
 
 
@@ -56,7 +57,9 @@ def weight_decay_mask(
     excluded = set(exclude_axes)
 
     def decays(axes: tuple | None, leaf: Any) -> bool:
-        return len(leaf.shape) == 2 and not excluded.intersection(axes or ())
+        axes = axes or ()
+        per_layer_ndim = len(leaf.shape) - (axes[:1] == (LAYERS_AXIS,))  # a stacked parameter: one layer's
+        return per_layer_ndim == 2 and not excluded.intersection(axes)
 
     return jax.tree.map(decays, logical_axes, shapes, is_leaf=lambda x: x is None or isinstance(x, tuple))
 
