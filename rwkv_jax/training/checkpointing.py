@@ -10,8 +10,10 @@ most a temporary or incomplete directory, which resuming ignores.
 After orbax's rename, ``checksums.json`` in the step directory records the size and SHA-256 of every file.
 Resuming (:meth:`Checkpoints.restore_latest`) checks the newest checkpoint against it and reads it; a
 checkpoint that fails either way is moved aside to ``corrupt-<step>`` with a warning, and the one before it
-is used. A save that fails (a full disk: ENOSPC) removes what it wrote and raises
-:class:`CheckpointSaveError`; the checkpoints before it stay as they were.
+is used. Intact files whose parameter names or shapes differ from the run's (another model or layout) are not
+corruption: resuming raises :class:`CheckpointLayoutError` and touches nothing. A save that fails (a full
+disk: ENOSPC) removes what it wrote and raises :class:`CheckpointSaveError`; the checkpoints before it stay
+as they were.
 """
 
 import hashlib
@@ -33,6 +35,10 @@ CHECKSUMS = "checksums.json"
 
 class CheckpointSaveError(OSError):
     """A checkpoint could not be written (e.g. the disk is full); the earlier checkpoints are intact."""
+
+
+class CheckpointLayoutError(ValueError):
+    """The newest intact checkpoint holds other parameter names or shapes than the run (another model)."""
 
 
 class CorruptCheckpointWarning(UserWarning):
@@ -116,20 +122,30 @@ class Checkpoints:
         :class:`CorruptCheckpointWarning`, and the one before it is tried.
         """
         for step in reversed(self.complete_steps()):
+            step_dir = self.directory / str(step)
             try:
-                _verify_checksums(self.directory / str(step))
+                _verify_checksums(step_dir)
+                saved = _saved_layout(step_dir)
+            except Exception as e:  # a damaged file
+                self._set_aside(step, e)
+                continue
+            _check_layout(saved, params_like, step_dir)  # intact files of another layout: the run's error
+            try:
                 params, opt_state = self.restore(step, params_like, opt_state_like)
             except Exception as e:  # whatever orbax raises on a damaged file
-                aside = self._move_aside(step)
-                warnings.warn(
-                    f"checkpoint step {step} in {self.directory} is corrupt ({type(e).__name__}: "
-                    f"{str(e)[:500]}); moved to {aside.name}, resuming from an earlier checkpoint",
-                    CorruptCheckpointWarning,
-                    stacklevel=2,
-                )
+                self._set_aside(step, e)
                 continue
             return step, params, opt_state
         return 0, params_like, opt_state_like
+
+    def _set_aside(self, step: int, error: Exception) -> None:
+        aside = self._move_aside(step)
+        warnings.warn(
+            f"checkpoint step {step} in {self.directory} is corrupt ({type(error).__name__}: "
+            f"{str(error)[:500]}); moved to {aside.name}, resuming from an earlier checkpoint",
+            CorruptCheckpointWarning,
+            stacklevel=3,
+        )
 
     def _move_aside(self, step: int) -> pathlib.Path:
         distributed.barrier(f"checkpoint {step}: corrupt")
@@ -156,6 +172,45 @@ class Checkpoints:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _saved_layout(step_dir: pathlib.Path) -> dict[str, tuple[int, ...]] | None:
+    """``{"a.b.c": shape}`` of the parameters saved in ``step_dir`` (orbax's tree metadata), or None when
+    the checkpoint has no such file (then reading it is the check)."""
+    meta = step_dir / "params" / "_METADATA"
+    if not meta.is_file():
+        return None
+    entries = json.loads(meta.read_text(encoding="utf-8"))["tree_metadata"].values()
+    return {
+        ".".join(str(k["key"]) for k in entry["key_metadata"]): tuple(entry["value_metadata"]["write_shape"])
+        for entry in entries
+    }
+
+
+def _check_layout(saved: dict[str, tuple[int, ...]] | None, params_like: Any, step_dir: pathlib.Path) -> None:
+    """Raises :class:`CheckpointLayoutError` when the saved parameters' names or shapes differ from the run's
+    (``params_like``): intact files of another model or layout, never a reason to start over."""
+    if saved is None:
+        return
+    expected = {
+        jax.tree_util.keystr(path, simple=True, separator="."): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params_like)
+    }
+    if saved == expected:
+        return
+    missing, extra = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+    reshaped = sorted(n for n in set(saved) & set(expected) if saved[n] != expected[n])
+    details = [
+        f"{label} {names[:4]}{' ...' if len(names) > 4 else ''}"
+        for label, names in (("missing:", missing), ("unexpected:", extra), ("other shapes:", reshaped))
+        if names
+    ]
+    raise CheckpointLayoutError(
+        f"checkpoint {step_dir} holds parameters this run does not have ({'; '.join(details)}). It was "
+        "written for another model or layout (checkpoints from before scanned layers were stored stacked "
+        "hold one blocks.N entry per layer; this run expects blocks.K.layers.* stacks): resume with the "
+        "config and code that wrote it, or start in a new workdir."
+    )
 
 
 def _abstract(x: Any) -> jax.ShapeDtypeStruct:
