@@ -44,14 +44,15 @@ def _groups(blocks: Sequence[nnx.Module], scan: bool) -> Iterator[Group]:
         stop = start + 1
         while stop < len(blocks) and not isinstance(blocks[stop], StackedBlocks):
             stop += 1
-        for a, b in equal_structure_runs(blocks[start:stop]) if scan else []:
-            run = blocks[start + a : start + b]
-            if len(run) == 1:
-                yield run[0]
+        singles, start = blocks[start:stop], stop
+        if not scan:
+            yield from singles
+            continue
+        for a, b in equal_structure_runs(singles):
+            if b - a == 1:
+                yield singles[a]
             else:
-                yield nnx.split(run[0])[0], _stack([nnx.split(block)[1] for block in run]), len(run)
-        yield from [] if scan else blocks[start:stop]
-        start = stop
+                yield nnx.split(singles[a])[0], _stack([nnx.split(block)[1] for block in singles[a:b]]), b - a
 
 
 def run_layers(
