@@ -41,20 +41,24 @@ def parse_mesh(text: str) -> dict[str, int]:
     return sizes
 
 
-def plan(config_spec: str, mesh_sizes: dict[str, int], seq_len: int, batch: int, layers: int) -> dict:
-    """Compiles the sharded train step of ``config_spec`` with ``layers`` blocks; figures per device (bytes,
-    FLOPs per token). Needs ``prod(mesh_sizes)`` devices (set before JAX is imported)."""
+def plan(
+    config_spec: str, overrides: list[str], mesh_sizes: dict[str, int], seq_len: int, batch: int, layers: int
+) -> dict:
+    """Compiles the sharded train step of ``config_spec`` (with the ``--config.a.b=value`` ``overrides``) with
+    ``layers`` blocks; figures per device (bytes, FLOPs per token). Needs ``prod(mesh_sizes)`` devices (set
+    before JAX is imported)."""
     import jax
     import numpy as np
     from flax import nnx
 
     from rwkv_jax import sharding
-    from rwkv_jax.training.config import load_config
+    from rwkv_jax.training.config import apply_overrides, load_config
     from rwkv_jax.training.model import ModelFns, build_model
     from rwkv_jax.training.optim import make_optimizer, weight_decay_mask
     from rwkv_jax.training.step import jit_train_step, optimizer_state_shardings, train_step_of
 
     config = load_config(config_spec)
+    apply_overrides(config, overrides)
     unknown = set(mesh_sizes) - set(sharding.MESH_AXES)
     if unknown:
         raise SystemExit(f"--mesh axes {sorted(unknown)}: expected among {sharding.MESH_AXES}")
@@ -63,6 +67,7 @@ def plan(config_spec: str, mesh_sizes: dict[str, int], seq_len: int, batch: int,
     rules = config.sharding_rules
 
     module = nnx.eval_shape(lambda: build_model(config.model, config.seed))
+    module.remat_blocks = config.train.remat_blocks
     fns, params = ModelFns.split(module)
     tx, _ = make_optimizer(config.optim, config.train.steps, weight_decay_mask(fns.logical_axes, params, ()))
     param_sh = sharding.tree_shardings(fns.logical_axes, params, rules, mesh)
@@ -138,7 +143,7 @@ def describe(figures: dict, note: str) -> str:
     )
 
 
-# The README's table: (config, candidate meshes as (data, fsdp, tensor) per device count).
+# The README's table: the models, and the candidate meshes per device count (--mesh strings).
 TABLE_MODELS = [
     "configs/world_rwkv6.py:size=finch-3b1",
     "configs/world_rwkv6.py:size=eagle-7b",
@@ -146,42 +151,39 @@ TABLE_MODELS = [
     "configs/world_rwkv7.py:size=goose-7b2",
     "configs/world_rwkv7.py:size=goose-13b3",
 ]
-TABLE_MESHES = {64: [(8, 8, 1), (4, 16, 1), (1, 64, 1)], 256: [(32, 8, 1), (16, 16, 1), (4, 64, 1)]}
+TABLE_MESHES = {64: ["data=8,fsdp=8", "data=1,fsdp=64"], 256: ["data=32,fsdp=8", "data=4,fsdp=64"]}
 
 
-def table_rows(seq_len: int) -> list[str]:
-    """One Markdown row per (model, device count): each candidate's total GiB, the recommended mesh (the
-    least FSDP, so the least gathering, that fits 16 GiB, else 32 GiB, else the smallest) and the fit."""
+def total_gib(figures: dict) -> float:
+    """Parameters + optimiser state + temporaries per device, GiB."""
+    return (figures["params"] + figures["optimizer"] + figures["temporaries"]) / GIB
+
+
+def table_rows(seq_len: int, overrides: list[str]) -> list[str]:
+    """One Markdown row per (model, device count): each candidate mesh's GiB per device, the recommended mesh
+    (the smallest total) and whether it fits 16 and 32 GiB. ``overrides``: ``--config.a.b=value`` for all."""
     rows = [
-        "| model | devices | GiB per device (data x fsdp) | recommended | fits 16 GiB | fits 32 GiB |",
+        "| model | devices | GiB per device: total (temporaries) | recommended | fits 16 GiB | fits 32 GiB |",
         "|---|---|---|---|---|---|",
     ]
     for spec in TABLE_MODELS:
-        layers = load_layers(spec)
         for devices, meshes in TABLE_MESHES.items():
-            totals = {}
-            for data, fsdp, tensor in meshes:
-                args = ["--config", spec, "--mesh", f"data={data},fsdp={fsdp},tensor={tensor}"]
-                args += ["--seq_len", str(seq_len), "--layers", str(layers)]
-                figures = run_isolated(args, devices)
-                totals[(data, fsdp)] = (
-                    figures["params"] + figures["optimizer"] + figures["temporaries"]
-                ) / GIB
-            fitting = [mesh for mesh in totals if totals[mesh] <= 16] or [
-                m for m in totals if totals[m] <= 32
-            ]
-            best = min(fitting, key=lambda m: m[1]) if fitting else min(totals, key=totals.get)
-            cells = ", ".join(f"{d}x{f}: {gib:.1f}" for (d, f), gib in totals.items())
-            fits = ["yes" if totals[best] <= limit else "no" for limit in (16, 32)]
-            rows.append(
-                f"| {spec.split('=')[-1]} | {devices} | {cells} | {best[0]}x{best[1]} | {' | '.join(fits)} |"
+            common = ["--config", spec, "--seq_len", str(seq_len), *overrides]
+            figures = {mesh: run_isolated([*common, "--mesh", mesh], devices) for mesh in meshes}
+            best = min(meshes, key=lambda mesh: total_gib(figures[mesh]))
+            cells = ", ".join(
+                f"{mesh}: {total_gib(f):.1f} ({f['temporaries'] / GIB:.1f})" for mesh, f in figures.items()
             )
+            fits = " | ".join("yes" if total_gib(figures[best]) <= limit else "no" for limit in (16, 32))
+            rows.append(f"| {spec.split('=')[-1]} | {devices} | {cells} | {best} | {fits} |")
             print(rows[-1], flush=True)
     return rows
 
 
 def load_layers(spec: str) -> int:
     """The number of blocks of the config's model (no JAX devices needed)."""
+    if str(REPO) not in sys.path:  # the parent process of --table, started as a script
+        sys.path.insert(0, str(REPO))
     from rwkv_jax.training.config import load_config
 
     return load_config(spec).model.n_layer
@@ -199,9 +201,12 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=0, help="extrapolate from 1- and 2-layer compiles to L")
     parser.add_argument("--table", action="store_true", help="the README's table (every model, mesh)")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # the isolated worker
-    args = parser.parse_args()
+    args, overrides = parser.parse_known_args()
+    unknown = [item for item in overrides if not item.startswith("--config.")]
+    if unknown:
+        parser.error(f"unrecognised arguments {unknown} (config overrides: --config.a.b=value)")
     if args.table:
-        print("\n".join(["", *table_rows(args.seq_len)]))
+        print("\n".join(["", *table_rows(args.seq_len, overrides)]))
         return
     if not args.config or not args.mesh:
         raise SystemExit("--config and --mesh are required (or --table)")
@@ -219,10 +224,10 @@ def main() -> None:
         print(describe(figures, note))
         return
     if args.layers:
-        one, two = (plan(args.config, sizes, args.seq_len, batch, n) for n in (1, 2))
+        one, two = (plan(args.config, overrides, sizes, args.seq_len, batch, n) for n in (1, 2))
         figures = extrapolate(one, two, args.layers)
     else:
-        figures = plan(args.config, sizes, args.seq_len, batch, load_layers(args.config))
+        figures = plan(args.config, overrides, sizes, args.seq_len, batch, load_layers(args.config))
     print(json.dumps(figures))
 
 

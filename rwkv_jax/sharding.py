@@ -9,7 +9,9 @@ the batch's ``sequence`` rule names it, and the WKV recurrences split their time
 mesh is set (``jax.set_mesh``) while the step is traced.
 """
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -92,10 +94,48 @@ def tree_shardings(logical_axes: Any, shapes: Any, rules: Rules, mesh: Mesh) -> 
     return jax.tree.map(one, logical_axes, shapes, is_leaf=lambda x: x is None or isinstance(x, tuple))
 
 
+def batch_spec(rules: Rules, ndim: int = 2) -> PartitionSpec:
+    """The PartitionSpec of a ``[B, ...]`` batch: ``B`` on the ``batch`` rule's mesh axes, the rest
+    replicated (no mesh needed: a step traced under its mesh constrains slices of the batch with it)."""
+    return PartitionSpec(dict(rules).get("batch"), *([None] * (ndim - 1)))
+
+
+# The batch axis' PartitionSpec entry while a train step is traced (batch_sharded_activations), else None.
+_ACTIVATION_BATCH: contextvars.ContextVar = contextvars.ContextVar("activation_batch", default=None)
+
+
+@contextlib.contextmanager
+def batch_sharded_activations(spec: PartitionSpec) -> Iterator[None]:
+    """While tracing inside this context, :func:`keep_batch_sharded` pins the leading axis of activations to
+    ``spec[0]`` (the batch's mesh axes; ``spec`` as :func:`batch_spec` gives it; needs the step traced under
+    its mesh). Without it, with ``embed`` and ``batch`` both on ``fsdp``, XLA's partitioner may keep the
+    weights sharded and gather the activations of every sequence of the ``fsdp`` group onto each device
+    (docs/pod_scale.md: Finch 3.1B at fsdp 64 held the 64 sequences' activations and logits, 192 GiB)."""
+    token = _ACTIVATION_BATCH.set(spec[0] if len(spec) else None)
+    try:
+        yield
+    finally:
+        _ACTIVATION_BATCH.reset(token)
+
+
+def keep_batch_sharded(x: Any) -> Any:
+    """``x [B, ...]`` (or a pytree of such) constrained to keep ``B`` on the batch's mesh axes, its other axes
+    left to the partitioner; unchanged outside :func:`batch_sharded_activations`."""
+    batch = _ACTIVATION_BATCH.get()
+    if batch is None:
+        return x
+    unconstrained = PartitionSpec.UNCONSTRAINED
+
+    def one(leaf: Any) -> Any:
+        spec = PartitionSpec(batch, *([unconstrained] * (leaf.ndim - 1)))
+        return jax.lax.with_sharding_constraint(leaf, spec)
+
+    return jax.tree.map(one, x)
+
+
 def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
-    """The sharding of a ``[B, ...]`` batch: ``B`` on the ``batch`` rule's mesh axes, the rest replicated."""
-    target = dict(rules).get("batch")
-    return NamedSharding(mesh, PartitionSpec(target, *([None] * (ndim - 1))))
+    """The sharding of a ``[B, ...]`` batch on ``mesh``: :func:`batch_spec`."""
+    return NamedSharding(mesh, batch_spec(rules, ndim))
 
 
 def sequence_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:

@@ -16,8 +16,10 @@ from flax import nnx
 
 from rwkv_jax.array_typing import Array, Tokens
 from rwkv_jax.decoding import compiled_call
+from rwkv_jax.models.block_remat import rematerialised
 from rwkv_jax.models.common import check_token_ids
 from rwkv_jax.models.layer_scan import run_layers
+from rwkv_jax.sharding import keep_batch_sharded
 from rwkv_jax.wkv.forms import check_starts
 
 _STATE_SHAPES: dict[tuple, Any] = {}  # (model class, config, batch size) -> the empty layer state's shapes
@@ -42,6 +44,9 @@ class LanguageModel(nnx.Module):
     # True: run_blocks scans the runs of same-structured blocks (rwkv_jax.models.layer_scan), so compile
     # time does not grow with depth; False: a Python loop (one copy of the block per layer in the program).
     scan_layers = True
+    # True: each block call is rematerialised (rwkv_jax.models.block_remat): the backward pass keeps only the
+    # blocks' inputs and recomputes their insides (training at long context: config.train.remat_blocks).
+    remat_blocks = False
 
     def empty_layer_state(self, batch_size: int) -> Any:
         """The state of one block before any token (a NamedTuple of float32 arrays, batch on axis 0)."""
@@ -97,11 +102,11 @@ class LanguageModel(nnx.Module):
         tokens = jnp.asarray(tokens)
         state = self._checked_state(state, tokens.shape[0])
         starts = _checked_starts(starts, tokens.shape)
-        x = self.emb(tokens).astype(self.config.dtype)
+        x = keep_batch_sharded(self.emb(tokens).astype(self.config.dtype))
         x, new_state = self.run_blocks(x, state) if starts is None else self.run_blocks(x, state, starts)
         if last_only:
             x = x[:, -1:]
-        logits = self.head(self.ln_out(x)).astype(jnp.float32)
+        logits = keep_batch_sharded(self.head(self.ln_out(x)).astype(jnp.float32))
         return logits, new_state
 
     def run_blocks(
@@ -115,8 +120,10 @@ class LanguageModel(nnx.Module):
 
         def step(block: nnx.Module, x: Array, layer_state: Any) -> tuple[Array, Any]:
             # A family whose blocks take no document starts keeps working without them.
-            return block(x, layer_state) if starts is None else block(x, layer_state, starts)
+            x, layer_state = block(x, layer_state) if starts is None else block(x, layer_state, starts)
+            return keep_batch_sharded(x), layer_state
 
+        step = rematerialised(step) if self.remat_blocks else step
         return run_layers(list(self.blocks), x, state, step, scan=self.scan_layers)
 
     def _layer_state_shapes(self, batch_size: int) -> Any:

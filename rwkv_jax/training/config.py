@@ -83,6 +83,10 @@ def default_config() -> ConfigDict:
     c.train.max_seconds = 0.0  # > 0: stop early after this much training wall time (then evaluate, save)
     c.train.log_every = 10  # steps between JSONL/TensorBoard records
     c.train.progress = True  # tqdm progress bar on stderr
+    # Recompute each block's insides in the backward pass, keeping only its inputs (LanguageModel.
+    # remat_blocks): activation memory / layers for ~1/3 more compute; what long windows on a pod need
+    # (docs/pod_scale.md).
+    c.train.remat_blocks = False
 
     c.ckpt = ConfigDict()
     c.ckpt.every = 50  # steps between checkpoints (and one at the end); 0: only the final one
@@ -283,6 +287,7 @@ _RANGES: dict[str, tuple[type, float | None, float | None, bool]] = {
     "train.max_seconds": (float, 0, None, False),
     "train.log_every": (int, 1, None, False),
     "train.progress": (bool, None, None, False),
+    "train.remat_blocks": (bool, None, None, False),
     "ckpt.every": (int, 0, None, False),
     "ckpt.keep": (int, 1, None, False),
     "eval.every": (int, 0, None, False),

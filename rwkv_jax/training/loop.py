@@ -80,6 +80,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
 
     # ---- Model and optimiser ----------------------------------------------------------------------------
     module, trainable = finetune_model(config)  # a fresh init, or config.finetune's base and method
+    module.remat_blocks = config.train.remat_blocks  # static: it goes into the graphdef the steps merge
     fns, params, frozen = ModelFns.split_trainable(module, trainable)
     del module
     mask = weight_decay_mask(fns.logical_axes, params, config.optim.wd_exclude_axes)

@@ -14,6 +14,7 @@ import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from rwkv_jax import sharding
 from rwkv_jax.array_typing import Array
 from rwkv_jax.training import data
 from rwkv_jax.training.model import ModelFns
@@ -28,6 +29,7 @@ def make_train_step(
     truncate: bool = False,
     l2wrap: float = 0.0,
     document_starts: bool = False,
+    batch_spec: PartitionSpec | None = None,
 ) -> Callable:
     """The (unjitted) train step: one micro-batch, one call of ``tx.update`` (which may only accumulate).
 
@@ -40,6 +42,12 @@ def make_train_step(
     ``document_starts``: the state returns to the initial state at every document start of a window
     (``data.document_starts``); whole windows only (no ``segment_len``: a segment's call would reset to the
     state carried into it).
+
+    ``batch_spec``: the batch's PartitionSpec (:func:`rwkv_jax.sharding.batch_spec`; the step is traced under
+    its mesh, :func:`jit_train_step`): the inputs and targets cut from the batch are constrained to it (left
+    to itself, the partitioner gave the ``T``-token slices of the ``T + 1``-token rows another sharding and
+    resharded them: XLA's warning at compile time), and so are the model's activations between blocks
+    (:func:`rwkv_jax.sharding.keep_batch_sharded`). None: no constraint.
     """
     if document_starts and segment_len:
         raise ValueError("document_starts needs whole windows: set segment_len to 0 (segments.length)")
@@ -48,6 +56,8 @@ def make_train_step(
         params: Any, opt_state: Any, batch: Array, frozen: Any = None
     ) -> tuple[Any, Any, dict[str, Array]]:
         inputs, targets = batch[:, :-1], batch[:, 1:]
+        if batch_spec is not None:
+            inputs, targets = (jax.lax.with_sharding_constraint(x, batch_spec) for x in (inputs, targets))
         starts = data.document_starts(inputs) if document_starts else None
 
         def apply(params: Any, tokens: Array, state: Any) -> tuple[Array, Any]:
@@ -66,7 +76,8 @@ def make_train_step(
                 l2wrap=l2wrap,
             )
 
-        (value, nll_sum), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        with sharding.batch_sharded_activations(batch_spec or PartitionSpec()):
+            (value, nll_sum), grads = jax.value_and_grad(objective, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         metrics = {"loss": nll_sum / targets.size, "objective": value, "grad_norm": optax.tree.norm(grads)}
@@ -85,6 +96,7 @@ def train_step_of(config: Any, fns: ModelFns, tx: optax.GradientTransformation) 
         truncate=config.segments.truncate,
         l2wrap=config.loss.l2wrap,
         document_starts=config.data.document_starts,
+        batch_spec=sharding.batch_spec(config.sharding_rules),
     )
 
 

@@ -20,6 +20,7 @@ from flax import nnx
 
 from rwkv_jax.array_typing import Array
 from rwkv_jax.models import official_init
+from rwkv_jax.models.block_remat import rematerialised
 from rwkv_jax.models.common import (
     INITS,
     PLAIN_BONUS,
@@ -45,6 +46,7 @@ from rwkv_jax.models.language_model import LanguageModel
 from rwkv_jax.models.layer_scan import run_layers
 from rwkv_jax.models.official_init import initial_linear
 from rwkv_jax.models.rwkv7 import init as rwkv7_init
+from rwkv_jax.sharding import keep_batch_sharded
 from rwkv_jax.wkv.impl import Impl
 from rwkv_jax.wkv.v7 import wkv7
 
@@ -389,12 +391,16 @@ class RWKV7(LanguageModel):
         """The blocks in order, each also given the first block's value (the value residual). Block 0 runs
         alone (it produces ``v_first``); the rest as a scan over layers (see
         :func:`rwkv_jax.models.layer_scan.run_layers`, which falls back to a loop where they differ)."""
-        x, v_first, first_state = self.blocks[0](x, None, state[0], starts)
+        remat = rematerialised if self.remat_blocks else lambda call: call
+        x, v_first, first_state = remat(lambda block, *args: block(*args))(
+            self.blocks[0], x, None, state[0], starts
+        )
 
+        @remat
         def step(block: nnx.Module, carry: tuple[Array, Array], layer_state: RWKV7LayerState) -> tuple:
             x, v_first = carry
             x, _, layer_state = block(x, v_first, layer_state, starts)  # later blocks return v_first as given
-            return (x, v_first), layer_state
+            return keep_batch_sharded((x, v_first)), layer_state
 
         (x, _), rest = run_layers(list(self.blocks)[1:], (x, v_first), state[1:], step, scan=self.scan_layers)
         return x, (first_state, *rest)
