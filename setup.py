@@ -49,6 +49,10 @@ TEST = [
 
 NOTEBOOKS = ["jupyterlab>=4", "ipykernel>=6", "nbclient>=0.10"]
 
+# The other stacks experiments/bench.py and experiments/bench_training.py compare with on the same weights:
+# BlinkDL's rwkv package (decode, prefill) and jaxrwkv (training; its RWKV-6 loads a BlinkDL state dict).
+BENCH = ["rwkv==0.8.32", "torch==2.13.0", "jaxrwkv==0.0.1"]
+
 setup(
     name="rwkv-jax",
     version="0.1.0",
@@ -62,6 +66,6 @@ setup(
     packages=find_packages(include=["rwkv_jax", "rwkv_jax.*", "pallas_kernels", "pallas_kernels.*"]),
     package_data={"rwkv_jax.tokenizers": ["data/*"]},
     install_requires=CORE,
-    extras_require={"test": TEST, "eval": EVAL, "notebooks": NOTEBOOKS},
+    extras_require={"test": TEST, "eval": EVAL, "notebooks": NOTEBOOKS, "bench": BENCH},
     license="Apache-2.0",
 )
