@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+
 FULL = dict(n_layer=6, n_embd=512, context=512, batch=4)
 SMALL = dict(n_layer=2, n_embd=128, context=32, batch=2)
 HEAD_SIZE = 64
@@ -58,8 +60,8 @@ def batch_of(shape: dict, vocab: int) -> np.ndarray:
     return rng.integers(0, vocab, (shape["batch"], shape["context"] + 1)).astype(np.int32)
 
 
-def ours_trainer(path: str, dtype: str) -> tuple[Callable, Any, Any]:
-    """``(jitted step, params, opt_state)`` of rwkv_jax's training on the model in ``path``."""
+def ours_trainer(path: str, dtype: str) -> tuple[Callable, Any, Any, Any]:
+    """``(jitted step, params, opt_state, optimiser)`` of rwkv_jax's training on the model in ``path``."""
     import jax
 
     import rwkv_jax
@@ -81,11 +83,11 @@ def ours_trainer(path: str, dtype: str) -> tuple[Callable, Any, Any]:
     step = jit_train_step(
         train_step_of(config, fns, tx), param_sh, opt_sh, batch_sharding(mesh, config.sharding_rules)
     )
-    return step, params, opt_state
+    return step, params, opt_state, tx
 
 
-def jaxrwkv_trainer(path: str, dtype: str) -> tuple[Callable, Any, Any]:
-    """``(jitted step, params, opt_state)`` of the ``jaxrwkv`` package's RWKV-6 on the model in ``path``."""
+def jaxrwkv_trainer(path: str, dtype: str) -> tuple[Callable, Any, Any, Any]:
+    """``(jitted step, params, opt_state, optimiser)`` of the ``jaxrwkv`` package's RWKV-6 on ``path``."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -111,7 +113,7 @@ def jaxrwkv_trainer(path: str, dtype: str) -> tuple[Callable, Any, Any]:
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, {"loss": value}
 
-    return jax.jit(step, donate_argnums=(0, 1)), params, tx.init(params)
+    return jax.jit(step, donate_argnums=(0, 1)), params, tx.init(params), tx
 
 
 def train_worker(spec: dict) -> None:
@@ -119,7 +121,7 @@ def train_worker(spec: dict) -> None:
     import jax
 
     make = {"ours": ours_trainer, "jaxrwkv": jaxrwkv_trainer}[spec["stack"]]
-    step, params, opt_state = make(spec["path"], spec["dtype"])
+    step, params, opt_state, _ = make(spec["path"], spec["dtype"])
     batch = jax.numpy.asarray(batch_of(spec["shape"], spec["vocab"]))
     start = time.perf_counter()
     step = step.lower(params, opt_state, batch).compile()
@@ -301,6 +303,46 @@ def sweep(shape: dict, vocab: int, path: str, contexts: list[int]) -> list[dict]
     return rows
 
 
+def profile(shape: dict, vocab: int, dtype: str, path: str) -> dict[str, float]:
+    """Seconds of our train step and of its parts, each jitted alone on the step's shapes: the head and
+    the loss (forward + backward), the chunked WKV of every layer (forward + backward), the optimiser
+    update; the rest (the layers' projections, LoRAs, mixes, norms) is the step minus those."""
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.bench_kernels import median_seconds
+    from rwkv_jax.training.loss import token_nll
+    from rwkv_jax.wkv.v6 import wkv6
+
+    step, params, opt_state, tx = ours_trainer(path, dtype)
+    batch = jnp.asarray(batch_of(shape, vocab))
+    b, t, c, layers = shape["batch"], shape["context"], shape["n_embd"], shape["n_layer"]
+    key = jax.random.split(jax.random.key(0), 6)
+    x = jax.random.normal(key[0], (b, t, c), dtype)
+    head = params["head"]["kernel"]
+
+    def head_loss(x: Any, kernel: Any) -> Any:
+        return jnp.sum(token_nll(x @ kernel.astype(dtype), batch[:, 1:]))
+
+    rkv = [jax.random.normal(key[i], (b, t, c // HEAD_SIZE, HEAD_SIZE), dtype) for i in (1, 2, 3)]
+    w_log = -jnp.exp(jax.random.normal(key[4], rkv[0].shape, jnp.float32) - 2)
+    u = jnp.zeros((c // HEAD_SIZE, HEAD_SIZE), jnp.float32)
+
+    def wkv_layers(r: Any, k: Any, v: Any, w_log: Any) -> Any:
+        y, _ = wkv6(r, k, v, w_log, u, impl="chunked")
+        return jnp.sum(y.astype(jnp.float32))  # one layer; its seconds are multiplied by the layers below
+
+    parts = {
+        "step": median_seconds(lambda: step(*jax.tree.map(jnp.copy, (params, opt_state)), batch), (), 3),
+        "head + loss": median_seconds(jax.jit(jax.grad(head_loss, (0, 1))), (x, head), 3),
+        "WKV (all layers)": layers
+        * median_seconds(jax.jit(jax.grad(wkv_layers, (0, 1, 2, 3))), (*rkv, w_log), 3),
+        "AdamW update": median_seconds(jax.jit(tx.update), (params, opt_state, params), 3),
+    }
+    parts["rest (projections, LoRAs, mixes, norms)"] = parts["step"] - sum(list(parts.values())[1:])
+    return parts
+
+
 def print_tables(rows: list[dict], sweep_rows: list[dict], shape: dict) -> None:
     print(
         f"\nFinch {shape['n_layer']} x {shape['n_embd']}, context {shape['context']}, "
@@ -337,6 +379,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sweep", default="128,256,512,1024", help="contexts of the memory sweep ('' none)")
     parser.add_argument("--no-jaxrwkv", action="store_true", help="skip the jaxrwkv package")
     parser.add_argument("--json", default="bench_training.json", help="where to write the figures")
+    parser.add_argument("--profile", action="store_true", help="only the step's parts (first vocab)")
+    parser.add_argument("--profile-dtype", default="float32", help="compute dtype of --profile")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -348,6 +392,13 @@ def main(argv: list[str]) -> dict:
         (decode_worker if spec["stack"] == "decode" else train_worker)(spec)
         return {}
     shape = SMALL if args.small else FULL
+    if args.profile:
+        with tempfile.TemporaryDirectory() as directory:
+            vocab = int(args.vocabs.split(",")[0])
+            parts = profile(shape, vocab, args.profile_dtype, write_model(shape, vocab, directory))
+        for name, seconds in parts.items():
+            print(f"| {name} | {seconds:.3f} | {100 * seconds / parts['step']:.0f}% |")
+        return parts
     rows, sweep_rows = [], []
     with tempfile.TemporaryDirectory() as directory:
         for vocab in [int(v) for v in args.vocabs.split(",")]:
