@@ -3,6 +3,7 @@ r"""Inference speed of rwkv_jax against BlinkDL's ``rwkv`` package on the same w
     python experiments/bench.py                      # 12 x 768, vocabulary 65536 (the 0.1B shape): ~10 min
     python experiments/bench.py --small              # a smoke test (seconds)
     python experiments/bench.py --families finch --dtypes float32 --repeats 5
+    python experiments/bench.py --training           # then training speed: experiments/bench_training.py
 
 For each family (Finch, Goose) a model with random weights of the shape is written as an official ``.pth``
 (:func:`rwkv_jax.save_official`); both stacks load that file, with float32 and with bfloat16 weights. Measured
@@ -22,6 +23,7 @@ import importlib.util
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +48,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-package", action="store_true", help="skip BlinkDL's rwkv package")
     parser.add_argument("--json", default="bench.json", help="where to write the figures")
     parser.add_argument("--plot", default="bench.png", help="where to draw them ('' for none)")
+    parser.add_argument(
+        "--training", action="store_true", help="then experiments/bench_training.py (--small with --small)"
+    )
     args = parser.parse_args(argv)
     unknown = set(args.families.split(",")) - set(FAMILIES)
     if unknown:
@@ -356,6 +361,9 @@ def main(argv: list[str]) -> int:
     os.replace(tmp, args.json)
     if args.plot:
         plot(rows, args.plot)
+    if args.training:  # its own worker processes (peak memory per configuration): see its docstring
+        training = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_training.py")]
+        subprocess.run([sys.executable, *training, *(["--small"] if args.small else [])], check=True)
     return 0
 
 
