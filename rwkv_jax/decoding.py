@@ -9,8 +9,9 @@ variable rebuilds the entry, and ``jax.jit`` keeps one program per shape and dty
 
 Compute dtype on CPU: XLA:CPU has no fast bfloat16 / float16 matrix product (it converts the whole weight
 to float32 in a fresh buffer at every call, docs/speed.md), so on the CPU backend the step computes in
-float32 from a float32 working copy of the weights, converted once per weight version. Elsewhere it
-computes in the model's own ``dtype`` on the stored weights.
+float32 from a float32 working copy of the weights, converted once per weight version; the embedding stays
+as stored (a step reads only its tokens' rows, which XLA converts alone). Elsewhere it computes in the
+model's own ``dtype`` on the stored weights.
 """
 
 import dataclasses
@@ -27,6 +28,9 @@ from flax import nnx
 from rwkv_jax.array_typing import Array, Tokens
 
 LOW_PRECISION = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
+# Top-level parameters a step reads by row (the token embedding): no float32 working copy of them, which
+# would double their memory for one row a token.
+READ_BY_ROW = frozenset({"emb"})
 
 
 def apply(
@@ -41,8 +45,14 @@ def apply(
 
     Returns logits ``[B, T, V]`` (``[B, 1, V]``: the last position only, when ``last_only``) and the state.
     ``starts [B, T]`` bool: packed documents' first tokens (see ``LanguageModel.__call__``), or None.
+    With one token (``T == 1``) the blocks run as a loop, not a scan (``LanguageModel.scan_layers``).
     """
     model = nnx.merge(graphdef, params)
+    if np.shape(tokens)[1] == 1 and getattr(model, "scan_layers", False):
+        # One token: the blocks as a Python loop. A scan over per-layer parameters stacks them inside the
+        # call, a temporary second copy of the block weights at every step (docs/speed.md); the one-token
+        # program is small, so a copy of it per layer costs little compile time.
+        model.scan_layers = False
     forward = getattr(model, "forward", None)
     if starts is not None:
         return forward(tokens, state, last_only=last_only, starts=starts)
@@ -68,7 +78,8 @@ class Decoder:
         V]`` float32, or ``[B, 1, V]`` with ``last_only`` (the head applied to the last position only: a
         prefill that needs only the next-token prediction). Token ids are not range-checked here (an id
         outside the vocabulary gives NaN logits): the model call checks them.
-      params: the parameter pytree ``step`` takes (float32 working copies of bf16/f16 weights on CPU).
+      params: the parameter pytree ``step`` takes (on CPU float32 working copies of bf16/f16 weights but
+        the embedding).
       graphdef: the module structure ``step`` merges ``params`` into.
       init_state: ``init_state(batch_size)``, the model's empty state.
     """
@@ -91,9 +102,10 @@ def compute_dtype(model: nnx.Module) -> np.dtype | None:
     return None
 
 
-def working_copy(value: Array, dtype: np.dtype | None) -> Array:
-    """``value`` as the step reads it: a bf16/f16 array converted to ``dtype`` (when given), else itself."""
-    if dtype is None or np.dtype(value.dtype) not in LOW_PRECISION:
+def working_copy(path: tuple, value: Array, dtype: np.dtype | None) -> Array:
+    """``value`` (the parameter at ``path``, e.g. ``("blocks", 0, "att", "key", "kernel")``) as the step
+    reads it: a bf16/f16 array converted to ``dtype`` (when given) unless it is read by row, else itself."""
+    if dtype is None or np.dtype(value.dtype) not in LOW_PRECISION or path[0] in READ_BY_ROW:
         return value
     return value.astype(dtype)
 
@@ -112,9 +124,19 @@ def decoder(model: nnx.Module) -> Decoder:
     model itself, after changing weights). See the module docstring for the compute dtype."""
     dtype = compute_dtype(model)
     _, params = nnx.split(model)
-    params = jax.tree.map(lambda value: working_copy(value, dtype), params)
+    params = jax.tree_util.tree_map_with_path(
+        lambda keys, value: working_copy(tuple(_key(k) for k in keys), value, dtype), params
+    )
     graphdef = _structure(model, dtype)
     return Decoder(compiled_step(graphdef), params, graphdef, model.init_state)
+
+
+def _key(entry: Any) -> Any:
+    """A pytree key path entry (``DictKey``, ``GetAttrKey``, ...) as the plain key it stands for."""
+    for attribute in ("key", "name", "idx"):
+        if hasattr(entry, attribute):
+            return getattr(entry, attribute)
+    return entry
 
 
 class _Entry:
@@ -124,10 +146,11 @@ class _Entry:
     def __init__(self, model: nnx.Module, variables: nnx.State):
         self.dtype = compute_dtype(model)
         flat = list(nnx.to_flat_state(variables))
+        self.paths = [path for path, _ in flat]
         self.variables = [variable for _, variable in flat]
         self.treedef = jax.tree.structure(variables)
         self.step = compiled_step(_structure(model, self.dtype))
-        self.edges = _edges(model, [path for path, _ in flat])
+        self.edges = _edges(model, self.paths)
         self.values: list[Array] = []
         self.copies: list[Array] = []
 
@@ -151,7 +174,7 @@ class _Entry:
             self.values, self.copies = [None] * len(values), [None] * len(values)
         for i, value in enumerate(values):
             if value is not self.values[i]:
-                self.values[i], self.copies[i] = value, working_copy(value, self.dtype)
+                self.values[i], self.copies[i] = value, working_copy(self.paths[i], value, self.dtype)
         return jax.tree.unflatten(self.treedef, self.copies)
 
 

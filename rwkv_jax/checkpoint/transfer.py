@@ -6,6 +6,7 @@ An official tensor and the model parameter it feeds differ only in layout: a lin
 linear weights.
 """
 
+import mmap
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -45,15 +46,37 @@ def fill_model(
     is_linear: IsLinear,
 ) -> nnx.Module:
     """``abstract`` (from ``nnx.eval_shape``) with every parameter set from its official tensor, cast to
-    the dtype the model stores that parameter in (matrices and vectors may differ: ``weight_dtype``)."""
+    the dtype the model stores that parameter in (matrices and vectors may differ: ``weight_dtype``).
+
+    Every parameter is a copy (never an alias of a memory-mapped file); the mapped pages of each tensor are
+    released once it is copied (:func:`release_mapped`) and the biggest tensors go first (a transpose needs
+    a second buffer while it runs), so the memory of loading peaks near one copy of the weights, not two."""
     graphdef, params = nnx.split(abstract)
-    for path, variable in nnx.to_flat_state(params):
+    flat = sorted(nnx.to_flat_state(params), key=lambda item: -item[1].get_value().size)
+    for path, variable in flat:
         name = official_name(path)
-        tensor = np.asarray(tensors[name])
-        abstract_value = variable.get_value()
-        tensor = tensor.T if is_linear(name) else tensor.reshape(abstract_value.shape)
-        variable.set_value(jnp.asarray(tensor, abstract_value.dtype))
+        source = np.asarray(tensors[name])
+        value = jnp.array(source, variable.get_value().dtype, copy=True)
+        release_mapped(source)
+        variable.set_value(value.T if is_linear(name) else value.reshape(variable.get_value().shape))
     return nnx.merge(graphdef, params)
+
+
+def release_mapped(array: np.ndarray) -> None:
+    """Drops the whole pages under ``array`` from this process's resident memory when it is a C-contiguous
+    view of a memory map (``madvise(MADV_DONTNEED)``); anything else is left alone. The array stays valid:
+    its pages are read from the file again on the next access (a change made in place to a copy-on-write
+    mapping is lost)."""
+    base = array
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is None or not array.flags.c_contiguous or base.closed:
+        return
+    start = array.ctypes.data - np.frombuffer(base, np.uint8).ctypes.data
+    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages only: a neighbour may share the edges
+    stop = (start + array.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if stop > first:
+        base.madvise(mmap.MADV_DONTNEED, first, stop - first)
 
 
 def model_from_tensors(

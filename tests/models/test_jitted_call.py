@@ -95,3 +95,22 @@ def test_eager_flag_runs_op_by_op(finch, monkeypatch):
     monkeypatch.setattr(decoding, "compiled_call", None)  # would fail if reached
     logits, _ = finch(TOKENS[:, :2])
     assert logits.shape == (2, 2, 64)
+
+
+def test_one_token_step_holds_no_stacked_copy_of_the_block_weights():
+    # A scan over per-layer parameters stacks them inside the call: a temporary copy of the block weights
+    # at every step (370 MiB of the 12 x 768 Finch's 751 MiB, XLA's memory analysis, before this test).
+    config = rwkv_jax.RWKV6Config(vocab_size=64, n_layer=4, n_embd=64, head_size=16, init="plain")
+    jitted = rwkv_jax.decoder(rwkv_jax.RWKV6(config, rngs=nnx.Rngs(0)))
+    blocks = sum(leaf.nbytes for leaf in jax.tree.leaves(jitted.params["blocks"]))
+    lowered = jitted.step.lower(jitted.params, jnp.ones((1, 1), jnp.int32), jitted.init_state(1))
+    temporaries = lowered.compile().memory_analysis().temp_size_in_bytes
+    assert temporaries < 0.02 * blocks  # measured 0.0017x (two tokens, scanned: 1.06x)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the float32 working copy is made on CPU only")
+def test_bfloat16_step_reads_a_float32_copy_of_the_matrices_but_not_of_the_embedding():
+    config = rwkv_jax.RWKV6Config(vocab_size=64, n_layer=2, n_embd=32, head_size=16, dtype="bfloat16")
+    jitted = rwkv_jax.decoder(rwkv_jax.RWKV6(config, rngs=nnx.Rngs(0)))
+    assert jitted.params["emb"]["weight"][...].dtype == jnp.bfloat16  # one row read a token: as stored
+    assert jitted.params["head"]["kernel"][...].dtype == jnp.float32
