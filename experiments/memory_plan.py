@@ -1,22 +1,25 @@
 r"""Per-device memory and FLOPs of a sharded train step, compiled on fake CPU devices (nothing allocated).
 
     python experiments/memory_plan.py --config configs/world_rwkv7.py:size=goose-7b2 \
-        --mesh data=4,fsdp=16,tensor=1 --seq_len 4096
-    python experiments/memory_plan.py --table        # the README's table (each row in its own process)
+        --mesh data=1,fsdp=64 --seq_len 4096 --config.train.remat_blocks=True
+    python experiments/memory_plan.py --table --config.train.remat_blocks=True   # the README's table
 
 The model is built abstractly (``nnx.eval_shape``), the train step is lowered with ``jax.ShapeDtypeStruct``
 inputs carrying the mesh's shardings and compiled by XLA:CPU for the fake devices. Printed per device:
 parameters and optimiser state (the bytes of each array's shard under its NamedSharding), temporaries
-(``compiled.memory_analysis().temp_size_in_bytes``: activations, gradients in flight, workspace) and FLOPs
-per token, both XLA's count (``compiled.cost_analysis()``) and the analytic 6N (N: the parameters a token
-meets, embedding excluded; the WKV recurrence is not counted).
+(``compiled.memory_analysis().temp_size_in_bytes``: activations, gradients in flight, gathered weights,
+workspace) and FLOPs per token, both XLA's count (``compiled.cost_analysis()``) and the analytic 6N (N: the
+parameters a token meets, embedding excluded; the WKV recurrence is not counted). ``--config.a.b=value``
+overrides any config field (as for experiments/train.py).
 
-``--layers L`` compiles the model at 1 and 2 layers and extrapolates every figure linearly to L (the blocks
-are identical; compiling a 14B model for 256 fake devices on a 2-core CPU takes too long); the output says
-so. The batch is one sequence per batch shard (``data * fsdp`` sequences) unless ``--batch`` is given.
-XLA:CPU's buffer assignment stands in for the accelerator's: the temporaries are an estimate, not a promise.
-XLA's FLOP count undercounts a step whose segments run in a loop (about a third of 6N at 4096 tokens in
-segments of 1024; README): take the analytic figure there.
+The whole model is compiled: its layers are one scan (stacked parameters), so compile time does not grow
+with depth (about 15-40 s a plan for 64 or 256 fake devices here). ``--layers L`` instead compiles 1 and 2
+layers and extrapolates linearly to L; those small models are not scanned, and their figure overstates the
+scanned program's (Finch 3.1B, fsdp 64: 25.1 GiB extrapolated against 18.1 compiled; docs/pod_scale.md).
+The batch is one sequence per batch shard (``data * fsdp`` sequences) unless ``--batch`` is given.
+XLA:CPU's buffer assignment stands in for the accelerator's: the temporaries are an estimate, not a promise
+(docs/pod_scale.md says how far to trust them). XLA's FLOP count undercounts a step whose segments run in a
+loop (about a third of 6N at 4096 tokens in segments of 1024): take the analytic figure there.
 """
 
 import argparse
@@ -143,13 +146,16 @@ def describe(figures: dict, note: str) -> str:
     )
 
 
-# The README's table: the models, and the candidate meshes per device count (--mesh strings).
+# The README's table: the models (config, its own overrides), the candidate meshes per device count. The World
+# configs train 4096-token windows in segments of 1024; the Pile config's RWKV-4 trains 1024-token windows
+# whole, so at 4096 it gets the same segments.
+RWKV4_AT_4096 = ["--config.data.seq_len=4096", "--config.segments.length=1024"]
 TABLE_MODELS = [
-    "configs/world_rwkv6.py:size=finch-3b1",
-    "configs/world_rwkv6.py:size=eagle-7b",
-    "configs/pile_rwkv4.py:size=rwkv4-14b",
-    "configs/world_rwkv7.py:size=goose-7b2",
-    "configs/world_rwkv7.py:size=goose-13b3",
+    ("configs/world_rwkv6.py:size=finch-3b1", []),
+    ("configs/world_rwkv6.py:size=eagle-7b", []),
+    ("configs/pile_rwkv4.py:size=rwkv4-14b", RWKV4_AT_4096),
+    ("configs/world_rwkv7.py:size=goose-7b2", []),
+    ("configs/world_rwkv7.py:size=goose-13b3", []),
 ]
 TABLE_MESHES = {64: ["data=8,fsdp=8", "data=1,fsdp=64"], 256: ["data=32,fsdp=8", "data=4,fsdp=64"]}
 
@@ -166,9 +172,9 @@ def table_rows(seq_len: int, overrides: list[str]) -> list[str]:
         "| model | devices | GiB per device: total (temporaries) | recommended | fits 16 GiB | fits 32 GiB |",
         "|---|---|---|---|---|---|",
     ]
-    for spec in TABLE_MODELS:
+    for spec, own in TABLE_MODELS:
         for devices, meshes in TABLE_MESHES.items():
-            common = ["--config", spec, "--seq_len", str(seq_len), *overrides]
+            common = ["--config", spec, "--seq_len", str(seq_len), *own, *overrides]
             figures = {mesh: run_isolated([*common, "--mesh", mesh], devices) for mesh in meshes}
             best = min(meshes, key=lambda mesh: total_gib(figures[mesh]))
             cells = ", ".join(
@@ -182,8 +188,6 @@ def table_rows(seq_len: int, overrides: list[str]) -> list[str]:
 
 def load_layers(spec: str) -> int:
     """The number of blocks of the config's model (no JAX devices needed)."""
-    if str(REPO) not in sys.path:  # the parent process of --table, started as a script
-        sys.path.insert(0, str(REPO))
     from rwkv_jax.training.config import load_config
 
     return load_config(spec).model.n_layer
