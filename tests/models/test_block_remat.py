@@ -14,7 +14,8 @@ from rwkv_jax.training.loss import lm_loss
 from rwkv_jax.training.model import ModelFns
 from tests.models.contract import random_tokens, randomize
 
-SMALL = dict(n_embd=32, vocab_size=32, dtype="float32", n_layer=3)  # block 0 alone, a scan of two
+# Block 0 alone, a scan of two; the recurrent WKV compiles fastest (the remat wraps whole blocks, any form).
+SMALL = dict(n_embd=32, vocab_size=32, dtype="float32", n_layer=3, wkv_impl="recurrent")
 
 
 def _loss_and_grads(preset: str, remat: bool, tokens: jax.Array) -> tuple:
@@ -35,10 +36,10 @@ def _loss_and_grads(preset: str, remat: bool, tokens: jax.Array) -> tuple:
 # RWKV-4 and Finch share LanguageModel.run_blocks; Goose has its own (block 0 apart, the value residual).
 @pytest.mark.parametrize("preset", ["finch-tiny", "goose-tiny"])
 def test_rematerialised_blocks_give_the_loss_and_gradients_of_the_plain_step(preset):
-    tokens = random_tokens(32, 2, 33, seed=2)
+    tokens = random_tokens(32, 2, 17, seed=2)
     value, grads, plain_bytes = _loss_and_grads(preset, False, tokens)
     remat_value, remat_grads, remat_bytes = _loss_and_grads(preset, True, tokens)
-    # Measured (float32, XLA:CPU): loss 0; gradients <= 6.4e-7 (Finch), 5.1e-7 (Goose): the recomputed
+    # Measured (float32, XLA:CPU): loss 0; gradients <= 3.8e-7 (Finch), 3.1e-7 (Goose): the recomputed
     # forward fuses differently.
     assert relative_error(remat_value, value) < 1e-6
     for (path, a), b in zip(
@@ -47,6 +48,6 @@ def test_rematerialised_blocks_give_the_loss_and_gradients_of_the_plain_step(pre
         if float(jnp.linalg.norm(b)) == 0.0:  # parameters no path reaches (RWKV-7's block-0 v0)
             assert float(jnp.linalg.norm(a)) == 0.0, jax.tree_util.keystr(path)
         else:
-            assert relative_error(a, b) < 5e-6, jax.tree_util.keystr(path)
-    # Measured: temporaries 2.53 -> 1.60 MB (Finch, 0.63x), 1.75 -> 1.01 MB (Goose, 0.58x).
-    assert remat_bytes < 0.8 * plain_bytes, (remat_bytes, plain_bytes)
+            assert relative_error(a, b) < 3e-6, jax.tree_util.keystr(path)
+    # Measured: temporaries 1.71 -> 0.86 MB (Finch, 0.50x), 1.40 -> 0.70 MB (Goose, 0.50x).
+    assert remat_bytes < 0.7 * plain_bytes, (remat_bytes, plain_bytes)
