@@ -3,6 +3,7 @@
     python experiments/bench_wkv_training.py                   # WKV-6, B=1, H=8, N=64, T=4096
     python experiments/bench_wkv_training.py --family v7       # WKV-7 (RWKV-7), same sizes
     python experiments/bench_wkv_training.py --length 1024 --chunk-sizes 32,64
+    python experiments/bench_wkv_training.py --chunk-sizes 64 --profile /tmp/wkv_trace   # where the time goes
 
 Each timing is the median of ``--repeats`` runs of a jitted ``jax.value_and_grad`` of a scalar loss with
 respect to every input (WKV-6: r, k, v, w_log, u, state; WKV-7: r, k, v, w_log, a, b, state), after one
@@ -10,11 +11,18 @@ warm-up run (compilation excluded); the forms take turns within each repeat. Two
 this process's CPU time (summed over XLA's threads), which moves less when other processes load the
 machine; its ratio understates a form that uses several cores. "temp MB" is what XLA allocates besides the
 inputs and outputs (the residuals kept for the backward included), from the compiled program's memory
-analysis.
+analysis. ``--profile DIR`` traces three more runs of each form (``jax.profiler``, Perfetto format) and prints
+XLA's ops per run by kind: their count and time, the main cost of the chunk loops being the per-op overhead
+of hundreds of small ops per chunk.
 """
 
 import argparse
+import collections
 import functools
+import gzip
+import json
+import pathlib
+import re
 import statistics
 import time
 
@@ -80,6 +88,33 @@ def interleaved_seconds(
     }
 
 
+def op_profile(
+    step, args: tuple[jax.Array, ...], directory: str, runs: int = 3
+) -> list[tuple[str, int, float]]:
+    """XLA's ops of one run of ``step`` by kind (the op name without its ``.N`` suffix), most time first:
+    ``(kind, count per run, ms per run)``, from a ``jax.profiler`` trace of ``runs`` runs in ``directory``."""
+    with jax.profiler.trace(directory, create_perfetto_trace=True):
+        for _ in range(runs):
+            jax.block_until_ready(step(*args))
+    trace_file = max(pathlib.Path(directory).rglob("*.trace.json.gz"), key=lambda path: path.stat().st_mtime)
+    events = json.load(gzip.open(trace_file))["traceEvents"]
+    not_ops = ("ThunkExecutor", "$", "PjitFunction", "Common", "while", "end:")
+    count, micros = collections.Counter(), collections.Counter()
+    for event in events:
+        if event.get("ph") == "X" and not event["name"].startswith(not_ops):
+            kind = re.sub(r"\.\d+$", "", event["name"])
+            count[kind] += 1
+            micros[kind] += event["dur"]
+    return [(kind, count[kind] // runs, us / runs / 1e3) for kind, us in micros.most_common()]
+
+
+def print_op_profile(name: str, profile: list[tuple[str, int, float]], top: int = 8) -> None:
+    total_ops, total_ms = sum(c for _, c, _ in profile), sum(ms for _, _, ms in profile)
+    print(f"{name}: {total_ops} ops per run, {total_ms:.1f} ms in ops")
+    for kind, ops, ms in profile[:top]:
+        print(f"    {kind:<40}{ops:>8} ops{ms:>9.1f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -91,6 +126,7 @@ def main() -> None:
     parser.add_argument("--head-size", type=int, default=64)
     parser.add_argument("--chunk-sizes", default="", help="default: 16,32,64,128 (v6), 16,32,64 (v7)")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--profile", default="", help="a directory: trace each form and print its ops")
     args = parser.parse_args()
 
     inputs = make_inputs(args.batch, args.length, args.heads, args.head_size, args.family)
@@ -111,6 +147,9 @@ def main() -> None:
     for name, (wall, cpu) in seconds.items():
         speed_ups = f"{wall:>10.4f}{scan_wall / wall:>10.1f}{cpu:>10.4f}{scan_cpu / cpu:>10.1f}"
         print(f"{name:<16}{speed_ups}{temporary_megabytes(steps[name], inputs):>10.0f}")
+    if args.profile:
+        for name, step in steps.items():
+            print_op_profile(name, op_profile(step, inputs, f"{args.profile}/{name.replace(' ', '_')}"))
 
 
 if __name__ == "__main__":
