@@ -9,7 +9,10 @@ For each family (Finch, Goose) a model with random weights of the shape is writt
 (:func:`rwkv_jax.save_official`); both stacks load that file, with float32 and with bfloat16 weights. Measured
 per family and weight dtype: decode tokens/s at batch 1 and 16 (``rwkv_jax.decoder``'s jitted step, one
 token per call), prefill tokens/s of ``--prefill`` tokens (head on the last position only), compile time of
-each program, and the memory of the compiled decode step (arguments + temporaries, XLA's memory analysis).
+each program, the memory of the compiled decode step (arguments + temporaries, XLA's memory analysis), and
+the peak memory of decoding: each stack in a fresh process loads the file and decodes 1, then ``4 x
+decode`` tokens at batch 1; the process's peak resident memory (``VmHWM``: imports, loading, compiling
+and decoding) after each (flat in the number of tokens).
 The ``rwkv`` package (when installed; it has no batch) runs decode at batch 1 and prefill, the two stacks
 taking turns ``--repeats`` times (medians reported), and the next-token logits after the prefill are
 compared (relative error). The decode bound is the bytes of weights read per token (every parameter but
@@ -32,7 +35,10 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+
 FAMILIES = {"finch": ("RWKV6", dict(version="6")), "goose": ("RWKV7", {})}
+PROGRAMS = ("decode1", "decode16", "prefill")
 FULL = dict(n_layer=12, n_embd=768, vocab_size=65536, prefill=512, decode=32)
 SMALL = dict(n_layer=2, n_embd=128, vocab_size=1024, prefill=16, decode=4)
 
@@ -51,6 +57,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--training", action="store_true", help="then experiments/bench_training.py (--small with --small)"
     )
+    parser.add_argument("--peak-worker", help=argparse.SUPPRESS)  # JSON spec: run decode_peak_worker
     args = parser.parse_args(argv)
     unknown = set(args.families.split(",")) - set(FAMILIES)
     if unknown:
@@ -137,7 +144,7 @@ def write_model(family: str, shape: dict, directory: str) -> str:
 class JaxRunner:
     """rwkv_jax through its public jitted step, loaded from the official file with ``dtype``."""
 
-    def __init__(self, path: str, dtype: str, shape: dict):
+    def __init__(self, path: str, dtype: str, shape: dict, programs: tuple[str, ...] = PROGRAMS):
         import jax
         import jax.numpy as jnp
 
@@ -156,9 +163,10 @@ class JaxRunner:
             np.random.default_rng(1).integers(1, shape["vocab_size"], (1, shape["prefill"]))
         )
         self.compiled, self.compile_s, self.memory = {}, {}, {}
-        for batch in (1, 16):
+        for batch in [int(name[len("decode") :]) for name in programs if name.startswith("decode")]:
             self._compile(f"decode{batch}", jnp.ones((batch, 1), jnp.int32), batch, False)
-        self._compile("prefill", self.prompt.astype(jnp.int32), 1, True)
+        if "prefill" in programs:
+            self._compile("prefill", self.prompt.astype(jnp.int32), 1, True)
 
     def _compile(self, name: str, tokens: Any, batch: int, last_only: bool) -> None:
         start = time.perf_counter()
@@ -237,6 +245,42 @@ class PackageRunner:
         return logits.float().numpy()
 
 
+def decode_peak_worker(spec: dict) -> None:
+    """In a fresh process: ``spec["stack"]`` ("jax" or "rwkv") loads ``spec["path"]`` and decodes 1, then
+    ``spec["tokens"]`` tokens one at a time (batch 1); prints ``{"peak_mib": [after 1, after tokens]}``, the
+    process's peak resident memory (:func:`peak_resident_mib`) after each."""
+    shape = dict(spec["shape"])
+    if spec["stack"] == "jax":
+        runner: Any = JaxRunner(spec["path"], spec["dtype"], shape, programs=("decode1",))
+    else:
+        prompt = np.ones((1, 1), np.int64)
+        runner = PackageRunner(spec["path"], spec["dtype"], shape, spec["family"], prompt)
+    peaks = []
+    for tokens in (1, spec["tokens"]):
+        runner.shape = {**shape, "decode": tokens}
+        runner.decode(1)
+        peaks.append(peak_resident_mib())
+    print(json.dumps({"peak_mib": peaks}), flush=True)
+
+
+def peak_resident_mib() -> float:
+    """This process's peak resident memory, MiB: Linux's ``VmHWM``, not ``ru_maxrss``, which a process
+    started by ``fork`` + ``exec`` inherits from its parent (the parent's resident memory at the fork)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (the peak memory is measured on Linux only)")
+
+
+def decode_peaks(stack: str, family: str, dtype: str, path: str, shape: dict) -> list[float]:
+    """``decode_peak_worker``'s figures (MiB after 1 and ``4 x decode`` tokens) for one stack."""
+    spec = dict(stack=stack, family=family, dtype=dtype, path=path, shape=shape, tokens=4 * shape["decode"])
+    command = [sys.executable, os.path.abspath(__file__), "--peak-worker", json.dumps(spec)]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
 def measure(
     family: str, dtype: str, path: str, shape: dict, args: argparse.Namespace, bandwidth: float
 ) -> dict:
@@ -273,7 +317,12 @@ def measure(
     }
     row["decode1_share_of_bound"] = row["decode1_tok_s"] / row["decode_bound_tok_s"]
     row["decode16_steps_share_of_bound"] = row["decode16_tok_s"] / 16 / row["decode_bound_tok_s"]
+    stacks = ("jax", "rwkv") if package else ("jax",)
+    for stack, prefix in zip(stacks, ("", "rwkv_"), strict=False):
+        first, last = decode_peaks(stack, family, dtype, path, shape)
+        row[f"{prefix}decode_peak_first_mib"], row[f"{prefix}decode_peak_mib"] = first, last
     if package:
+        row["decode_peak_ratio"] = row["decode_peak_mib"] / row["rwkv_decode_peak_mib"]
         ours, theirs = jax_runner.prefill(), package.prefill()
         row["rwkv_decode1_tok_s"] = shape["decode"] / med["rwkv decode1"]
         row["rwkv_prefill_tok_s"] = shape["prefill"] / med["rwkv prefill"]
@@ -287,7 +336,7 @@ def has_package() -> bool:
     return importlib.util.find_spec("rwkv") is not None and importlib.util.find_spec("torch") is not None
 
 
-def print_table(rows: list[dict]) -> None:
+def print_table(rows: list[dict], shape: dict) -> None:
     columns = [
         ("family", "family", "{}"), ("weights", "dtype", "{}"),
         ("decode B=1 tok/s", "decode1_tok_s", "{:.1f}"), ("rwkv pkg", "rwkv_decode1_tok_s", "{:.1f}"),
@@ -295,6 +344,8 @@ def print_table(rows: list[dict]) -> None:
         ("decode B=16 tok/s", "decode16_tok_s", "{:.1f}"), ("prefill tok/s", "prefill_tok_s", "{:.1f}"),
         ("rwkv pkg", "rwkv_prefill_tok_s", "{:.1f}"), ("ratio", "prefill_ratio", "{:.2f}x"),
         ("logits rel. err.", "logits_relative_error", "{:.1e}"),
+        ("decode peak MiB", "decode_peak_mib", "{:.0f}"), ("rwkv pkg", "rwkv_decode_peak_mib", "{:.0f}"),
+        ("ratio", "decode_peak_ratio", "{:.2f}x"),
     ]  # fmt: skip
     print("| " + " | ".join(title for title, _, _ in columns) + " |")
     print("|" + " --- |" * len(columns))
@@ -307,7 +358,14 @@ def print_table(rows: list[dict]) -> None:
         print(
             f"{row['family']} {row['dtype']}: compile {compile_s}; program memory {memory}; "
             f"{row['weight_mib_stored']:.0f} MiB stored, {row['weight_mib_read_per_step']:.0f} MiB read per "
-            f"step, bound {row['decode_bound_tok_s']:.1f} steps/s"
+            f"step, bound {row['decode_bound_tok_s']:.1f} steps/s; decode peak after 1 / "
+            f"{4 * shape['decode']} tokens {row['decode_peak_first_mib']:.0f} / "
+            f"{row['decode_peak_mib']:.0f} MiB"
+            + (
+                f" (rwkv pkg {row['rwkv_decode_peak_first_mib']:.0f} / {row['rwkv_decode_peak_mib']:.0f})"
+                if "rwkv_decode_peak_mib" in row
+                else ""
+            )
         )
 
 
@@ -318,20 +376,21 @@ def plot(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     metrics = [
-        ("decode1_tok_s", "decode B=1"),
-        ("decode16_tok_s", "decode B=16"),
-        ("prefill_tok_s", "prefill"),
+        ("decode1_tok_s", "decode B=1 (tokens/s)"),
+        ("decode16_tok_s", "decode B=16 (tokens/s)"),
+        ("prefill_tok_s", "prefill (tokens/s)"),
+        ("decode_peak_mib", "decode peak memory (MiB)"),
     ]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.5))
     labels = [f"{r['family']}\n{r['dtype']}" for r in rows]
     for ax, (key, title) in zip(axes, metrics, strict=True):
         x = np.arange(len(rows))
         ax.bar(x - 0.2, [r[key] for r in rows], 0.4, label="rwkv_jax")
-        package_key = {"decode1_tok_s": "rwkv_decode1_tok_s", "prefill_tok_s": "rwkv_prefill_tok_s"}.get(key)
+        package_key = f"rwkv_{key}" if key != "decode16_tok_s" else None
         if package_key and any(package_key in r for r in rows):
             ax.bar(x + 0.2, [r.get(package_key, 0) for r in rows], 0.4, label="rwkv package")
         ax.set_xticks(x, labels)
-        ax.set_title(f"{title} (tokens/s)")
+        ax.set_title(title)
         ax.legend()
     fig.tight_layout()
     tmp = path + ".tmp.png"
@@ -341,6 +400,9 @@ def plot(rows: list[dict], path: str) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.peak_worker:
+        decode_peak_worker(json.loads(args.peak_worker))
+        return 0
     shape = SMALL if args.small else FULL
     bandwidth = memory_bandwidth()
     print(f"memory bandwidth (numpy copy, read + write): {bandwidth / 1e9:.1f} GB/s")
@@ -354,7 +416,7 @@ def main(argv: list[str]) -> int:
             path = write_model(family, shape, directory)
             for dtype in args.dtypes.split(","):
                 rows.append(measure(family, dtype, path, shape, args, bandwidth))
-    print_table(rows)
+    print_table(rows, shape)
     tmp = args.json + ".tmp"
     with open(tmp, "w") as f:
         json.dump({"shape": shape, "bandwidth_bytes_s": bandwidth, "rows": rows}, f, indent=1)

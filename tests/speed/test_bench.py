@@ -18,6 +18,8 @@ def test_small_bench_writes_every_figure_and_agrees_with_the_rwkv_package(tmp_pa
     for key in ("decode1_tok_s", "decode16_tok_s", "prefill_tok_s", "decode_bound_tok_s"):
         assert row[key] > 0
     assert set(row["compile_s"]) == {"decode1", "decode16", "prefill"}
+    assert row["decode_peak_first_mib"] > 0
+    assert row["decode_peak_mib"] < 1.2 * row["decode_peak_first_mib"]  # flat: measured 350 / 349 MiB
     assert picture.stat().st_size > 0
     if not bench.has_package():
         pytest.skip("BlinkDL's rwkv package is not installed: only rwkv_jax was measured")
