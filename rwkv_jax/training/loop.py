@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from rwkv_jax.finetune.training import finetune_model
-from rwkv_jax.sharding import batch_sharding, make_mesh, tree_shardings
+from rwkv_jax.sharding import batch_sharding, batch_spec, make_mesh, tree_shardings
 from rwkv_jax.training import distributed, shakespeare
 from rwkv_jax.training.checkpointing import Checkpoints
 from rwkv_jax.training.config import ConfigDict, lm_eval_task_list, validate
@@ -103,7 +103,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
     # ---- Update and eval steps --------------------------------------------------------------------------
     step_fn = train_step_of(config, fns, tx)
     train_step = jit_train_step(step_fn, param_sh, opt_sh, batch_sh, frozen_sh)
-    eval_fn = make_eval_step(fns, document_starts=config.data.document_starts)
+    eval_fn = make_eval_step(fns, config.data.document_starts, batch_spec(config.sharding_rules))
     jitted_eval_step = jit_eval_step(eval_fn, param_sh, batch_sh, frozen_sh)
 
     def eval_step(params: Any, batch: np.ndarray) -> np.ndarray:

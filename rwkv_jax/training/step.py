@@ -100,16 +100,19 @@ def train_step_of(config: Any, fns: ModelFns, tx: optax.GradientTransformation) 
     )
 
 
-def make_eval_step(fns: ModelFns, document_starts: bool = False) -> Callable:
+def make_eval_step(
+    fns: ModelFns, document_starts: bool = False, batch_spec: PartitionSpec | None = None
+) -> Callable:
     """``eval_step(params, batch [B, T + 1], frozen=None) -> nll [B, T]`` (float32 nats per target token);
-    ``document_starts`` as in :func:`make_train_step`."""
+    ``document_starts`` and ``batch_spec`` (activations kept batch-sharded) as in :func:`make_train_step`."""
 
     def eval_step(params: Any, batch: Array, frozen: Any = None) -> Array:
         from rwkv_jax.training.loss import token_nll
 
         inputs = batch[:, :-1]
         starts = data.document_starts(inputs) if document_starts else None
-        logits, _ = fns.apply(params, inputs, None, frozen, starts)
+        with sharding.batch_sharded_activations(batch_spec or PartitionSpec()):
+            logits, _ = fns.apply(params, inputs, None, frozen, starts)
         return token_nll(logits, batch[:, 1:])
 
     return eval_step
