@@ -6,8 +6,9 @@
     python experiments/bench_wkv_training.py --chunk-sizes 64 --profile /tmp/wkv_trace   # where the time goes
 
 Each timing is the median of ``--repeats`` runs of a jitted ``jax.value_and_grad`` of a scalar loss with
-respect to every input (WKV-6: r, k, v, w_log, u, state; WKV-7: r, k, v, w_log, a, b, state), after one
-warm-up run (compilation excluded); the forms take turns within each repeat. Two clocks: wall time, and
+respect to every input (WKV-6: r, k, v, w_log, u, state; WKV-7: r, k, v, w_log, a, b, state), each run
+right after an untimed run of the same form (compilation excluded); the forms take turns within each
+repeat. Two clocks: wall time, and
 this process's CPU time (summed over XLA's threads), which moves less when other processes load the
 machine; its ratio understates a form that uses several cores. "temp MB" is what XLA allocates besides the
 inputs and outputs (the residuals kept for the backward included), from the compiled program's memory
@@ -73,13 +74,15 @@ def temporary_megabytes(step, args: tuple[jax.Array, ...]) -> float:
 def interleaved_seconds(
     steps: dict, args: tuple[jax.Array, ...], repeats: int
 ) -> dict[str, tuple[float, float]]:
-    """Median (wall, CPU) seconds of each step after a warm-up call. The forms take turns within each
-    repeat, so that a shared machine's changing load hits them alike."""
-    for step in steps.values():
-        jax.block_until_ready(step(*args))
+    """Median (wall, CPU) seconds of each step. The forms take turns within each repeat, so that a shared
+    machine's changing load hits them alike, and each timed call follows an untimed call of the same step:
+    the first call after another form ran took up to 1.8x as long (a chunked form right after lax.scan,
+    whose 1.1-1.6 GB of temporaries reshape the allocator's heap), which would charge the form timed after
+    the scan, not the form's own steady cost as in a training loop."""
     times = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
+            jax.block_until_ready(step(*args))
             wall, cpu = time.perf_counter(), time.process_time()
             jax.block_until_ready(step(*args))
             times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
