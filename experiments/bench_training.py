@@ -6,7 +6,7 @@ r"""Training speed of rwkv_jax (forward + backward + AdamW) against the ``jaxrwk
 
 For each vocabulary a Finch with BlinkDL's initialisation is written as an official ``.pth``; every stack
 loads that file. Each configuration trains in its own worker process (so that its peak memory, the
-process's ``ru_maxrss``, is its own): ours is the real train step of :mod:`rwkv_jax.training` (``ModelFns``
+process's ``VmHWM``, is its own): ours is the real train step of :mod:`rwkv_jax.training` (``ModelFns``
 split, ``make_optimizer``'s clipped AdamW, ``train_step_of``, jitted as the training loop jits it, with the
 chunked WKV and float32 master parameters) computing in float32 and in bfloat16; ``jaxrwkv`` (the
 ``[bench]`` extra, when installed) is its ``AssociativeScanRWKV`` (the form its README recommends for
@@ -28,7 +28,6 @@ context (ours, float32, the first vocabulary) and decoding as many tokens one at
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -51,8 +50,10 @@ WORKERS = (("ours", "float32"), ("ours", "bfloat16"), ("jaxrwkv", "float32"), ("
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident memory (Linux ``ru_maxrss`` is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident memory in bytes (``VmHWM``: ``ru_maxrss`` would include the parent's)."""
+    from experiments.bench import peak_resident_mib
+
+    return int(peak_resident_mib() * 2**20)
 
 
 def batch_of(shape: dict, vocab: int) -> np.ndarray:
