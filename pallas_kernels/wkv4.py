@@ -35,6 +35,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as pltriton
 
+from pallas_kernels.sub_chunks import check_starts
+
 Target = Literal["tpu", "gpu"]
 Array = jax.Array
 State = tuple[Array, Array, Array]  # (num, den, max_exp), each [B, C] float32
@@ -157,12 +159,19 @@ def _output(u: Array, k: Array, v: Array, num: Array, den: Array, max_exp: Array
     return (e_state * num + e_token * v) / denominator, e_state, e_token, denominator
 
 
-def _forward_step(w: Array, u: Array, *, emit_states: bool) -> Callable:
-    """Step on carry ``(num, den, max_exp, low)``; emits ``(y,)``, or the state before the token."""
+def _forward_step(w: Array, u: Array, initial, *, emit_states: bool) -> Callable:
+    """Step on carry ``(num, den, max_exp, low)``; emits ``(y,)``, or the state before the token (before a
+    document start resets it: the backward needs the scale the previous token left).
 
-    def step(carry, k, v):
+    ``initial``: the carry a document start resets to, or None (no ``starts`` row after ``k, v``)."""
+
+    def step(carry, k, v, *start):
+        emitted = _folded(carry) if emit_states else None
+        if start:
+            carry = _restart(start[0], initial, carry)
         num, den, max_exp, low = carry
-        emitted = _folded(carry) if emit_states else (_output(u, k, v, num, den, max_exp, low)[0],)
+        if not emit_states:
+            emitted = (_output(u, k, v, num, den, max_exp, low)[0],)
         # Kahan: the decay goes into the exponent max_exp + low; num, den move only when k takes the max.
         decay = w + low
         decayed = max_exp + decay
@@ -177,17 +186,29 @@ def _forward_step(w: Array, u: Array, *, emit_states: bool) -> Callable:
     return step
 
 
-def _backward_step(w: Array, u: Array) -> Callable:
-    """Reverse step on carry ``(mu_num, mu_den, mu_low, g_max, max_after, du, dw)``; emits ``(dk, dv)``.
+def _restart(start: Array, initial: tuple, carry: tuple) -> tuple:
+    """``initial`` where the row ``start`` (1.0: a document starts at this token) is set, else ``carry``."""
+    return tuple(jnp.where(start > 0, a, b) for a, b in zip(initial, carry, strict=True))
+
+
+def _backward_step(w: Array, u: Array, initial) -> Callable:
+    """Reverse step on carry ``(mu_num, mu_den, mu_low, g_max, max_after, du, dw[, d_num, d_den, d_max])``;
+    emits ``(dk, dv)``.
 
     ``mu_* e^{mu_low}`` is dL/d(unscaled sum after the token) times ``e^{max_after}``: as in the forward, a
     decay that leaves the maximum in place goes into the exponent ``mu_low`` rather than being multiplied
     in as a float32 factor ~ 1. ``g_max`` is the cotangent of the running maximum after the token; the
-    other inputs are the token and the stored state before it.
+    other inputs are the token and the stored state before it. With ``initial`` (the call's state, with
+    ``starts``) a token that starts a document read ``initial``: the gradient of the state before it goes
+    to ``initial``'s, summed in the carry's last three (``d_num, d_den, d_max``), and nothing flows on to the
+    tokens before it.
     """
 
-    def step(carry, k, v, gy, num, den, max_exp):
-        mu_num, mu_den, mu_low, g_max, max_after, du, dw = carry
+    def step(carry, k, v, gy, num, den, max_exp, *start):
+        mu_num, mu_den, mu_low, g_max, max_after, du, dw, *d_initial = carry
+        stored_max = max_exp  # the scale the previous token left (before any reset)
+        if start:
+            num, den, max_exp = _restart(start[0], initial, (num, den, max_exp))
         y, e_state, e_token, denominator = _output(u, k, v, num, den, max_exp, 0.0)
         g = gy / denominator
         g_bonus = g * e_token * (v - y)  # dL/du of this token's output (and part of dL/dk)
@@ -203,12 +224,23 @@ def _backward_step(w: Array, u: Array) -> Callable:
         low_before = jnp.where(token_set_max, 0.0, mu_low + rest)
         factor = jnp.where(token_set_max, jnp.exp(rest + mu_low), 1.0)
         g_state = g * e_state * jnp.exp(-low_before)
-        mu_num = factor * mu_num + g_state
-        mu_den = factor * mu_den - g_state * y
+        mu = (factor * mu_num + g_state, factor * mu_den - g_state * y, low_before)
         g_max = jnp.where(token_set_max, 0.0, g_max)
-        return (mu_num, mu_den, low_before, g_max, max_exp, du + g_bonus, dw), (dk, dv)
+        if start:  # the state before a start is the initial one: its gradient goes there
+            read = _state_grad(*mu, g_max, (num, den))
+            d_initial = [d + jnp.where(start[0] > 0, x, 0.0) for d, x in zip(d_initial, read, strict=True)]
+            zero = jnp.zeros_like(g_max)
+            *mu, g_max = _restart(start[0], (zero,) * 4, (*mu, g_max))
+        return (*mu, g_max, stored_max, du + g_bonus, dw, *d_initial), (dk, dv)
 
     return step
+
+
+def _state_grad(mu_num, mu_den, mu_low, g_max, state) -> tuple[Array, Array, Array]:
+    """The gradient of a stored triple ``state = (num, den)`` (its max_exp implied) from the backward carry:
+    ``g_max`` is what a change of max_exp does beyond rescaling the stored sums."""
+    d_num, d_den = mu_num * jnp.exp(mu_low), mu_den * jnp.exp(mu_low)
+    return d_num, d_den, d_num * state[0] + d_den * state[1] + g_max
 
 
 def _initial_carry(num_ref, den_ref, max_exp_ref) -> tuple[Array, Array, Array, Array]:
@@ -222,43 +254,60 @@ def _folded(carry) -> tuple[Array, Array, Array]:
     return num * jnp.exp(low), den * jnp.exp(low), max_exp
 
 
-def _forward_kernel(
-    w_ref, u_ref, k_ref, v_ref, num_ref, den_ref, max_exp_ref,  # inputs
-    y_ref, num_out, den_out, max_exp_out,  # outputs
-    *, length: int, block_t: int, per_row: bool,
-):  # fmt: skip
-    step = _forward_step(w_ref[...], u_ref[...], emit_states=False)
+def _split_starts(refs: tuple, with_starts: bool) -> tuple[tuple, Any]:
+    """``(refs without the starts ref, the starts ref or None)``; the starts ref is the last input."""
+    return (refs[1:], refs[0]) if with_starts else (refs, None)
+
+
+def _forward_kernel(*refs, length: int, block_t: int, per_row: bool, with_starts: bool):
+    w_ref, u_ref, k_ref, v_ref, num_ref, den_ref, max_exp_ref, *rest = refs  # inputs [starts], outputs
+    (y_ref, num_out, den_out, max_exp_out), starts_ref = _split_starts(rest, with_starts)
     initial = _initial_carry(num_ref, den_ref, max_exp_ref)
+    step = _forward_step(w_ref[...], u_ref[...], initial, emit_states=False)
     sweep = functools.partial(_sweep, length=length, block_t=block_t, per_row=per_row, reverse=False)
-    carry = sweep(step, initial, (k_ref, v_ref), (y_ref,))
+    in_refs = (k_ref, v_ref) + (() if starts_ref is None else (starts_ref,))
+    carry = sweep(step, initial, in_refs, (y_ref,))
     num_out[...], den_out[...], max_exp_out[...] = _folded(carry)
 
 
-def _backward_kernel(
-    w_ref, u_ref, k_ref, v_ref, gy_ref, num_ref, den_ref, max_exp_ref, g_num_ref, g_den_ref, g_max_ref,  # in
-    dk_ref, dv_ref, dw_ref, du_ref, d_num_ref, d_den_ref, d_max_ref,  # outputs
-    ws_num, ws_den, ws_max,  # workspace: the state before every token
-    *, length: int, block_t: int, per_row: bool,
-):  # fmt: skip
+def _backward_kernel(*refs, length: int, block_t: int, per_row: bool, with_starts: bool):
+    (
+        w_ref,
+        u_ref,
+        k_ref,
+        v_ref,
+        gy_ref,
+        num_ref,
+        den_ref,
+        max_exp_ref,
+        g_num_ref,
+        g_den_ref,
+        g_max_ref,
+        *rest,
+    ) = refs  # inputs [starts], outputs, workspace (the state before every token)
+    outputs, starts_ref = _split_starts(rest, with_starts)
+    dk_ref, dv_ref, dw_ref, du_ref, d_num_ref, d_den_ref, d_max_ref, *workspace = outputs
     w, u = w_ref[...], u_ref[...]
     sweep = functools.partial(_sweep, length=length, block_t=block_t, per_row=per_row)
     initial = _initial_carry(num_ref, den_ref, max_exp_ref)
-    workspace = (ws_num, ws_den, ws_max)
-    carry = sweep(_forward_step(w, u, emit_states=True), initial, (k_ref, v_ref), workspace, reverse=False)
+    mask = () if starts_ref is None else (starts_ref,)
+    forward = _forward_step(w, u, initial, emit_states=True)
+    carry = sweep(forward, initial, (k_ref, v_ref, *mask), workspace, reverse=False)
     num, den, max_exp = _folded(carry)
     g_num, g_den = g_num_ref[...], g_den_ref[...]
     # What a change of max_exp does beyond rescaling the stored sums.
     g_max = g_max_ref[...] - g_num * num - g_den * den
     zero = jnp.zeros_like(num)
-    carry = (g_num, g_den, zero, g_max, max_exp, zero, zero)
-    inputs = (k_ref, v_ref, gy_ref, *workspace)
-    mu_num, mu_den, mu_low, g_max, _, du, dw = sweep(
-        _backward_step(w, u), carry, inputs, (dk_ref, dv_ref), reverse=True
+    carry = (g_num, g_den, zero, g_max, max_exp, zero, zero) + (zero,) * (3 * len(mask))
+    backward = _backward_step(w, u, initial[:3] if mask else None)
+    mu_num, mu_den, mu_low, g_max, _, du, dw, *d_initial = sweep(
+        backward, carry, (k_ref, v_ref, gy_ref, *workspace, *mask), (dk_ref, dv_ref), reverse=True
     )
-    d_num, d_den = mu_num * jnp.exp(mu_low), mu_den * jnp.exp(mu_low)
+    grads = _state_grad(mu_num, mu_den, mu_low, g_max, (num_ref[...], den_ref[...]))
+    if d_initial:  # read again at every document start
+        grads = tuple(g + d for g, d in zip(grads, d_initial, strict=True))
     dw_ref[...], du_ref[...] = dw, du
-    d_num_ref[...], d_den_ref[...] = d_num, d_den
-    d_max_ref[...] = d_num * num_ref[...] + d_den * den_ref[...] + g_max
+    d_num_ref[...], d_den_ref[...], d_max_ref[...] = grads
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -285,8 +334,11 @@ def _padded(x: Array, axis: int, multiple: int, value: float = 0.0) -> Array:
     return jnp.pad(x, widths, constant_values=value)
 
 
-def _call(kernel, options: _Options, length: int, sequences, rows, out_sequences, out_rows, workspace: int):
-    """Runs ``kernel`` on padded inputs: ``sequences`` [B, T, C], ``rows`` [B, 1, C]; w and u come first.
+def _call(
+    kernel, options: _Options, length: int, sequences, rows, out_sequences, out_rows, workspace: int, starts
+):
+    """Runs ``kernel`` on padded inputs: ``sequences`` [B, T, C], ``rows`` [B, 1, C]; w and u come first;
+    ``starts`` [B, T, 1] float 0/1 (shared by the channels) last, or None.
 
     ``out_sequences`` / ``out_rows``: dtypes of [B, T, C] / [B, 1, C] float outputs; ``workspace``: number of
     [T, block_c] float32 scratch buffers (extra [B, T, C] outputs on GPU, dropped here).
@@ -298,6 +350,8 @@ def _call(kernel, options: _Options, length: int, sequences, rows, out_sequences
     sequence_spec = pl.BlockSpec((None, padded_length, sizes.block_c), lambda b, c: (b, 0, c))
     row_spec = pl.BlockSpec((None, 1, sizes.block_c), lambda b, c: (b, 0, c))
     channel_spec = pl.BlockSpec((1, sizes.block_c), lambda b, c: (0, c))
+    with_starts = () if starts is None else (starts,)
+    starts_specs = [pl.BlockSpec((None, padded_length, 1), lambda b, c: (b, 0, 0))] * len(with_starts)
     out_shape = [jax.ShapeDtypeStruct(sequences[0].shape, dtype) for dtype in out_sequences]
     out_shape += [jax.ShapeDtypeStruct(rows[0].shape, dtype) for dtype in out_rows]
     out_specs = [sequence_spec] * len(out_sequences) + [row_spec] * len(out_rows)
@@ -314,18 +368,24 @@ def _call(kernel, options: _Options, length: int, sequences, rows, out_sequences
         out_shape += [jax.ShapeDtypeStruct(sequences[0].shape, jnp.float32)] * workspace
         out_specs += [sequence_spec] * workspace
         compiler_params = pltriton.CompilerParams(num_warps=GPU_NUM_WARPS, num_stages=1)
+    static = dict(
+        length=length, block_t=sizes.block_t, per_row=options.per_row, with_starts=bool(with_starts)
+    )
     outputs = pl.pallas_call(
-        functools.partial(kernel, length=length, block_t=sizes.block_t, per_row=options.per_row),
+        functools.partial(kernel, **static),
         out_shape=out_shape,
         grid=grid,
-        in_specs=[channel_spec] * 2 + [sequence_spec] * len(sequences) + [row_spec] * len(rows),
+        in_specs=[channel_spec] * 2
+        + [sequence_spec] * len(sequences)
+        + [row_spec] * len(rows)
+        + starts_specs,
         out_specs=out_specs,
         scratch_shapes=scratch_shapes,
         compiler_params=compiler_params,
         interpret=options.interpret,
         cost_estimate=_cost_estimate(batch * length * channels, workspace > 0, sequences, out_shape),
         name=kernel.__name__.strip("_"),
-    )(w, u, *sequences, *rows)
+    )(w, u, *sequences, *rows, *with_starts)
     return outputs[: len(out_sequences) + len(out_rows)]
 
 
@@ -364,26 +424,40 @@ def _pad_inputs(w_log, u, k, v, state: State, sizes: BlockSizes) -> tuple[list[A
     return [_pad_sequence(k, sizes), _pad_sequence(v, sizes)], rows
 
 
-def _forward(w_log, u, k, v, state: State, options: _Options) -> tuple[Array, State]:
+def _pad_starts(starts: Array | None, sizes: BlockSizes) -> Array | None:
+    """[B, T] bool -> [B, T', 1] float32 0/1 (padding: no start); None stays None."""
+    return None if starts is None else _padded(starts.astype(jnp.float32), 1, sizes.block_t)[..., None]
+
+
+def _forward(w_log, u, k, v, state: State, starts, options: _Options) -> tuple[Array, State]:
     _, length, channels = k.shape
-    sequences, rows = _pad_inputs(w_log, u, k, v, state, options.block_sizes)
+    sizes = options.block_sizes
+    sequences, rows = _pad_inputs(w_log, u, k, v, state, sizes)
     y, num, den, max_exp = _call(
-        _forward_kernel, options, length, sequences, rows, [v.dtype], [jnp.float32] * 3, workspace=0
+        _forward_kernel,
+        options,
+        length,
+        sequences,
+        rows,
+        [v.dtype],
+        [jnp.float32] * 3,
+        workspace=0,
+        starts=_pad_starts(starts, sizes),
     )
     return y[:, :length, :channels], tuple(x[:, 0, :channels] for x in (num, den, max_exp))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _wkv4(w_log, u, k, v, state: State, options: _Options) -> tuple[Array, State]:
-    return _forward(w_log, u, k, v, state, options)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _wkv4(w_log, u, k, v, state: State, starts, options: _Options) -> tuple[Array, State]:
+    return _forward(w_log, u, k, v, state, starts, options)
 
 
-def _wkv4_forward(w_log, u, k, v, state, options):
-    return _forward(w_log, u, k, v, state, options), (w_log, u, k, v, state)
+def _wkv4_forward(w_log, u, k, v, state, starts, options):
+    return _forward(w_log, u, k, v, state, starts, options), (w_log, u, k, v, state, starts)
 
 
 def _wkv4_backward(options: _Options, residuals, cotangents):
-    w_log, u, k, v, state = residuals
+    w_log, u, k, v, state, starts = residuals
     gy, (g_num, g_den, g_max) = cotangents
     _, length, channels = k.shape
     sizes = options.block_sizes
@@ -391,7 +465,15 @@ def _wkv4_backward(options: _Options, residuals, cotangents):
     sequences.append(_pad_sequence(gy, sizes))
     rows += [_pad_row(x, sizes) for x in (g_num, g_den, g_max)]
     dk, dv, dw, du, d_num, d_den, d_max = _call(
-        _backward_kernel, options, length, sequences, rows, [k.dtype, v.dtype], [jnp.float32] * 5, workspace=3
+        _backward_kernel,
+        options,
+        length,
+        sequences,
+        rows,
+        [k.dtype, v.dtype],
+        [jnp.float32] * 5,
+        workspace=3,
+        starts=_pad_starts(starts, sizes),
     )
     unpad = lambda x: x[:, 0, :channels]  # noqa: E731
     return (
@@ -400,13 +482,14 @@ def _wkv4_backward(options: _Options, residuals, cotangents):
         dk[:, :length, :channels],
         dv[:, :length, :channels],
         (unpad(d_num), unpad(d_den), unpad(d_max)),
+        None,
     )
 
 
 _wkv4.defvjp(_wkv4_forward, _wkv4_backward)
 
 
-def _check_inputs(w_log, u, k, v, state) -> None:
+def _check_inputs(w_log, u, k, v, state, starts) -> None:
     if k.ndim != 3 or k.shape[1] < 1:
         raise ValueError(f"k must be [B, T, C] with T >= 1; got shape {k.shape}")
     batch, _, channels = k.shape
@@ -424,6 +507,7 @@ def _check_inputs(w_log, u, k, v, state) -> None:
         for name, x in zip(("num", "den", "max_exp"), state, strict=True):
             if x.shape != (batch, channels):
                 raise ValueError(f"state {name} must be [B, C] = ({batch}, {channels}); got {x.shape}")
+    check_starts(starts, k.shape[:2])
 
 
 @functools.partial(jax.jit, static_argnames=("block_sizes", "target", "interpret"))
@@ -434,6 +518,7 @@ def wkv4(
     v: Array,
     state: State | None = None,
     *,
+    starts: Array | None = None,
     block_sizes: BlockSizes | None = None,
     target: Target | None = None,
     interpret: Any = False,
@@ -445,6 +530,8 @@ def wkv4(
       u: ``[C]`` bonus for the current token (``time_first``).
       k, v: ``[B, T, C]``, float32 or bfloat16 (state and arithmetic are float32).
       state: ``(num, den, max_exp)``, ``[B, C]`` float32 each, or None for the empty state.
+      starts: ``[B, T]`` bool, or None: the state returns to ``state`` before a token that starts a
+        document (packed samples); differentiable in ``state`` through every such read.
       block_sizes: see :class:`BlockSizes`; default per target.
       target: ``'tpu'`` or ``'gpu'`` (the kernel layout); default from the JAX backend, ``'tpu'`` on CPU.
       interpret: False to compile; True or ``pltpu.InterpretParams(...)`` to run on CPU.
@@ -452,7 +539,7 @@ def wkv4(
     Returns:
       ``y [B, T, C]`` in ``v.dtype`` and the final state ``(num, den, max_exp)``.
     """
-    _check_inputs(w_log, u, k, v, state)
+    _check_inputs(w_log, u, k, v, state, starts)
     batch, _, channels = k.shape
     if target is None:
         target = "gpu" if jax.default_backend() == "gpu" else "tpu"
@@ -462,7 +549,7 @@ def wkv4(
         zero = jnp.zeros((batch, channels), jnp.float32)
         state = (zero, zero, jnp.full((batch, channels), INITIAL_MAX_EXP, jnp.float32))
     state = tuple(x.astype(jnp.float32) for x in state)
-    return _wkv4(w_log, u, k, v, state, _Options(block_sizes, target, interpret))
+    return _wkv4(w_log, u, k, v, state, starts, _Options(block_sizes, target, interpret))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -71,8 +71,9 @@ class _SubChunk:
     column token s; the scores ``ab, ak, rb, rk`` ``[S, S]``; ``inverse = (I - ab)^-1``; ``u [S, value]``.
     """
 
-    def __init__(self, r, k, v, w, a, b, state, pairs: Pairs):
-        self.decays = d = sc.decays(w, pairs)
+    def __init__(self, r, k, v, w, a, b, state, pairs: Pairs, docs: sc.Documents | None):
+        self.docs = docs
+        self.decays = d = sc.decays(w, pairs, docs)
         self.r_step = r * jnp.exp(w)
         self.a_rows, self.r_rows = (dot(pairs.row, x) * d.pairs for x in (a, self.r_step))
         self.b_cols, self.k_cols = dot(pairs.col, b), dot(pairs.col, k)
@@ -82,21 +83,27 @@ class _SubChunk:
             for key in (self.b_cols, self.k_cols)
         )
         self.inverse = _unit_lower_inverse(self.ab, pairs.eye)
-        self.u = dot(self.inverse, dot(a * d.into, state, NT) + dot(self.ak, v))
+        self.u = dot(self.inverse, sc.read(a * d.into, state, docs) + dot(self.ak, v))
 
     def next_state(self, k, v, b, state) -> jax.Array:
         d = self.decays
-        return state * d.total + dot(self.u, b * d.out_of, TN) + dot(v, k * d.out_of, TN)
+        start = sc.start_state(state, self.docs)
+        return start * d.total + dot(self.u, b * d.out_of, TN) + dot(v, k * d.out_of, TN)
 
 
-def _forward(inputs, params, state, pairs: Pairs):
+def _within(pairs: Pairs, docs: sc.Documents | None) -> Pairs:
+    """The pair matrices of the sub-chunk: restricted to its documents when it has them."""
+    return pairs if docs is None else docs.pairs
+
+
+def _forward(inputs, params, state, pairs: Pairs, docs: sc.Documents | None = None):
     """``y [S, value]`` of one sub-chunk and the state after it."""
     del params
     r, k, v, w, a, b = inputs
-    c = _SubChunk(r, k, v, w, a, b, state, pairs)
+    c = _SubChunk(r, k, v, w, a, b, state, _within(pairs, docs), docs)
     diagonal_b, diagonal_k = (jnp.sum(r * x, axis=1, keepdims=True) for x in (b, k))
     y = (
-        dot(c.r_step * c.decays.into, state, NT)
+        sc.read(c.r_step * c.decays.into, state, docs)
         + dot(c.rb, c.u)
         + dot(c.rk, v)
         + diagonal_b * c.u
@@ -105,18 +112,20 @@ def _forward(inputs, params, state, pairs: Pairs):
     return y, c.next_state(k, v, b, state)
 
 
-def _next_state(inputs, params, state, pairs: Pairs):
+def _next_state(inputs, params, state, pairs: Pairs, docs: sc.Documents | None = None):
     del params
     r, k, v, w, a, b = inputs
-    return _SubChunk(r, k, v, w, a, b, state, pairs).next_state(k, v, b, state)
+    return _SubChunk(r, k, v, w, a, b, state, _within(pairs, docs), docs).next_state(k, v, b, state)
 
 
-def _backward(inputs, params, state, d_next, dy, pairs: Pairs):
+def _backward(inputs, params, state, d_next, dy, pairs: Pairs, docs: sc.Documents | None = None):
     """Gradients of one sub-chunk given dy and ``d_next`` (of the state after it): ``((dr, dk, dv, dw, da,
-    db), (), d_state)`` with ``d_state`` the gradient of the state before it."""
+    db), (), d_state)`` with ``d_state`` the gradient of the state before it, and with ``docs`` the initial
+    state's gradient ``d_init`` after it."""
     del params
     r, k, v, w, a, b = inputs
-    c = _SubChunk(r, k, v, w, a, b, state, pairs)
+    pairs = _within(pairs, docs)
+    c = _SubChunk(r, k, v, w, a, b, state, pairs, docs)
     d, u = c.decays, c.u
     A, R, B_out, K_out = a * d.into, c.r_step * d.into, b * d.out_of, k * d.out_of
     diagonal_b, diagonal_k = (jnp.sum(r * x, axis=1, keepdims=True) for x in (b, k))
@@ -127,8 +136,11 @@ def _backward(inputs, params, state, d_next, dy, pairs: Pairs):
     # u = P z, z = A S0^T + ak v: dz = P^T du, d ab = strict(dz u^T)
     dz = dot(c.inverse, du, TN)
     dv = dv + dot(c.ak, dz, TN)
-    dA, dR = dot(dz, state), dot(dy, state)
-    d_state = d_next * d.total + dot(dy, R, TN) + dot(dz, A, TN)
+    (dA, d_state_a, d_init_a), (dR, d_state_r, d_init_r) = (
+        sc.read_backward(d_out, x, state, docs) for d_out, x in ((dz, A), (dy, R))
+    )
+    d_start = d_next * d.total  # of the state the last document grows from
+    d_state = (d_start if docs is None else d_start * docs.carried) + d_state_r + d_state_a
     dB_out, dK_out = dot(u, d_next), dot(v, d_next)
     d_ab, d_ak, d_rb, d_rk = (
         sc.pick_pairs(dot(dx, x, NT) * pairs.before, pairs) for dx in (dz, dy) for x in (u, v)
@@ -145,13 +157,26 @@ def _backward(inputs, params, state, d_next, dy, pairs: Pairs):
         dot(pairs.between, from_a * c.a_rows + from_r * c.r_rows, TN)
         + dot(pairs.before, dA * A + dR * R, TN)
         + dot(pairs.before, dB_out * B_out + dK_out * K_out)
-        + jnp.sum(d_next * state, axis=0, keepdims=True) * d.total
+        + _total_grad(d_next, state, d.total, docs)
         + dr_step * c.r_step
     )
-    return (dr, dk, dv, dw, da, db), (), d_state
+    grads = (dr, dk, dv, dw, da, db)
+    if docs is None:
+        return grads, (), d_state
+    return grads, (), d_state, d_start * (1 - docs.carried) + d_init_r + d_init_a
 
 
-WKV7 = sc.Recurrence(n_inputs=6, n_params=0, forward=_forward, next_state=_next_state, backward=_backward)
+def _total_grad(d_next, state, total, docs: sc.Documents | None) -> jax.Array:
+    """The log decays' gradient through the decay of the state over the sub-chunk (over its last document
+    with ``docs``): ``[1, N]``, or ``[S, N]`` with ``docs``."""
+    if docs is None:
+        return jnp.sum(d_next * state, axis=0, keepdims=True) * total
+    return jnp.sum(d_next * sc.start_state(state, docs), axis=0, keepdims=True) * total * docs.last
+
+
+WKV7 = sc.Recurrence(
+    n_inputs=6, n_params=0, forward=_forward, next_state=_next_state, backward=_backward, takes_starts=True
+)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -185,6 +210,7 @@ def wkv7(
     b: jax.Array,
     state: jax.Array | None = None,
     *,
+    starts: jax.Array | None = None,
     chunk_size: int = DEFAULT_BLOCK_T,
     num_warps: int = 4,
     target: str | None = None,
@@ -196,6 +222,8 @@ def wkv7(
       r, k, v, a, b: ``[B, T, H, N]`` float32 or bfloat16 (the model's ``a = -kk``, ``b = kk * iclr``).
       w_log: ``[B, T, H, N]`` float32 log decay, ``<= 0`` (any magnitude; ``-inf`` allowed).
       state: ``[B, H, N, N]`` float32 initial state ``[value, key]``, or None for zeros.
+      starts: ``[B, T]`` bool, or None: the state returns to ``state`` before a token that starts a
+        document (packed samples); differentiable in ``state`` through every such read.
       chunk_size: ``BlockSizes.block_t``, tokens per grid step (a power of 2, >= 16).
       num_warps: Triton warps per program (GPU).
       target: 'tpu' (Mosaic, sequential grid over blocks) or 'gpu' (Triton, loop over blocks); None picks
@@ -207,6 +235,7 @@ def wkv7(
     """
     target = sc.default_target(target)
     _check_inputs(dict(zip(INPUT_NAMES, (r, k, v, w_log, a, b), strict=True)), state, target)
+    sc.check_starts(starts, r.shape[:2])
     call = sc.Call(target, BlockSizes(chunk_size, num_warps), interpret)
     batch, length, heads, size = r.shape
     if state is None:
@@ -215,7 +244,7 @@ def wkv7(
     # are dropped.
     w_log = jnp.maximum(w_log, sc.LOG_DECAY_FLOOR)
     inputs = sc.heads_major((r, k, v, w_log, a, b), chunk_size)
-    y, final = sc.run(call, WKV7, (), inputs, state)
+    y, final = sc.run(call, WKV7, (), inputs, state, sc.starts_column(starts, chunk_size))
     return sc.time_major(y, length), final
 
 

@@ -181,12 +181,12 @@ def wkv4_scan(
 
 
 def _wkv4_pallas(
-    w_log: Array, u: Array, k: Array, v: Array, state: WKV4State | None
+    w_log: Array, u: Array, k: Array, v: Array, state: WKV4State | None, starts: Array | None = None
 ) -> tuple[Array, WKV4State]:
     """The Pallas kernel (``pallas_kernels.wkv4``; interpret mode on CPU), imported only when chosen."""
     from pallas_kernels import wkv4 as kernel
 
-    y, final = kernel.wkv4(w_log, u, k, v, state, interpret=jax.default_backend() == "cpu")
+    y, final = kernel.wkv4(w_log, u, k, v, state, starts=starts, interpret=jax.default_backend() == "cpu")
     return y, WKV4State(*final)
 
 
@@ -208,7 +208,7 @@ def wkv4(
       k, v: ``[B, T, C]`` keys and values, float32 or bfloat16 (computed in float32).
       state: initial :class:`WKV4State` (``[B, C]`` float32 each), or None for the empty state.
       impl: RECURRENT, SCAN, PALLAS (interpret mode on CPU) or AUTO.
-      starts: ``[B, T]`` bool document-start mask, or None (forms that take it: RECURRENT and SCAN).
+      starts: ``[B, T]`` bool document-start mask, or None (every form takes it).
 
     Returns:
       ``y [B, T, C]`` in ``v.dtype`` and the final :class:`WKV4State`.
@@ -263,7 +263,7 @@ WKV4_FORMS = WKVForms(
         Impl.PALLAS: without_chunks(_wkv4_pallas),
     },
     reference=wkv4_reference,
-    takes_starts=frozenset({Impl.RECURRENT, Impl.SCAN}),
+    takes_starts=frozenset({Impl.RECURRENT, Impl.SCAN, Impl.PALLAS}),
     auto_cpu=Impl.RECURRENT,
     auto_accelerated=Impl.SCAN,
 )

@@ -150,15 +150,15 @@ def wkv7_scan(
     return y.astype(out_dtype), states[:, -1]
 
 
-def _wkv7_pallas(
-    r: Array, k: Array, v: Array, w_log: Array, a: Array, b: Array, state: Array | None, *, chunk_size: int
-) -> tuple[Array, Array]:
-    """The Pallas kernel (``pallas_kernels.wkv7``; interpret mode on CPU), imported only when chosen."""
+def _wkv7_pallas(*args: Array | None, chunk_size: int, starts: Array | None = None) -> tuple[Array, Array]:
+    """The Pallas kernel (``pallas_kernels.wkv7``; interpret mode on CPU), imported only when chosen.
+    ``args``: ``r, k, v, w_log, a, b, state`` as in :func:`wkv7`."""
     from pallas_kernels.wkv7 import wkv7 as pallas_wkv7
 
+    r, k, v, w_log, a, b, state = args
     interpret = jax.default_backend() == "cpu"
     w_log, state = w_log.astype(jnp.float32), None if state is None else state.astype(jnp.float32)
-    return pallas_wkv7(r, k, v, w_log, a, b, state, chunk_size=chunk_size, interpret=interpret)
+    return pallas_wkv7(r, k, v, w_log, a, b, state, starts=starts, chunk_size=chunk_size, interpret=interpret)
 
 
 def wkv7(
@@ -211,7 +211,7 @@ WKV7_FORMS = WKVForms(
         Impl.PALLAS: _wkv7_pallas,
     },
     reference=wkv7_reference,
-    takes_starts=frozenset({Impl.RECURRENT, Impl.SCAN, Impl.CHUNKED}),
+    takes_starts=frozenset({Impl.RECURRENT, Impl.SCAN, Impl.CHUNKED, Impl.PALLAS}),
     auto_cpu=Impl.CHUNKED,
     auto_accelerated=Impl.CHUNKED,
     default_chunk_size=DEFAULT_CHUNK_SIZE,

@@ -44,15 +44,22 @@ def outputs_and_gradients(forward, args, cotangents):
 
 @functools.cache
 def kernel_run(target: str, block_sizes: kernel.BlockSizes, interpret=True):
-    """One jitted forward+backward per kernel configuration, shared by tests of the same shapes."""
-    forward = functools.partial(kernel.wkv4, target=target, block_sizes=block_sizes, interpret=interpret)
-    return jax.jit(functools.partial(outputs_and_gradients, forward))
+    """One jitted forward+backward per kernel configuration, shared by tests of the same shapes; it takes
+    ``starts`` (None or a document-start mask) after the cotangents."""
+
+    def run(args, cotangents, starts=None):
+        forward = functools.partial(
+            kernel.wkv4, target=target, block_sizes=block_sizes, interpret=interpret, starts=starts
+        )
+        return outputs_and_gradients(forward, args, cotangents)
+
+    return jax.jit(run)
 
 
 @jax.jit
-def reference_run(args, cotangents):
+def reference_run(args, cotangents, starts=None):
     def forward(w_log, u, k, v, state):
-        y, final = wkv4_reference(w_log, u, k, v, WKV4State(*state))
+        y, final = wkv4_reference(w_log, u, k, v, WKV4State(*state), starts=starts)
         return y, tuple(final)
 
     return outputs_and_gradients(forward, [x.astype(jnp.float64) for x in args], cotangents)
@@ -64,10 +71,12 @@ def random_cotangents(seed: int, args):
     return [jnp.asarray(rng.normal(size=x.shape), x.dtype) for x in (args[3], *args[4:])]
 
 
-def assert_kernel_matches_reference(config, args, *, forward_tolerance: float, gradient_tolerance: float):
+def assert_kernel_matches_reference(
+    config, args, *, forward_tolerance: float, gradient_tolerance: float, starts=None
+):
     cotangents = random_cotangents(1, args)
-    y, state, grads = kernel_run(*config)(args, cotangents)
-    y_ref, state_ref, grads_ref = reference_run(args, [c.astype(jnp.float64) for c in cotangents])
+    y, state, grads = kernel_run(*config)(args, cotangents, starts)
+    y_ref, state_ref, grads_ref = reference_run(args, [c.astype(jnp.float64) for c in cotangents], starts)
     assert y.dtype == args[3].dtype and y.shape == y_ref.shape
     assert relative_error(y, y_ref) <= forward_tolerance
     for name, actual, expected in zip(("num", "den", "max_exp"), state, state_ref, strict=True):
@@ -129,6 +138,27 @@ def test_bfloat16_inputs_match_reference():
     assert_kernel_matches_reference(GPU_SMALL, args, forward_tolerance=5e-3, gradient_tolerance=5e-3)
 
 
+def starts_mask(length: int, *rows: tuple[int, ...]) -> jax.Array:
+    mask = np.zeros((len(rows), length), bool)
+    for row, positions in enumerate(rows):
+        mask[row, list(positions)] = True
+    return jnp.asarray(mask)
+
+
+def test_packed_documents_match_the_reference_with_starts():
+    """The kernel with ``starts`` against the float64 recurrence with the same mask: y, the final state and
+    every gradient (the initial state's included: every document reads it). Blocks of 4 steps: starts at
+    t = 0, on block edges (4, 8), twice in one block (5, 6), in the tail block (12, the last token)."""
+    starts = starts_mask(13, (0, 5, 6, 8), (4, 12))
+    assert_kernel_matches_reference(  # measured: outputs <= 5.6e-8, gradients <= 1.3e-7
+        GPU_SMALL,
+        make_inputs(7, (2, 13, 16)),
+        forward_tolerance=5e-7,
+        gradient_tolerance=1.2e-6,
+        starts=starts,
+    )
+
+
 def test_tpu_semantics_without_races():
     config = (*TPU, pltpu.InterpretParams(detect_races=True))
     assert_kernel_matches_reference(  # measured 2026-12: outputs <= 5.9e-8, gradients <= 9.0e-8
@@ -163,6 +193,13 @@ def test_bad_inputs_raise_clear_errors(change, message):
         kernel.wkv4(*change(make_inputs(0, (2, 3, 8))), interpret=True)
 
 
+@pytest.mark.parametrize("starts", [jnp.zeros((2, 2), bool), jnp.zeros((2, 3), jnp.int32)])
+def test_bad_starts_raise_a_clear_error(starts):
+    w_log, u, k, v, *_ = make_inputs(0, (2, 3, 8))
+    with pytest.raises(ValueError, match=r"starts must be a bool array \[B, T\] = \(2, 3\)"):
+        kernel.wkv4(w_log, u, k, v, starts=starts, interpret=True)
+
+
 def test_block_sizes_are_checked_for_the_target():
     with pytest.raises(ValueError, match="positive int"):
         kernel.BlockSizes(block_c=0, block_t=8)
@@ -186,3 +223,5 @@ def test_lowers_forward_and_backward_at_model_size(platform):
     sequence = abstract(MODEL_SIZE, jnp.bfloat16)
     args = (channel, channel, sequence, sequence, (row, row, row))
     assert_lowers_forward_and_backward(kernel.wkv4, args, platform)
+    starts = abstract(MODEL_SIZE[:2], jnp.bool_)
+    assert_lowers_forward_and_backward(kernel.wkv4, args, platform, starts=starts)

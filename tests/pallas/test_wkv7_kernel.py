@@ -71,6 +71,34 @@ def test_bfloat16_inputs_accumulate_in_float32(request, target):
     assert_matches_reference(run, args)
 
 
+# Packed documents in a row of 40 tokens, blocks of 32 (sub-chunks of 16): row 0 starts at t = 0, on a
+# sub-chunk edge inside a block (16), twice in one sub-chunk (20, 22) and in the second block (33); row 1
+# twice in a row (5, 6) and on both sides of the block edge (31, 32).
+DOCUMENT_STARTS = ((0, 16, 20, 22, 33), (5, 6, 31, 32))
+# Measured (seeds from the case names): float32 (TPU layout) y 8.9e-8, state 6.1e-8, gradients <= 1.5e-7;
+# bfloat16 inputs (GPU layout; their rounding) y 1.8e-3, state 5.9e-8, gradients <= 2.7e-3. Bounds under
+# 10x those.
+STARTS_BOUNDS = {jnp.float32: (8e-7, 1.5e-6), jnp.bfloat16: (1e-2, 1e-2)}
+
+
+def starts_mask(length: int) -> jax.Array:
+    mask = np.zeros((len(DOCUMENT_STARTS), length), bool)
+    for row, positions in enumerate(DOCUMENT_STARTS):
+        mask[row, list(positions)] = True
+    return jnp.asarray(mask)
+
+
+@pytest.mark.parametrize(("target", "dtype"), [("tpu", jnp.float32), ("gpu", jnp.bfloat16)])
+def test_packed_documents_match_the_reference_with_starts(request, target, dtype):
+    """y, the final state and every gradient (the initial state's included: every document reads it) of the
+    kernel with ``starts`` against the float64 recurrence with the same ``starts``."""
+    starts = starts_mask(40)
+    run = functools.partial(kernel.wkv7, starts=starts, chunk_size=32, target=target, interpret=True)
+    args = make_inputs(seed_of(request), (2, 40, 1, 16), "model", dtype=dtype)
+    reference = functools.partial(wkv7_reference, starts=starts)
+    reference_check.assert_matches_reference(jax.jit(run), reference, args, NAMES, STARTS_BOUNDS[dtype])
+
+
 def test_tpu_semantics_without_races(request):
     interpret_pallas_call.races = None
     run = functools.partial(
@@ -100,6 +128,8 @@ def test_empty_state_is_the_default(request):
         (lambda a: {**a, "state": a["state"].astype(jnp.bfloat16)}, "state must be float32"),
         (lambda a: {**a, "target": "cpu"}, "target must be one of"),
         (lambda a: {**a, "chunk_size": 24}, "block_t must be a power of 2"),
+        (lambda a: {**a, "starts": jnp.zeros((1, 3), bool)}, r"starts must be a bool array \[B, T\]"),
+        (lambda a: {**a, "starts": jnp.zeros((1, 4), jnp.int32)}, r"starts must be a bool array \[B, T\]"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(change, message):
@@ -127,3 +157,5 @@ def test_lowers_forward_and_backward_at_model_size(platform):
     state = jax.ShapeDtypeStruct((batch, heads, size, size), jnp.float32)
     args = (sequence, sequence, sequence, log_decay, sequence, sequence, state)
     assert_lowers_forward_and_backward(kernel.wkv7, args, platform)
+    starts = jax.ShapeDtypeStruct((batch, MODEL_SIZE[1]), jnp.bool_)
+    assert_lowers_forward_and_backward(kernel.wkv7, args, platform, starts=starts)

@@ -28,10 +28,15 @@ CHUNK_SIZE = 16  # of the chunked and Pallas forms (the kernels' smallest)
 DOCUMENT_STARTS = ((0, 13, 16), (1, 11, LENGTH - 1))
 # The extreme decays of each family's numerics regimes (WKV-7's model never decays below e^-0.607 a step).
 EXTREME_REGIMES = {"WKV-4": ("near0", "near1"), "WKV-6": ("near0", "near1"), "WKV-7": ("strongest", "near1")}
+# The WKV-4 kernel in its default layout on CPU (TPU: channels padded to 128 lanes) took 22 s here in
+# interpret mode; tests/pallas/test_wkv4_kernel.py holds it (GPU layout) to the same float64 reference with
+# starts.
+SLOW_IN_INTERPRET = {("WKV-4", "pallas")}
 CASES = [
     (name, form, CHUNK_SIZE)
     for name, family in FAMILIES.items()
     for form in sorted(i.value for i in family.wkv.takes_starts)
+    if (name, form) not in SLOW_IN_INTERPRET
 ] + [("WKV-7", "chunked", 32)]  # two blocks of 16 in a chunk: the starts at 13 and 16 fall in one chunk
 
 
