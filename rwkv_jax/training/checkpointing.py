@@ -10,7 +10,7 @@ most a temporary or incomplete directory, which resuming ignores.
 After orbax's rename, ``checksums.json`` in the step directory records the size and SHA-256 of every file.
 Resuming (:meth:`Checkpoints.restore_latest`) checks the newest checkpoint against it and reads it; a
 checkpoint that fails either way is moved aside to ``corrupt-<step>`` with a warning, and the one before it
-is used. Intact files whose parameter names or shapes differ from the run's (another model or layout) are not
+is used. Intact files whose parameter names differ from the run's (another model or layout) are not
 corruption: resuming raises :class:`CheckpointLayoutError` and touches nothing. A save that fails (a full
 disk: ENOSPC) removes what it wrote and raises :class:`CheckpointSaveError`; the checkpoints before it stay
 as they were.
@@ -38,7 +38,7 @@ class CheckpointSaveError(OSError):
 
 
 class CheckpointLayoutError(ValueError):
-    """The newest intact checkpoint holds other parameter names or shapes than the run (another model)."""
+    """The newest intact checkpoint holds other parameter names than the run (another model or layout)."""
 
 
 class CorruptCheckpointWarning(UserWarning):
@@ -125,7 +125,7 @@ class Checkpoints:
             step_dir = self.directory / str(step)
             try:
                 _verify_checksums(step_dir)
-                saved = _saved_layout(step_dir)
+                saved = _saved_names(step_dir)
             except Exception as e:  # a damaged file
                 self._set_aside(step, e)
                 continue
@@ -174,39 +174,32 @@ class Checkpoints:
         self._manager.close()
 
 
-def _saved_layout(step_dir: pathlib.Path) -> dict[str, tuple[int, ...]] | None:
-    """``{"a.b.c": shape}`` of the parameters saved in ``step_dir`` (orbax's tree metadata), or None when
-    the checkpoint has no such file (then reading it is the check)."""
+def _saved_names(step_dir: pathlib.Path) -> set[str] | None:
+    """The names (``"a.b.c"``) of the parameters saved in ``step_dir`` (orbax's tree metadata), or None when
+    the checkpoint has no such file (then reading it is the check). Shapes are not compared: the metadata
+    records each process's written shard, not the global shape."""
     meta = step_dir / "params" / "_METADATA"
     if not meta.is_file():
         return None
     entries = json.loads(meta.read_text(encoding="utf-8"))["tree_metadata"].values()
-    return {
-        ".".join(str(k["key"]) for k in entry["key_metadata"]): tuple(entry["value_metadata"]["write_shape"])
-        for entry in entries
-    }
+    return {".".join(str(k["key"]) for k in entry["key_metadata"]) for entry in entries}
 
 
-def _check_layout(saved: dict[str, tuple[int, ...]] | None, params_like: Any, step_dir: pathlib.Path) -> None:
-    """Raises :class:`CheckpointLayoutError` when the saved parameters' names or shapes differ from the run's
+def _check_layout(saved: set[str] | None, params_like: Any, step_dir: pathlib.Path) -> None:
+    """Raises :class:`CheckpointLayoutError` when the saved parameters' names differ from the run's
     (``params_like``): intact files of another model or layout, never a reason to start over."""
     if saved is None:
         return
     expected = {
-        jax.tree_util.keystr(path, simple=True, separator="."): tuple(leaf.shape)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(params_like)
+        jax.tree_util.keystr(path, simple=True, separator=".")
+        for path, _ in jax.tree_util.tree_leaves_with_path(params_like)
     }
     if saved == expected:
         return
-    missing, extra = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
-    reshaped = sorted(n for n in set(saved) & set(expected) if saved[n] != expected[n])
-    details = [
-        f"{label} {names[:4]}{' ...' if len(names) > 4 else ''}"
-        for label, names in (("missing:", missing), ("unexpected:", extra), ("other shapes:", reshaped))
-        if names
-    ]
+    differences = (("missing:", sorted(expected - saved)), ("unexpected:", sorted(saved - expected)))
+    details = [f"{label} {names[:4]}{' ...' * (len(names) > 4)}" for label, names in differences if names]
     raise CheckpointLayoutError(
-        f"checkpoint {step_dir} holds parameters this run does not have ({'; '.join(details)}). It was "
+        f"checkpoint {step_dir} holds other parameters than this run ({'; '.join(details)}). It was "
         "written for another model or layout (checkpoints from before scanned layers were stored stacked "
         "hold one blocks.N entry per layer; this run expects blocks.K.layers.* stacks): resume with the "
         "config and code that wrote it, or start in a new workdir."
