@@ -122,8 +122,9 @@ def matvec_table(rows: int, cols: int) -> dict[str, float]:
     return result
 
 
-def write_model(family: str, shape: dict, directory: str) -> str:
-    """A random-weights model of ``family`` and ``shape`` written as an official .pth; returns the path."""
+def write_model(family: str, shape: dict, directory: str, init: str = "plain") -> str:
+    """A random-weights model of ``family`` and ``shape`` (``n_layer``, ``n_embd``, ``vocab_size``) with the
+    initialisation ``init`` (the family config's field), written as an official .pth; returns the path."""
     from flax import nnx
 
     import rwkv_jax
@@ -134,9 +135,9 @@ def write_model(family: str, shape: dict, directory: str) -> str:
         n_layer=shape["n_layer"],
         n_embd=shape["n_embd"],
         vocab_size=shape["vocab_size"],
-        init="plain",
+        init=init,
     )
-    path = os.path.join(directory, f"{family}.pth")
+    path = os.path.join(directory, f"{family}_{shape['vocab_size']}.pth")
     rwkv_jax.save_official(getattr(rwkv_jax, name)(config, rngs=nnx.Rngs(0)), path)
     return path
 

@@ -227,16 +227,9 @@ def model_flops_per_token(path: str) -> tuple[float, float]:
 
 def write_model(shape: dict, vocab: int, directory: str) -> str:
     """A Finch of ``shape`` with BlinkDL's initialisation, written as an official .pth; returns the path."""
-    from flax import nnx
+    from experiments.bench import write_model as write_official
 
-    import rwkv_jax
-
-    config = rwkv_jax.RWKV6Config(
-        version="6", n_layer=shape["n_layer"], n_embd=shape["n_embd"], vocab_size=vocab, head_size=HEAD_SIZE
-    )
-    path = os.path.join(directory, f"finch_{vocab}.pth")
-    rwkv_jax.save_official(rwkv_jax.RWKV6(config, rngs=nnx.Rngs(0)), path)
-    return path
+    return write_official("finch", {**shape, "vocab_size": vocab}, directory, init="official")
 
 
 def has_jaxrwkv() -> bool:
