@@ -392,22 +392,24 @@ def _decay_grad(
     - ``from_end``: ``c_L - c_t`` (B_end, K_end), the steps ``j > t``;
     - ``from_state`` ``[..., 1, N]``: ``c_L`` (the start state's decay), every step.
 
-    ``dw_j = sum_{t>=j} from_rows_t + sum_{t>j} from_before_t + sum_{t<j} from_end_t + from_state``
-    ``= sum_{t>=j} (from_rows + from_before - from_end)_t - from_before_j + sum_t from_end_t + from_state``:
-    one matmul with a triangular 0/1 matrix and a column sum. The ``+c_t`` and ``-c_s`` terms of one pair
-    (s, t) cancel for ``j <= s``, leaving the steps between them.
+    ``dw_j = sum_{t>=j} (from_rows + from_before)_t - from_before_j + sum_{t<j} from_end_t + from_state``:
+    two matmuls with triangular 0/1 matrices. The ``+c_t`` and ``-c_s`` terms of one pair (s, t) cancel
+    for ``j <= s``, leaving the steps between them. Two matmuls rather than one over ``from_rows +
+    from_before - from_end``: that sum reads eight ``[..., 2L, N]`` arrays in one XLA fusion, enough bytes
+    for XLA:CPU to split it over two threads, which cost it ten times its arithmetic here
+    (docs/wkv_training_speed.md, fourth pass).
 
-    With documents the exponents sum the steps of their own document: the triangular matrix is masked to
-    pairs within a document, and the end and state terms reach only the block's last document.
+    With documents the exponents sum the steps of their own document: the triangular matrices are masked
+    to pairs within a document, and the end and state terms reach only the block's last document.
     """
-    _, causal = _masks(from_rows.shape[-2])
-    from_all = from_rows + from_before - from_end
-    ones = np.ones((1, from_end.shape[-2]), np.float32)
-    to_end = _batched(ones, from_end) @ from_end + from_state
+    strict, causal = _masks(from_rows.shape[-2])
     if documents is None:
-        return _batched(causal.T, from_all) @ from_all + (to_end - from_before)
-    within = _transpose(causal * documents.same)
-    return within @ from_all + (to_end * documents.last - from_before)
+        within, last = _batched(causal.T, from_rows), 1.0
+        to_end = _batched(strict, from_end)
+    else:
+        within, last = _transpose(causal * documents.same), documents.last
+        to_end = last - within  # [j, t]: t before j, or j in the last document and t in an earlier one
+    return within @ (from_rows + from_before) + to_end @ from_end + (last * from_state - from_before)
 
 
 def _chunk(x: Array, index: Array, chunk_size: int) -> Array:
