@@ -298,14 +298,16 @@ def sweep(shape: dict, vocab: int, path: str, contexts: list[int]) -> list[dict]
     return rows
 
 
-def profile(shape: dict, vocab: int, dtype: str, path: str) -> dict[str, float]:
+def profile(shape: dict, vocab: int, dtype: str, path: str) -> tuple[dict[str, float], dict[str, float]]:
     """Seconds of our train step and of its parts, each jitted alone on the step's shapes: the head and
     the loss (forward + backward), the chunked WKV of every layer (forward + backward), the optimiser
-    update; the rest (the layers' projections, LoRAs, mixes, norms) is the step minus those."""
+    update; the rest (the layers' projections, LoRAs, mixes, norms) is the step minus those. Also the
+    step's seconds per kind of operation (:func:`op_kind_seconds`)."""
     import jax
     import jax.numpy as jnp
 
     from experiments.bench_kernels import median_seconds
+    from rwkv_jax.models.projection import project
     from rwkv_jax.training.loss import token_nll
     from rwkv_jax.wkv.v6 import wkv6
 
@@ -317,7 +319,7 @@ def profile(shape: dict, vocab: int, dtype: str, path: str) -> dict[str, float]:
     head = params["head"]["kernel"]
 
     def head_loss(x: Any, kernel: Any) -> Any:
-        return jnp.sum(token_nll(x @ kernel.astype(dtype), batch[:, 1:]))
+        return jnp.sum(token_nll(project(x, kernel.astype(dtype)), batch[:, 1:]))  # as the model's head
 
     rkv = [jax.random.normal(key[i], (b, t, c // HEAD_SIZE, HEAD_SIZE), dtype) for i in (1, 2, 3)]
     w_log = -jnp.exp(jax.random.normal(key[4], rkv[0].shape, jnp.float32) - 2)
@@ -335,7 +337,36 @@ def profile(shape: dict, vocab: int, dtype: str, path: str) -> dict[str, float]:
         "AdamW update": median_seconds(jax.jit(tx.update), (params, opt_state, params), 3),
     }
     parts["rest (projections, LoRAs, mixes, norms)"] = parts["step"] - sum(list(parts.values())[1:])
-    return parts
+    kinds = op_kind_seconds(step, (*jax.tree.map(jnp.copy, (params, opt_state)), batch))
+    return parts, kinds
+
+
+def op_kind_seconds(function: Callable, args: tuple, top: int = 12) -> dict[str, float]:
+    """Seconds per kind of XLA:CPU operation in one call of the compiled ``function``, summed over the
+    threads (so more than the call's wall time), from a ``jax.profiler`` trace: each executed operation is
+    an event named after its HLO instruction (``ynn_fusion.35``: a dot kernel with its fused elementwise
+    work; ``copy_bitcast_fusion.*``: a transposed copy; ``wrapped_broadcast.*``: a buffer filled with a
+    constant), counted under that name without its number."""
+    import collections
+    import glob
+    import re
+
+    import jax
+
+    with tempfile.TemporaryDirectory() as directory:
+        with jax.profiler.trace(directory):
+            jax.block_until_ready(function(*args))
+        (trace,) = glob.glob(f"{directory}/**/*.xplane.pb", recursive=True)
+        data = jax.profiler.ProfileData.from_file(trace)
+    kinds: collections.Counter = collections.Counter()
+    for plane in data.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_XLAEigen"):  # XLA:CPU's worker threads
+                continue
+            for event in line.events:
+                if not event.name.startswith(("ThunkExecutor", "SlinkyThreadPool")):  # the executor itself
+                    kinds[re.sub(r"[.\d]+$", "", event.name)] += event.duration_ns / 1e9
+    return dict(kinds.most_common(top))
 
 
 def print_tables(rows: list[dict], sweep_rows: list[dict], shape: dict) -> None:
@@ -390,9 +421,12 @@ def main(argv: list[str]) -> dict:
     if args.profile:
         with tempfile.TemporaryDirectory() as directory:
             vocab = int(args.vocabs.split(",")[0])
-            parts = profile(shape, vocab, args.profile_dtype, write_model(shape, vocab, directory))
+            parts, kinds = profile(shape, vocab, args.profile_dtype, write_model(shape, vocab, directory))
         for name, seconds in parts.items():
             print(f"| {name} | {seconds:.3f} | {100 * seconds / parts['step']:.0f}% |")
+        print("\n| operation kind (one step, seconds summed over threads) | seconds |\n| --- | --- |")
+        for name, seconds in kinds.items():
+            print(f"| {name} | {seconds:.3f} |")
         return parts
     rows, sweep_rows = [], []
     with tempfile.TemporaryDirectory() as directory:

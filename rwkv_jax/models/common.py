@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from rwkv_jax.array_typing import Array, PRNGKey, Tokens
+from rwkv_jax.models.projection import project
 from rwkv_jax.wkv.context import context_size, shift_over_context
 
 FLOAT_DTYPES = tuple(np.dtype(d) for d in (jnp.float32, jnp.bfloat16, jnp.float16))  # compute and storage
@@ -250,7 +251,7 @@ class Linear(nnx.Module):
         self.kernel = param(kernel.astype(param_dtype), axes)
 
     def __call__(self, x: Array) -> Array:
-        return jnp.matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        return project(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
 
 
 def check_token_ids(tokens: Tokens | np.ndarray, vocab_size: int) -> None:

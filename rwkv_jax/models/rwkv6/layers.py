@@ -23,6 +23,7 @@ from flax import nnx
 
 from rwkv_jax.array_typing import Array
 from rwkv_jax.models.common import HeadGroupNorm, Linear, param
+from rwkv_jax.models.projection import project
 from rwkv_jax.wkv.impl import Impl
 from rwkv_jax.wkv.v6 import wkv6
 
@@ -119,12 +120,14 @@ class DataDependentLerp(nnx.Module):
         lora_in = x + delta * self.time_maa_x[...].astype(self.dtype)
         w1 = self.time_maa_w1[...].astype(self.dtype)
         w2 = self.time_maa_w2[...].astype(self.dtype)
-        hidden = jnp.tanh(lora_in @ w1)
-        hidden = hidden.reshape(*hidden.shape[:-1], len(self.names), w2.shape[1])  # [B, T, S, D]
-        offsets = jnp.einsum("btsd,sdc->sbtc", hidden, w2)
+        hidden = jnp.tanh(project(lora_in, w1))  # [B, T, S D]
+        rank = w2.shape[1]
         out = {}
+        # One product per slot rather than one batched einsum: a stacked [S, B, T, C] result and its
+        # gradient cost XLA:CPU pads, sums and a transposed copy per layer (docs/speed.md, "Training").
         for slot, name in enumerate(self.names):
-            weight = getattr(self, "time_maa_" + name)[...].astype(self.dtype) + offsets[slot]
+            offset = project(hidden[..., slot * rank : (slot + 1) * rank], w2[slot])
+            weight = getattr(self, "time_maa_" + name)[...].astype(self.dtype) + offset
             out[name] = x + delta * weight
         return out
 
@@ -176,7 +179,7 @@ class LoraDecay(nnx.Module):
             )
         w1 = self.time_decay_w1[...].astype(self.dtype)
         w2 = self.time_decay_w2[...].astype(self.dtype)
-        offset = (jnp.tanh(x_w.astype(self.dtype) @ w1) @ w2).astype(jnp.float32)
+        offset = project(jnp.tanh(project(x_w.astype(self.dtype), w1)), w2).astype(jnp.float32)
         return -jnp.exp(self.time_decay[...].astype(jnp.float32) + offset).reshape(shape)
 
 

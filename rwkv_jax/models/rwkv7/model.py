@@ -45,6 +45,7 @@ from rwkv_jax.models.common import (
 from rwkv_jax.models.language_model import LanguageModel
 from rwkv_jax.models.layer_scan import run_layers
 from rwkv_jax.models.official_init import initial_linear
+from rwkv_jax.models.projection import project
 from rwkv_jax.models.rwkv7 import init as rwkv7_init
 from rwkv_jax.sharding import keep_batch_sharded
 from rwkv_jax.wkv.impl import Impl
@@ -253,10 +254,10 @@ class TimeMix(nnx.Module):
 
     def _lora(self, prefix: str, x: Array, inner=None) -> Array:
         """``inner(x @ {prefix}1) @ {prefix}2`` in the compute dtype (``inner`` None: identity)."""
-        hidden = x @ getattr(self, f"{prefix}1")[...].astype(self.dtype)
+        hidden = project(x, getattr(self, f"{prefix}1")[...].astype(self.dtype))
         if inner is not None:
             hidden = inner(hidden)
-        return hidden @ getattr(self, f"{prefix}2")[...].astype(self.dtype)
+        return project(hidden, getattr(self, f"{prefix}2")[...].astype(self.dtype))
 
     def _removal(self, k: Array, mixed_a: Array) -> tuple[Array, Array, Array]:
         """The delta rule's ``(a, b, k)``: removal key ``a = -kk``, ``b = kk * iclr`` and k rescaled by iclr,
