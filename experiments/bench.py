@@ -154,10 +154,10 @@ class JaxRunner:
         self.jax, self.shape = jax, shape
         self.model = rwkv_jax.load_official(path, dtype=dtype)
         self.decoder = rwkv_jax.decoder(self.model)
-        # What one decode step reads: every parameter it is given (on CPU the float32 working copies of
-        # bfloat16 weights, rwkv_jax.decoding) but the embedding, of which one row.
-        emb = jax.tree.leaves(self.decoder.params["emb"])[0]
-        read = sum(p.nbytes for p in jax.tree.leaves(self.decoder.params))
+        # What one decode step reads: every parameter of the per-layer layout (``params.layers``; on CPU the
+        # float32 working copies of bfloat16 weights, rwkv_jax.decoding) but the embedding, of which one row.
+        emb = jax.tree.leaves(self.decoder.params.layers["emb"])[0]
+        read = sum(p.nbytes for p in jax.tree.leaves(self.decoder.params.layers))
         self.bytes_per_step = read - emb.nbytes + emb.nbytes // emb.shape[0]
         self.stored_bytes = sum(p.nbytes for p in jax.tree.leaves(self.model))
         self.prompt = jnp.asarray(

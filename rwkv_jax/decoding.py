@@ -12,13 +12,22 @@ to float32 in a fresh buffer at every call, docs/speed.md), so on the CPU backen
 float32 from a float32 working copy of the weights, converted once per weight version; the embedding stays
 as stored (a step reads only its tokens' rows, which XLA converts alone). Elsewhere it computes in the
 model's own ``dtype`` on the stored weights.
+
+Layer layouts (CPU): the step reads the blocks in two layouts that share their memory. Prefill (``T > 1``)
+scans each run of equal blocks over its parameters stored stacked (:mod:`rwkv_jax.models.layer_stack`,
+stacked once per weight version, not inside every call); the one-token step runs the blocks as a Python loop
+over per-layer arrays that are zero-copy views of those stacks (the model's own variables are rebound to
+the views, the same values bit for bit), because XLA:CPU copies the slice of a stacked weight that a scan
+step reads into a fresh buffer (one layer's weights per step, decoding ~2x slower; docs/speed.md). Other
+backends, and models that do not scan their layers, keep the per-layer layout only (prefill stacks inside
+the call).
 """
 
 import dataclasses
 import functools
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +35,7 @@ import numpy as np
 from flax import nnx
 
 from rwkv_jax.array_typing import Array, Tokens
+from rwkv_jax.models.layer_stack import StackedBlocks, equal_structure_runs, layer_paths, stack_layers
 
 LOW_PRECISION = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
 # Top-level parameters a step reads by row (the token embedding): no float32 working copy of them, which
@@ -33,25 +43,58 @@ LOW_PRECISION = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
 READ_BY_ROW = frozenset({"emb"})
 
 
+class Structure(NamedTuple):
+    """The module structures a step merges its :class:`Params` into.
+
+    Attributes:
+      layers: the graphdef with one block per layer (the model's own layout).
+      stacked: the graphdef with each run of equal blocks one :class:`~rwkv_jax.models.layer_stack.
+        StackedBlocks`, or None where the parameters are not stored stacked.
+    """
+
+    layers: nnx.GraphDef
+    stacked: nnx.GraphDef | None = None
+
+
+class Params(NamedTuple):
+    """The arrays a step reads, in the layouts of :class:`Structure` (on CPU the per-layer arrays of a
+    stacked run are views of the stack: one copy of the weights in memory).
+
+    Attributes:
+      layers: the parameter pytree one block per layer (``layers["blocks"][i]``), what the one-token step
+        reads.
+      stacked: the same parameters stacked per run (``stacked["blocks"][k]["layers"]``), what prefill reads;
+        None where not stored stacked.
+    """
+
+    layers: Any
+    stacked: Any = None
+
+
 def apply(
-    graphdef: nnx.GraphDef,
-    params: Any,
+    structure: Structure,
+    params: Params,
     tokens: Tokens,
     state: Any,
     last_only: bool = False,
     starts: Array | None = None,
 ) -> tuple[Array, Any]:
-    """The model ``nnx.merge(graphdef, params)`` run op by op on ``tokens [B, T]`` from ``state``.
+    """The model merged from ``params`` run op by op on ``tokens [B, T]`` from ``state``.
 
     Returns logits ``[B, T, V]`` (``[B, 1, V]``: the last position only, when ``last_only``) and the state.
     ``starts [B, T]`` bool: packed documents' first tokens (see ``LanguageModel.__call__``), or None.
-    With one token (``T == 1``) the blocks run as a loop, not a scan (``LanguageModel.scan_layers``).
+    With one token (``T == 1``) the blocks run as a Python loop over the per-layer parameters; with more,
+    the stored stacks are scanned (the per-layer parameters where none are stored: stacked in the call).
     """
-    model = nnx.merge(graphdef, params)
-    if np.shape(tokens)[1] == 1 and getattr(model, "scan_layers", False):
-        # One token: the blocks as a Python loop. A scan over per-layer parameters stacks them inside the
-        # call, a temporary second copy of the block weights at every step (docs/speed.md); the one-token
-        # program is small, so a copy of it per layer costs little compile time.
+    one_token = np.shape(tokens)[1] == 1
+    if one_token or params.stacked is None:
+        model = nnx.merge(structure.layers, params.layers)
+    else:
+        model = nnx.merge(structure.stacked, params.stacked)
+    if one_token and getattr(model, "scan_layers", False):
+        # One token: the blocks as a Python loop. XLA:CPU copies the slice of a stacked weight that a scan
+        # step reads into a fresh buffer (one layer's weights per layer, decoding ~2x slower), and a scan
+        # over per-layer parameters stacks them all in the call (docs/speed.md).
         model.scan_layers = False
     forward = getattr(model, "forward", None)
     if starts is not None:
@@ -63,10 +106,10 @@ def apply(
 
 
 @functools.lru_cache(maxsize=32)
-def compiled_step(graphdef: nnx.GraphDef) -> Callable:
-    """``jax.jit`` of :func:`apply` for one model structure (``last_only`` static), built once per graphdef
-    so that a call does not hash the graph definition again."""
-    return jax.jit(functools.partial(apply, graphdef), static_argnames=("last_only",))
+def compiled_step(structure: Structure) -> Callable:
+    """``jax.jit`` of :func:`apply` for one model structure (``last_only`` static), built once per structure
+    so that a call does not hash the graph definitions again."""
+    return jax.jit(functools.partial(apply, structure), static_argnames=("last_only",))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,15 +121,15 @@ class Decoder:
         V]`` float32, or ``[B, 1, V]`` with ``last_only`` (the head applied to the last position only: a
         prefill that needs only the next-token prediction). Token ids are not range-checked here (an id
         outside the vocabulary gives NaN logits): the model call checks them.
-      params: the parameter pytree ``step`` takes (on CPU float32 working copies of bf16/f16 weights but
+      params: the :class:`Params` ``step`` takes (on CPU float32 working copies of bf16/f16 weights but
         the embedding).
-      graphdef: the module structure ``step`` merges ``params`` into.
+      graphdef: the :class:`Structure` ``step`` merges ``params`` into.
       init_state: ``init_state(batch_size)``, the model's empty state.
     """
 
     step: Callable
-    params: Any
-    graphdef: nnx.GraphDef
+    params: Params
+    graphdef: Structure
     init_state: Callable[[int], Any]
 
 
@@ -110,25 +153,41 @@ def working_copy(path: tuple, value: Array, dtype: np.dtype | None) -> Array:
     return value.astype(dtype)
 
 
-def _structure(model: nnx.Module, dtype: np.dtype | None) -> nnx.GraphDef:
-    """The graphdef the step merges into: the model's own, or its twin computing in ``dtype``."""
+def stores_stacked(model: nnx.Module) -> bool:
+    """Whether the step reads ``model``'s blocks stacked: on the CPU backend (where a layer of a stack can be
+    a zero-copy view), a model that scans its layers, blocks one per layer with a run of two or more equal
+    ones."""
+    blocks = getattr(model, "blocks", None)
+    if jax.default_backend() != "cpu" or not getattr(model, "scan_layers", False) or blocks is None:
+        return False
+    if any(isinstance(block, StackedBlocks) for block in blocks):
+        return False
+    return any(b - a > 1 for a, b in equal_structure_runs(list(blocks)))
+
+
+def _structure(model: nnx.Module, dtype: np.dtype | None, stacked: bool) -> tuple[Structure, Any]:
+    """The structure the step merges into (the model's own, or its twin computing in ``dtype``) and, with
+    ``stacked``, the abstract state (shapes) of the stacked layout, else None."""
     if dtype is not None and np.dtype(model.config.dtype) != dtype:
         from rwkv_jax.models.common import with_config  # the models import this module
 
         model = with_config(model, dtype=dtype)
-    return nnx.split(model)[0]
+    graphdef, state = nnx.split(model)
+    if not stacked:
+        return Structure(graphdef), None
+    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
+    stacked_graphdef, stacked_state = nnx.split(stack_layers(nnx.merge(graphdef, shapes)))
+    return Structure(graphdef, stacked_graphdef), stacked_state
 
 
 def decoder(model: nnx.Module) -> Decoder:
-    """The jitted pure step of ``model`` and the parameters it reads (a snapshot: rebuild it, or call the
-    model itself, after changing weights). See the module docstring for the compute dtype."""
-    dtype = compute_dtype(model)
-    _, params = nnx.split(model)
-    params = jax.tree_util.tree_map_with_path(
-        lambda keys, value: working_copy(tuple(_key(k) for k in keys), value, dtype), params
-    )
-    graphdef = _structure(model, dtype)
-    return Decoder(compiled_step(graphdef), params, graphdef, model.init_state)
+    """The jitted pure step of ``model`` and the parameters it reads (a snapshot: call ``decoder`` again, or
+    call the model itself, after changing weights). See the module docstring for the compute dtype and
+    the layouts; on CPU this rebinds the model's block variables to views of the stacks (same values)."""
+    entry = _entry(model)
+    if entry is None:
+        raise ValueError("decoder(model) needs concrete parameters (it was called inside a transform)")
+    return Decoder(entry.step, entry.params(entry.read()), entry.structure, model.init_state)
 
 
 def _key(entry: Any) -> Any:
@@ -139,9 +198,21 @@ def _key(entry: Any) -> Any:
     return entry
 
 
+def _layer_views(stack: Array) -> list[Array] | None:
+    """The layers of ``stack [L, ...]`` as arrays sharing its memory (a zero-copy ``device_put`` of a numpy
+    view, which XLA:CPU makes for a 64-byte-aligned array), or None where one of them would be a copy."""
+    host = np.asarray(stack)  # on CPU a read-only view of the buffer, which it keeps alive
+    views = [jax.device_put(layer) for layer in host]
+    base = stack.unsafe_buffer_pointer()
+    shared = (view.unsafe_buffer_pointer() == base + i * host[0].nbytes for i, view in enumerate(views))
+    return views if all(shared) else None
+
+
 class _Entry:
     """One model's compiled call: its live variables (read at every call), the edges that locate them
-    (checked at every call, so that a replaced module or variable is noticed) and the working copies."""
+    (checked at every call, so that a replaced module or variable is noticed) and the working copies, per
+    layer and, where the blocks are stored stacked, per stacked variable (``sources``: the per-layer
+    variables each holds)."""
 
     def __init__(self, model: nnx.Module, variables: nnx.State):
         self.dtype = compute_dtype(model)
@@ -149,10 +220,20 @@ class _Entry:
         self.paths = [path for path, _ in flat]
         self.variables = [variable for _, variable in flat]
         self.treedef = jax.tree.structure(variables)
-        self.step = compiled_step(_structure(model, self.dtype))
+        self.structure, stacked = _structure(model, self.dtype, stores_stacked(model))
+        self.step = compiled_step(self.structure)
         self.edges = _edges(model, self.paths)
-        self.values: list[Array] = []
-        self.copies: list[Array] = []
+        self.sources: list[list[int]] = []
+        if stacked is not None:
+            index = {path: i for i, path in enumerate(self.paths)}
+            runs = equal_structure_runs(list(model.blocks))
+            stacked_paths = [path for path, _ in nnx.to_flat_state(stacked)]
+            self.sources = [[index[p] for p in layer_paths(path, runs)] for path in stacked_paths]
+            self.stacked_treedef = jax.tree.structure(stacked)
+        self.owner = {i: k for k, sources in enumerate(self.sources) for i in sources}
+        self.values: list[Array] = [None] * len(self.paths)
+        self.copies: list[Array] = [None] * len(self.paths)
+        self.stacks: list[Array] = [None] * len(self.sources)
 
     def is_current(self, model: nnx.Module) -> bool:
         """Whether every module and variable on the paths is still the one this entry was built from."""
@@ -168,14 +249,34 @@ class _Entry:
         """The current value of every variable (``get_raw_value``: ``get_value`` costs ~8x more per call)."""
         return [variable.get_raw_value() for variable in self.variables]
 
-    def params(self, values: list[Array]) -> Any:
-        """The parameter pytree of ``values``, bf16/f16 ones converted once per new value."""
-        if len(self.values) != len(values):
-            self.values, self.copies = [None] * len(values), [None] * len(values)
+    def params(self, values: list[Array]) -> Params:
+        """The parameters of ``values``: bf16/f16 ones converted, and the stacks rebuilt, once per new
+        value."""
+        changed = set()
         for i, value in enumerate(values):
             if value is not self.values[i]:
                 self.values[i], self.copies[i] = value, working_copy(self.paths[i], value, self.dtype)
-        return jax.tree.unflatten(self.treedef, self.copies)
+                changed.add(self.owner.get(i))
+        for k in sorted(changed - {None}):
+            self._restack(k)
+        layers = jax.tree.unflatten(self.treedef, self.copies)
+        return Params(layers, jax.tree.unflatten(self.stacked_treedef, self.stacks) if self.sources else None)
+
+    def _restack(self, k: int) -> None:
+        """Stacks the working copies of stacked variable ``k``'s layers; where the layers can be views of
+        the stack, they become those views (the model's variables too when the step reads them as stored),
+        so the stack is the only copy in memory."""
+        sources = self.sources[k]
+        if len(sources) == 1:
+            self.stacks[k] = self.copies[sources[0]]
+            return
+        self.stacks[k] = jnp.stack([self.copies[i] for i in sources])
+        views = _layer_views(self.stacks[k])
+        for i, view in zip(sources, views or [], strict=False):
+            if self.copies[i] is self.values[i]:  # read as stored: the model's variable holds the view
+                self.variables[i].set_raw_value(view)
+                self.values[i] = view
+            self.copies[i] = view
 
 
 def _child(parent: Any, key: Any) -> Any:
@@ -207,18 +308,25 @@ def is_traced(*trees: Any) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(trees))
 
 
-def compiled_call(
-    model: nnx.Module, tokens: Tokens, state: Any, last_only: bool, starts: Array | None = None
-) -> tuple[Array, Any] | None:
-    """``model``'s jitted step on its current parameters; None when a parameter is traced (the caller
-    runs op by op instead, inside the enclosing transform)."""
+def _entry(model: nnx.Module) -> _Entry | None:
+    """``model``'s cached entry, rebuilt when a module or variable on its paths was replaced; None when a
+    parameter is traced."""
     entry = _ENTRIES.get(model)
     if entry is None or not entry.is_current(model):
         _, variables = nnx.split(model)
         if is_traced(variables):
             return None
         entry = _ENTRIES[model] = _Entry(model, variables)
-    values = entry.read()
-    if is_traced(values):
+    return entry
+
+
+def compiled_call(
+    model: nnx.Module, tokens: Tokens, state: Any, last_only: bool, starts: Array | None = None
+) -> tuple[Array, Any] | None:
+    """``model``'s jitted step on its current parameters; None when a parameter is traced (the caller
+    runs op by op instead, inside the enclosing transform)."""
+    entry = _entry(model)
+    values = None if entry is None else entry.read()
+    if values is None or is_traced(values):
         return None
     return entry.step(entry.params(values), tokens, state, last_only=last_only, starts=starts)

@@ -98,6 +98,19 @@ def equal_structure_runs(blocks: Sequence[nnx.Module]) -> list[tuple[int, int]]:
     return runs
 
 
+def layer_paths(path: tuple, runs: Sequence[tuple[int, int]]) -> list[tuple]:
+    """The per-layer variable paths that the variable at ``path`` of :func:`stack_layers`'s layout holds, in
+    layer order; ``runs`` are the per-layer blocks' :func:`equal_structure_runs`. A stack's
+    ``("blocks", k, "layers", *rest)`` holds ``("blocks", a + j, *rest)`` for each layer ``a + j`` of run
+    ``k``; a single block's ``("blocks", k, *rest)`` is its layer's; any other path is itself."""
+    if path[:1] != ("blocks",):
+        return [path]
+    start, stop = runs[path[1]]
+    if stop - start == 1:
+        return [("blocks", start, *path[2:])]
+    return [("blocks", start + j, *path[3:]) for j in range(stop - start)]
+
+
 def _copy_with_blocks(model: nnx.Module, items: Sequence[nnx.Module]) -> nnx.Module:
     copy = nnx.merge(*nnx.split(model))  # new module objects around the same arrays; ``model`` is untouched
     copy.blocks = nnx.List(items)
