@@ -61,9 +61,10 @@ import numpy as np
 from rwkv_jax.array_typing import Array
 from rwkv_jax.wkv.forms import check_starts
 
-# Two blocks of 16: in the benchmark (docs/wkv_training_speed.md) about as fast as chunks of 16 under a
-# quiet machine and faster under load, with half the states kept.
-DEFAULT_CHUNK_SIZE = 32
+# One block per chunk: in the benchmark (docs/wkv_training_speed.md, fourth pass) as fast as chunks of 32 by
+# wall clock and 8-10% faster by CPU time, for 1.5x the temporary memory (48 vs 32 MB at T=4096, H=8): in
+# chunks of 32, XLA:CPU fuses the two blocks' state updates into ops large enough to split over two threads.
+DEFAULT_CHUNK_SIZE = 16
 BLOCK_SIZE = 16  # tokens per block of the intra-chunk math (a chunk is the unit of the states kept)
 MAX_CHUNK_LOG_DECAY = 60.0  # the largest |sum of w_log| over one chunk (exp(60) ~ 1e26 < float32 max)
 
