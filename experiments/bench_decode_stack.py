@@ -33,7 +33,10 @@ PREFILL = 512
 
 def finch(n_layer: int, width: int, vocab: int, abstract: bool) -> nnx.Module:
     config = rwkv_jax.RWKV6Config(vocab_size=vocab, n_layer=n_layer, n_embd=width, head_size=64, init="plain")
-    build = functools.partial(rwkv_jax.RWKV6, config, rngs=nnx.Rngs(0))
+
+    def build() -> nnx.Module:
+        return rwkv_jax.RWKV6(config, rngs=nnx.Rngs(0))
+
     return nnx.eval_shape(build) if abstract else build()
 
 
