@@ -60,11 +60,12 @@ import numpy as np
 
 from rwkv_jax.array_typing import Array
 from rwkv_jax.wkv.forms import check_starts
+from rwkv_jax.wkv.v6_chunked import matmul_tn
 
-# One block per chunk: in the benchmark (docs/wkv_training_speed.md, fourth pass) as fast as chunks of 32 by
-# wall clock and 8-10% faster by CPU time, for 1.5x the temporary memory (48 vs 32 MB at T=4096, H=8): in
-# chunks of 32, XLA:CPU fuses the two blocks' state updates into ops large enough to split over two threads.
-DEFAULT_CHUNK_SIZE = 16
+# Two blocks of 16. Chunks of 16 ran as fast by wall clock and 8-10% faster by CPU time in the fourth pass
+# (docs/wkv_training_speed.md) for 1.5x the temporary memory; not the default, as this constant is also the
+# Pallas form's default chunk (``rwkv_jax.wkv.v7``), not measured here at 16 tokens per grid step.
+DEFAULT_CHUNK_SIZE = 32
 BLOCK_SIZE = 16  # tokens per block of the intra-chunk math (a chunk is the unit of the states kept)
 MAX_CHUNK_LOG_DECAY = 60.0  # the largest |sum of w_log| over one chunk (exp(60) ~ 1e26 < float32 max)
 
@@ -121,14 +122,6 @@ def _batched(matrix: np.ndarray, like: Array) -> Array:
 def _nt(x: Array, y: Array) -> Array:
     """``x y^T``: ``[..., M, K] x [..., N, K] -> [..., M, N]``."""
     return jnp.einsum("...mk,...nk->...mn", x, y)
-
-
-def _tn(x: Array, y: Array) -> Array:
-    """``x^T y``: ``[..., K, M] x [..., K, N] -> [..., M, N]``, as a transpose of ``x`` (a copy) and a plain
-    matmul: XLA:CPU (jax 0.10.2) runs a matmul contracting the lhs's first axis through Eigen, slower than
-    its plain (YNNPACK) matmul even with the copy (``[8, 32, 64]^T [8, 32, 64]``: 90 us, against 33 + 50;
-    forward + backward 3% faster, docs/wkv_training_speed.md)."""
-    return _transpose(x) @ y
 
 
 def _halves(x: Array) -> tuple[Array, Array]:
@@ -252,7 +245,7 @@ def _block_forward(
     length = v.shape[-2]
     U = _removed(terms, v, state)
     y = _read(terms.X[..., length:, :], state, documents) + terms.scores[..., length:, :] @ U
-    return y, _start_state(state, documents) * _transpose(terms.decay) + _tn(terms.E, U)
+    return y, _start_state(state, documents) * _transpose(terms.decay) + matmul_tn(terms.E, U)
 
 
 def _transpose(x: Array) -> Array:
@@ -279,20 +272,20 @@ def _block_backward(
     U = _removed(t, v, state)
     # S_L = S_0 decay + E^T U;  y = R S_0 + [Q_b, Q_k] U;  u = P z, z = A S_0 + M_ak v
     from_end = t.E @ d_next
-    du = from_end[..., :length, :] + _tn(t.scores[..., length:, :length], dy)
-    D = _stack(_tn(t.inverse, du), dy)  # [dz; dy]: through the solve, dz = P^T du
-    dv = from_end[..., length:, :] + _tn(t.scores[..., length:], D)
+    du = from_end[..., :length, :] + matmul_tn(t.scores[..., length:, :length], dy)
+    D = _stack(matmul_tn(t.inverse, du), dy)  # [dz; dy]: through the solve, dz = P^T du
+    dv = from_end[..., length:, :] + matmul_tn(t.scores[..., length:], D)
     d_scores = _nt(D, U) * t.mask
     dX = _read(D, _transpose(state), _transposed(documents)) + d_scores @ t.Y
-    dY = _tn(d_scores, t.X)
+    dY = matmul_tn(d_scores, t.X)
     dE = _nt(U, d_next)
     d_through = d_next * _transpose(t.decay)
     if documents is None:
-        d_state, d_init = d_through + _tn(t.X, D), None
+        d_state, d_init = d_through + matmul_tn(t.X, D), None
     else:  # each state's part: the rows (and the end) that read it
         first, carried = _stack(documents.first, documents.first), documents.first[..., -1:, :]
-        d_state = carried * d_through + _tn(t.X * first, D)
-        d_init = (1 - carried) * d_through + _tn(t.X * (1 - first), D)
+        d_state = carried * d_through + matmul_tn(t.X * first, D)
+        d_init = (1 - carried) * d_through + matmul_tn(t.X * (1 - first), D)
     from_x, from_y, from_e = dX * t.X, dY * t.Y, dE * t.E
     from_a, from_r = _halves(from_x)
     dw = _decay_grad(
