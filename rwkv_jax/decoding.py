@@ -42,6 +42,7 @@ LOW_PRECISION = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
 # Top-level parameters a step reads by row (the token embedding): no float32 working copy of them, which
 # would double their memory for one row a token.
 READ_BY_ROW = frozenset({"emb"})
+ALIGNMENT = 64  # bytes: XLA:CPU shares (does not copy) a host array that starts at such an address
 
 
 class Structure(NamedTuple):
@@ -200,6 +201,19 @@ def _key(entry: Any) -> Any:
     return entry
 
 
+def _stacked(arrays: list[Array]) -> Array:
+    """``arrays`` (of one shape and dtype) stacked on a new leading axis by numpy into a 64-byte-aligned
+    host buffer that the result shares (a zero-copy ``device_put`` on CPU; a copy elsewhere): no XLA
+    program compiled per shape, whose compiler memory would add to the peak."""
+    first = np.asarray(arrays[0])
+    shape = (len(arrays), *first.shape)
+    raw = np.empty(first.nbytes * len(arrays) + ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    host = raw[start : start + first.nbytes * len(arrays)].view(first.dtype).reshape(shape)
+    np.stack([np.asarray(a) for a in arrays], out=host)
+    return jax.device_put(host)
+
+
 def _layer_views(stack: Array) -> list[Array] | None:
     """The layers of ``stack [L, ...]`` as arrays sharing its memory (a zero-copy ``device_put`` of a numpy
     view, which XLA:CPU makes for a 64-byte-aligned array), or None where one of them would be a copy."""
@@ -271,7 +285,7 @@ class _Entry:
         if len(sources) == 1:
             self.stacks[k] = self.copies[sources[0]]
             return
-        self.stacks[k] = jnp.stack([self.copies[i] for i in sources])
+        self.stacks[k] = _stacked([self.copies[i] for i in sources])
         views = _layer_views(self.stacks[k])
         for i, view in zip(sources, views or [], strict=False):
             if self.copies[i] is self.values[i]:  # read as stored: the model's variable holds the view
