@@ -405,7 +405,7 @@ def _decay_grad(
         to_end = _batched(strict, from_end)
     else:
         within, last = _transpose(causal * documents.same), documents.last
-        to_end = last - within  # [j, t]: t before j, or j in the last document and t in an earlier one
+        to_end = last - within  # from_end is 0 outside the last document: [j, t] = 1 there iff t < j
     return within @ (from_rows + from_before) + to_end @ from_end + (last * from_state - from_before)
 
 
