@@ -193,14 +193,6 @@ def decoder(model: nnx.Module) -> Decoder:
     return Decoder(entry.step, params, entry.structure, model.init_state)
 
 
-def _key(entry: Any) -> Any:
-    """A pytree key path entry (``DictKey``, ``GetAttrKey``, ...) as the plain key it stands for."""
-    for attribute in ("key", "name", "idx"):
-        if hasattr(entry, attribute):
-            return getattr(entry, attribute)
-    return entry
-
-
 def _stacked(arrays: list[Array]) -> Array:
     """``arrays`` (of one shape and dtype) stacked on a new leading axis by numpy into a 64-byte-aligned
     host buffer that the result shares (a zero-copy ``device_put`` on CPU; a copy elsewhere): no XLA
