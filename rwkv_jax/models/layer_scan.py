@@ -82,6 +82,11 @@ def run_layers(
             layer_params, layer_state = layer
             return step(nnx.merge(graphdef, layer_params), c, layer_state)
 
+        # The backward pass keeps the body's matrix products and recomputes its elementwise work: a scan
+        # stores every residual of every layer in stacked buffers (zero-filled, written and read back one
+        # slice per layer), so saving fewer is faster here; values and gradients are bit-equal
+        # (docs/speed.md, "Training").
+        body = jax.checkpoint(body, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
         carry, stacked = jax.lax.scan(body, carry, (params, _stack(states[first : first + count])))
         new_states.extend(jax.tree.map(lambda a, k=k: a[k], stacked) for k in range(count))
     return carry, tuple(new_states)
