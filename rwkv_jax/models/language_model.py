@@ -124,7 +124,9 @@ class LanguageModel(nnx.Module):
             return keep_batch_sharded(x), layer_state
 
         step = rematerialised(step) if self.remat_blocks else step
-        return run_layers(list(self.blocks), x, state, step, scan=self.scan_layers)
+        return run_layers(
+            list(self.blocks), x, state, step, scan=self.scan_layers, keep_products=not self.remat_blocks
+        )
 
     def _layer_state_shapes(self, batch_size: int) -> Any:
         """``jax.eval_shape`` of :meth:`empty_layer_state`, remembered per config and batch size (a call

@@ -56,7 +56,13 @@ def _groups(blocks: Sequence[nnx.Module], scan: bool) -> Iterator[Group]:
 
 
 def run_layers(
-    blocks: Sequence[nnx.Module], carry: Carry, states: Sequence[Any], step: Step, *, scan: bool = True
+    blocks: Sequence[nnx.Module],
+    carry: Carry,
+    states: Sequence[Any],
+    step: Step,
+    *,
+    scan: bool = True,
+    keep_products: bool = True,
 ) -> tuple[Carry, tuple[Any, ...]]:
     """``step`` through ``blocks`` in order with their layer ``states`` (one per layer: a stored stack of
     ``count`` layers takes ``count``); returns the carry and the new states, one per layer.
@@ -64,7 +70,9 @@ def run_layers(
     ``scan=True`` scans each run of two or more single blocks with equal ``nnx.split`` graphdefs (a Python
     loop otherwise: the same numbers, a program that grows with the number of layers); a stored stack is
     always scanned. ``step`` must leave the carry's structure, shapes and dtypes as they were (``lax.scan``'s
-    rule) within a run.
+    rule) within a run. ``keep_products``: a scanned run's backward pass keeps only the matrix products and
+    recomputes the elementwise work; False where ``step`` is already rematerialised (a checkpoint inside
+    this one would keep more than either alone).
     """
     layers = sum(layer_count(block) for block in blocks)
     if layers != len(states):
@@ -86,7 +94,8 @@ def run_layers(
         # stores every residual of every layer in stacked buffers (zero-filled, written and read back one
         # slice per layer), so saving fewer is faster here; values and gradients are bit-equal
         # (docs/speed.md, "Training").
-        body = jax.checkpoint(body, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+        if keep_products:
+            body = jax.checkpoint(body, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
         carry, stacked = jax.lax.scan(body, carry, (params, _stack(states[first : first + count])))
         new_states.extend(jax.tree.map(lambda a, k=k: a[k], stacked) for k in range(count))
     return carry, tuple(new_states)

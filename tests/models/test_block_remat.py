@@ -1,6 +1,6 @@
 """Rematerialisation per block (:mod:`rwkv_jax.models.block_remat`, ``LanguageModel.remat_blocks``): the
-same loss and gradients as the plain step for every family, and a backward pass that keeps no more (the
-scan over layers already saves only the matrix products).
+same loss and gradients as the plain step for every family, and a backward pass that keeps less (the scan
+over layers already keeps only the matrix products; the remat keeps only the blocks' inputs).
 
 Floats are compared by relative error over the tensor (:func:`rwkv_jax.numerics.relative_error`).
 """
@@ -50,7 +50,7 @@ def test_rematerialised_blocks_give_the_loss_and_gradients_of_the_plain_step(pre
             assert float(jnp.linalg.norm(a)) == 0.0, jax.tree_util.keystr(path)
         else:
             assert relative_error(a, b) < 3e-6, jax.tree_util.keystr(path)
-    # Measured: temporaries 1.003 -> 1.003 MB (Finch, 1.000x), 0.781 -> 0.786 MB (Goose, 1.006x). The plain
-    # scan over layers already saves only the matrix products (models/layer_scan.py), so at this width the
-    # remat keeps as little (before that policy: 1.71 -> 0.86 MB, 0.50x); it must never keep more.
-    assert remat_bytes < 1.03 * plain_bytes, (remat_bytes, plain_bytes)
+    # Measured: temporaries 1.003 -> 0.877 MB (Finch, 0.87x), 0.781 -> 0.712 MB (Goose, 0.91x). The plain
+    # scan over layers already keeps only the matrix products (models/layer_scan.py; before that: 1.71 ->
+    # 0.86 MB); a remat nested in that checkpoint kept as much as the plain step (1.00x).
+    assert remat_bytes < 0.95 * plain_bytes, (remat_bytes, plain_bytes)

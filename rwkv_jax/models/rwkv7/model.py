@@ -403,5 +403,8 @@ class RWKV7(LanguageModel):
             x, _, layer_state = block(x, v_first, layer_state, starts)  # later blocks return v_first as given
             return keep_batch_sharded((x, v_first)), layer_state
 
-        (x, _), rest = run_layers(list(self.blocks)[1:], (x, v_first), state[1:], step, scan=self.scan_layers)
+        blocks = list(self.blocks)[1:]
+        (x, _), rest = run_layers(
+            blocks, (x, v_first), state[1:], step, scan=self.scan_layers, keep_products=not self.remat_blocks
+        )
         return x, (first_state, *rest)
