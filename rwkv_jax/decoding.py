@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from flax.errors import TraceContextError
 
 from rwkv_jax.array_typing import Array, Tokens
 from rwkv_jax.models.layer_stack import StackedBlocks, equal_structure_runs, layer_paths, stack_layers
@@ -261,11 +262,14 @@ class _Entry:
         changed = [i for i, v in enumerate(self.variables) if v.get_raw_value() is not self.values[i]]
         if is_traced([self.variables[i].get_raw_value() for i in changed]):
             return None
-        for i in changed:
-            value = self.variables[i].get_raw_value()
-            self.values[i], self.copies[i] = value, working_copy(self.paths[i], value, self.dtype)
-        for k in sorted({self.owner[i] for i in changed if i in self.owner}):
-            self._restack(k)
+        # Called inside someone's jit (a model closed over by a traced function), the copies and stacks
+        # must still be concrete arrays: they are cached here and outlive that trace.
+        with jax.ensure_compile_time_eval():
+            for i in changed:
+                value = self.variables[i].get_raw_value()
+                self.values[i], self.copies[i] = value, working_copy(self.paths[i], value, self.dtype)
+            for k in sorted({self.owner[i] for i in changed if i in self.owner}):
+                self._restack(k)
         layers = jax.tree.unflatten(self.treedef, self.copies)
         return Params(layers, jax.tree.unflatten(self.stacked_treedef, self.stacks) if self.sources else None)
 
@@ -280,11 +284,21 @@ class _Entry:
         self.stacks[k] = _stacked([self.copies[i] for i in sources])
         views = _layer_views(self.stacks[k])
         for i, view in zip(sources, views or [], strict=False):
-            if self.copies[i] is self.values[i]:  # read as stored: the model's variable holds the view
-                self.variables[i].set_raw_value(view)
+            if self.copies[i] is self.values[i] and _rebind(self.variables[i], view):  # read as stored
                 self.values[i] = view
             self.copies[i] = view
         return_freed_memory()
+
+
+def _rebind(variable: nnx.Variable, value: Array) -> bool:
+    """Sets ``variable`` to ``value`` (the same values, in a stack's memory); False where Flax refuses: inside
+    a trace the variable was not created in (a model first called inside someone's jit), where the model
+    keeps its own array beside the stack."""
+    try:
+        variable.set_raw_value(value)
+    except TraceContextError:
+        return False
+    return True
 
 
 @functools.cache
