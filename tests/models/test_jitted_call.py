@@ -166,11 +166,9 @@ def test_a_first_call_inside_a_jit_caches_concrete_weights(dtype):
     model = rwkv_jax.RWKV7(config, rngs=nnx.Rngs(2))
     inside = jax.jit(lambda tokens: model(tokens)[0])(TOKENS)
     outside, _ = model(TOKENS)  # reads the cache the jitted call left
-    # Measured 0 (float32) and 3.7e-3 (bfloat16: the op-by-op forward computes in bfloat16, the CPU step in
-    # float32 from a working copy).
-    bound = 1e-6 if dtype == "float32" else 3e-2
-    assert relative_error(inside, model.forward(TOKENS)[0]) < bound
     assert relative_error(outside, inside) < 1e-6  # measured 0
+    if dtype == "float32":  # (the op-by-op bfloat16 forward is slow to run and computes in bfloat16)
+        assert relative_error(inside, model.forward(TOKENS)[0]) < 1e-6  # measured 0
 
 
 def prefill_ops(n_layer: int) -> tuple[int, int]:
