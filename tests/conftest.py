@@ -46,6 +46,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Runs the tests marked ``slow`` first, in their collected order (a stable sort).
+
+    pyproject.toml has xdist share the work by stealing (``--dist worksteal``): a worker that runs out takes
+    half of the other's remaining queue, from its end. With the long tests at the front, what is left to
+    share at the end is short, so neither worker sits idle while the other finishes a minute-long test (the
+    suite's wall time is what the CI limit counts), and a module's tests stay together at the front, so a
+    module-scoped fixture is built once.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DIR = pathlib.Path(os.environ.get("RWKV_JAX_SHARED", REPO_ROOT.parent / "shared"))
 

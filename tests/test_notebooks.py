@@ -25,6 +25,7 @@ def test_notebook_is_committed_without_outputs(path):
     assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_headless(path, monkeypatch):
     """Runs in the repository root (``rwkv_jax`` imports without installing), with a non-GUI plot backend."""

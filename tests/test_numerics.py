@@ -178,6 +178,7 @@ TINY = dict(lengths=(20,), heads=2, size=4, chunk_size=16)
 TINY_BOUNDS = {"float32": Bounds(forward=1e-5, gradient=2e-5), "bfloat16": numerics.BOUNDS["bfloat16"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", SWEPT)
 def test_tiny_sweep_is_within_the_bounds(family):
     """Every pure-JAX form of every swept family, in the first and the last of its regimes."""

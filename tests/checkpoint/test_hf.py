@@ -364,6 +364,7 @@ def _fla_reference_ops(monkeypatch):
     return modeling_rwkv7.RWKV7ForCausalLM
 
 
+@pytest.mark.slow
 def test_flas_model_with_its_reference_ops_runs_our_hf_folder_to_our_logits(tmp_path, monkeypatch):
     torch = import_or_skip("torch", "torch is not installed")
     fla_model = _fla_reference_ops(monkeypatch)

@@ -43,6 +43,7 @@ def table_rows(stdout: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
 
 
+@pytest.mark.slow
 def test_smoke_run_prints_one_passing_row_per_form_with_errors_and_times(smoke_run):
     done, _ = smoke_run
     header = next(line for line in done.stdout.splitlines() if line.startswith("| WKV |"))
@@ -61,6 +62,7 @@ def test_smoke_run_prints_one_passing_row_per_form_with_errors_and_times(smoke_r
         assert verdict == "pass", (wkv, form)
 
 
+@pytest.mark.slow
 def test_smoke_run_gives_kernel_verdicts_and_verifies_no_platform(smoke_run):
     done, _ = smoke_run
     lines = done.stdout.splitlines()
@@ -75,6 +77,7 @@ def test_smoke_run_gives_kernel_verdicts_and_verifies_no_platform(smoke_run):
     assert "frozenset" not in done.stdout
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_every_gradient_and_the_verdicts_as_json(smoke_run):
     _, document = smoke_run
     assert document["platform"] == "cpu" and document["interpret"] is True and document["mode"] == "small"

@@ -44,6 +44,7 @@ def tiny_goose() -> RWKV7:
     return random_rwkv7(tiny_rwkv7_config(n_layer=2, wkv_impl="chunked", chunk_size=16), 5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build", [tiny_rwkv4, tiny_finch, tiny_goose], ids=["rwkv4", "finch", "goose"])
 def test_pallas_form_matches_pure_jax_form_in_logits_and_training_gradients(build):
     model = build()

@@ -7,6 +7,7 @@ import pytest
 from tests.conftest import load_experiment
 
 
+@pytest.mark.slow
 def test_small_bench_writes_every_figure_and_agrees_with_the_rwkv_package(tmp_path, monkeypatch):
     monkeypatch.setenv("RWKV_JIT_ON", "0")  # the package's TorchScript compile would dominate a smoke test
     monkeypatch.delenv("RWKV_CUDA_ON", raising=False)  # the bench sets it (the package needs it set)

@@ -3,6 +3,8 @@
 ``fsdp`` group onto each device (docs/pod_scale.md). Checked on 8 fake devices by the compiled step's
 temporaries (XLA's memory analysis), with the constraint and without it."""
 
+import pytest
+
 from tests.training.fake_devices import run_with_devices
 
 SCRIPT = """
@@ -33,6 +35,7 @@ for spec in (None, sharding.batch_spec(rules)):
 """
 
 
+@pytest.mark.slow
 def test_batch_sharded_activations_shrink_the_temporaries_under_fsdp(tmp_path):
     free, constrained = map(int, run_with_devices(SCRIPT, 8, tmp_path).split())
     # Measured (Finch, 2 layers, C 128, 8 x 128 tokens on fsdp 8): 26.8 -> 15.6 MB (0.58x).

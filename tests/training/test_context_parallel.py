@@ -17,6 +17,7 @@ load_experiment("check_context_parallel").main()
 """
 
 
+@pytest.mark.slow
 def test_wkv_split_over_context_matches_float64_and_finch_goose_equal_one_device(tmp_path):
     out = run_with_devices(SWEEP, 8, tmp_path, timeout=300)
     wkv_worst = float(out.split("worst WKV relative error vs float64")[1].split()[0])

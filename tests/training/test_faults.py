@@ -173,6 +173,7 @@ def seen_values(workdir: pathlib.Path) -> list[tuple[int, str, float]]:
     return logged(workdir) if (workdir / "metrics.jsonl").exists() else []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["rwkv6", "rwkv7"], ids=["finch", "goose"])
 def test_runs_killed_anywhere_resume_to_the_losses_and_parameters_of_an_uninterrupted_run(
     corpus, tmp_path, family

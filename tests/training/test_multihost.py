@@ -1,11 +1,12 @@
 """A training run over two processes (jax.distributed on this machine, gloo collectives on CPU), each with two
 devices, on a (data 2, fsdp 2) mesh spanning both: the same losses, checkpoints, validation and sample as one
-process with four devices, and one set of logs."""
+process with four devices, and one set of logs; then a second run in the same processes resumes both from
+their checkpoints (a new ``train_and_evaluate``: model, optimizer state and data position read back from disk;
+fresh processes resuming are test_faults.py's kills) to the same losses."""
 
 import json
 import os
 import pathlib
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,9 +17,12 @@ from rwkv_jax.training.checkpointing import Checkpoints
 from rwkv_jax.training.metrics import read_metrics
 from tests.conftest import TEST_XLA_FLAGS
 
+pytestmark = pytest.mark.slow
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
-# One process of a run: argv = train, val, workdir, num_processes, process_id, port, steps.
+# One process: argv = train, val, workdir, num_processes, process_id, port, steps. It trains to each of
+# `steps` (comma-separated) in turn, each a new run resuming from the previous one's checkpoints.
 RUN = """
 import sys
 
@@ -29,7 +33,6 @@ from tests.training.conftest import tiny_config
 
 train, val, workdir, num_processes, process_id, port, steps = sys.argv[1:]
 config = tiny_config((train, val), family="rwkv6")
-config.train.steps = int(steps)
 config.data.batch_size = 4  # one sequence per device
 config.mesh.data, config.mesh.fsdp = 2, 2
 config.eval.sample_tokens = 8
@@ -41,9 +44,10 @@ else:
     d.num_processes, d.process_id, d.local_device_count = int(num_processes), int(process_id), 2
 distributed.initialize(config.distributed)
 assert len(jax.devices()) == 4 and len(jax.local_devices()) == 4 // int(num_processes)
-results = loop.train_and_evaluate(config, workdir)
-print("START", results["start_step"])
-print("SAMPLE", repr(results["sample"]))
+for total in map(int, steps.split(",")):
+    config.train.steps = total
+    results = loop.train_and_evaluate(config, workdir)
+    print("RUN", total, "START", results["start_step"], "SAMPLE", repr(results["sample"]))
 """
 
 
@@ -54,11 +58,11 @@ def free_port() -> int:
 
 
 def start(
-    corpus: tuple[str, str], workdir: pathlib.Path, num_processes: int, process_id: int, port: int, steps: int
+    corpus: tuple[str, str], workdir: pathlib.Path, num_processes: int, process_id: int, port: int, steps: str
 ) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
     env["XLA_FLAGS"] = TEST_XLA_FLAGS  # no forced device count from the parent: each process sets its own
-    args = [*corpus, str(workdir), str(num_processes), str(process_id), str(port), str(steps)]
+    args = [*corpus, str(workdir), str(num_processes), str(process_id), str(port), steps]
     return subprocess.Popen(
         [sys.executable, "-c", RUN, *args],
         cwd=REPO,
@@ -79,8 +83,8 @@ def finish(process: subprocess.Popen) -> str:
     return text
 
 
-def run_both(corpus: tuple[str, str], single: pathlib.Path, multi: pathlib.Path, steps: int) -> list[str]:
-    """Runs the one-process and the two-process run side by side; returns the three processes' outputs."""
+def run_both(corpus: tuple[str, str], single: pathlib.Path, multi: pathlib.Path, steps: str) -> list[str]:
+    """Runs the one-process and the two-process runs side by side; returns the three processes' outputs."""
     port = free_port()
     processes = [start(corpus, single, 1, 0, 0, steps)]
     processes += [start(corpus, multi, 2, i, port, steps) for i in range(2)]
@@ -89,9 +93,10 @@ def run_both(corpus: tuple[str, str], single: pathlib.Path, multi: pathlib.Path,
 
 @pytest.fixture(scope="module")
 def two_runs(corpus, tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path, list[str]]:
-    """(workdir of the one-process run, workdir of the two-process run, the processes' outputs)."""
+    """(workdir of the one-process runs, workdir of the two-process runs, the processes' outputs): 6 steps,
+    then resumed to 8."""
     single, multi = tmp_path_factory.mktemp("one_process"), tmp_path_factory.mktemp("two_processes")
-    return single, multi, run_both(corpus, single, multi, steps=6)
+    return single, multi, run_both(corpus, single, multi, steps="6,8")
 
 
 def records(workdir: pathlib.Path) -> list[dict]:
@@ -108,21 +113,21 @@ def test_two_processes_train_as_one_process_with_as_many_devices(two_runs):
     final_single = json.loads((single / "final_metrics.json").read_text())
     final_multi = json.loads((multi / "final_metrics.json").read_text())
     assert final_multi["val_loss"] == pytest.approx(final_single["val_loss"], rel=1e-5)
-    assert Checkpoints(multi / "checkpoints").complete_steps() == [2, 4, 6]
+    assert Checkpoints(multi / "checkpoints").complete_steps() == [4, 6, 8]  # ckpt.keep = 3
 
 
 def test_every_process_draws_the_same_sample_and_only_the_first_logs(two_runs):
     _, _, (single_out, first_out, second_out) = two_runs
-    samples = [line for out in (single_out, first_out, second_out) for line in out.splitlines()]
-    samples = [line for line in samples if line.startswith("SAMPLE")]
-    assert len(samples) == 3 and len(set(samples)) == 1, samples
+    lines = [line for out in (single_out, first_out, second_out) for line in out.splitlines()]
+    for run in ("RUN 6 ", "RUN 8 "):
+        samples = [line for line in lines if line.startswith(run)]
+        assert len(samples) == 3 and len(set(samples)) == 1, samples
     assert "validation loss" in first_out and "validation loss" not in second_out
 
 
-def test_two_processes_resume_from_their_checkpoint_as_one_process_does(corpus, two_runs, tmp_path):
-    single, multi = (shutil.copytree(run, tmp_path / run.name) for run in two_runs[:2])
-    outputs = run_both(corpus, single, multi, steps=8)
-    assert all("START 6" in out for out in outputs), [out[-500:] for out in outputs]
+def test_two_processes_resume_from_their_checkpoint_as_one_process_does(two_runs):
+    single, multi, outputs = two_runs
+    assert all("RUN 8 START 6 " in out for out in outputs), [out[-500:] for out in outputs]
     expected = {r["step"]: r["loss"] for r in records(single) if "loss" in r}
     got = {r["step"]: r["loss"] for r in records(multi) if "loss" in r}
     assert sorted(got) == list(range(1, 9))

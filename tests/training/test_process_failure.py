@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import TEST_XLA_FLAGS
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -40,6 +42,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_the_survivor_of_a_killed_process_exits_with_an_error_within_the_heartbeat_timeout(corpus, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": TEST_XLA_FLAGS}
     port, script = free_port(), RUN.format(heartbeat=HEARTBEAT_S)

@@ -37,6 +37,7 @@ def run(corpus, tmp_path, devices, first, resumed):
     return {name: {int(step): loss for step, loss in losses.items()} for name, losses in out.items()}
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_one_mesh_resumes_on_another_with_the_same_losses(corpus, tmp_path):
     losses = run(corpus, tmp_path, 8, True, [("on_8x1", 8, 1)])
     losses |= run(corpus, tmp_path, 1, False, [("on_1", 1, 1)])

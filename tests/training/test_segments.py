@@ -25,6 +25,7 @@ def rel(a, b):
     return relative_error(np.concatenate([np.ravel(x) for x in a]), np.concatenate([np.ravel(x) for x in b]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", [family.name for family in families()])
 def test_segmented_gradient_equals_full_sequence_gradient(family):
     fns, params = tiny(family)

@@ -62,6 +62,7 @@ assert relative_error(results[1], results[0]) < 1e-7, results  # measured 2.6e-9
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["rwkv4", "rwkv6"])  # rwkv6: the chunked WKV, heads split on tensor
 def test_fsdp_and_tensor_sharded_training_matches_data_parallel(corpus, tmp_path, family):
     script = SCRIPT.format(train=corpus[0], val=corpus[1], workdir=str(tmp_path), family=family)
