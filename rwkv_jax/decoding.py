@@ -1,11 +1,12 @@
 """Jitted inference: a model as a pure step function, and the compiled call behind ``model(tokens, state)``.
 
 ``rwkv_jax.decoder(model)`` returns a :class:`Decoder`: ``step(params, tokens [B, T], state, last_only=False)
--> (logits, state)`` is a jitted pure function (usable in your own ``jit``, ``scan`` or ``vmap``), ``params``
-the arrays it reads. Calling a model (``model(tokens, state)``) goes through the same compiled step, cached
-per model: the parameters are read from the model's variables at every call (so an assignment
-``model.head.kernel[...] = w`` or an optimizer update shows in the next call), a replaced sub-module or
-variable rebuilds the entry, and ``jax.jit`` keeps one program per shape and dtype of the inputs.
+-> (logits, state)`` is a pure function of jitted programs (usable in your own ``jit``, ``scan`` or
+``vmap``), ``params`` the arrays it reads. Calling a model (``model(tokens, state)``) goes through the same
+compiled step, cached per model: the parameters are read from the model's variables at every call (so an
+assignment ``model.head.kernel[...] = w`` or an optimizer update shows in the next call), a replaced
+sub-module or variable rebuilds the entry, and ``jax.jit`` keeps one program per shape and dtype of the
+inputs.
 
 Compute dtype on CPU: XLA:CPU has no fast bfloat16 / float16 matrix product (it converts the whole weight
 to float32 in a fresh buffer at every call, docs/speed.md), so on the CPU backend the step computes in
@@ -15,12 +16,14 @@ model's own ``dtype`` on the stored weights.
 
 Layer layouts (CPU): the step reads the blocks in two layouts that share their memory. Prefill (``T > 1``)
 scans each run of equal blocks over its parameters stored stacked (:mod:`rwkv_jax.models.layer_stack`,
-stacked once per weight version, not inside every call); the one-token step runs the blocks as a Python loop
-over per-layer arrays that are zero-copy views of those stacks (the model's own variables are rebound to
-the views, the same values bit for bit), because XLA:CPU copies the slice of a stacked weight that a scan
-step reads into a fresh buffer (one layer's weights per step, decoding ~2x slower; docs/speed.md). Other
-backends, and models that do not scan their layers, keep the per-layer layout only (prefill stacks inside
-the call).
+stacked once per weight version, not inside every call); the one-token step reads per-layer arrays that are
+zero-copy views of those stacks (the model's own variables are rebound to the views, the same values bit
+for bit), because XLA:CPU copies the slice of a stacked weight that a scan step reads into a fresh buffer
+(one layer's weights per step, decoding ~2x slower; docs/speed.md). It runs them as a few small programs
+called in turn (:mod:`rwkv_jax.layerwise`: embedding, groups of 3 blocks, head), whose compile needs a
+fraction of the memory of one program holding every layer, or, for a family that passes more than ``x``
+between its blocks, as one program with the blocks in a Python loop. Other backends, and models that do
+not scan their layers, keep the per-layer layout only and one program (prefill stacks inside the call).
 """
 
 import ctypes
@@ -37,13 +40,14 @@ from flax import nnx
 from flax.errors import TraceContextError
 
 from rwkv_jax.array_typing import Array, Tokens
+from rwkv_jax.host_memory import aligned_empty, shares_memory
+from rwkv_jax.layerwise import LayerwiseStep, runs_layerwise
 from rwkv_jax.models.layer_stack import StackedBlocks, equal_structure_runs, layer_paths, stack_layers
 
 LOW_PRECISION = (np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
 # Top-level parameters a step reads by row (the token embedding): no float32 working copy of them, which
 # would double their memory for one row a token.
 READ_BY_ROW = frozenset({"emb"})
-ALIGNMENT = 64  # bytes: XLA:CPU shares (does not copy) a host array that starts at such an address
 
 
 class Structure(NamedTuple):
@@ -115,22 +119,39 @@ def compiled_step(structure: Structure) -> Callable:
     return jax.jit(functools.partial(apply, structure), static_argnames=("last_only",))
 
 
+class Step:
+    """``step(params, tokens [B, T], state, last_only=False, starts=None) -> (logits, state)``: the whole
+    jitted program (:func:`compiled_step`), except a one-token call of a model that runs layer by layer
+    (:mod:`rwkv_jax.layerwise`: a few small programs called in turn, the same numbers). Usable inside your
+    own ``jit`` / ``scan`` / ``vmap`` either way; ``lower`` lowers the whole program."""
+
+    def __init__(self, whole: Callable, layerwise: LayerwiseStep | None = None):
+        self.whole, self.layerwise = whole, layerwise
+        self.lower = whole.lower
+
+    def __call__(self, params: Params, tokens: Tokens, state: Any, **options: Any) -> tuple[Array, Any]:
+        """``options``: ``last_only`` and ``starts``, as :func:`apply` takes them."""
+        if self.layerwise is not None and np.shape(tokens)[1] == 1 and options.get("starts") is None:
+            return self.layerwise(params.layers, tokens, state)  # one position: last_only changes nothing
+        return self.whole(params, tokens, state, **options)
+
+
 @dataclasses.dataclass(frozen=True)
 class Decoder:
     """A model as a pure jitted function of its parameters.
 
     Attributes:
-      step: ``step(params, tokens [B, T] int, state, last_only=False) -> (logits, state)``; logits ``[B, T,
-        V]`` float32, or ``[B, 1, V]`` with ``last_only`` (the head applied to the last position only: a
-        prefill that needs only the next-token prediction). Token ids are not range-checked here (an id
-        outside the vocabulary gives NaN logits): the model call checks them.
+      step: ``step(params, tokens [B, T] int, state, last_only=False) -> (logits, state)`` (a
+        :class:`Step`); logits ``[B, T, V]`` float32, or ``[B, 1, V]`` with ``last_only`` (the head applied to
+        the last position only: a prefill that needs only the next-token prediction). Token ids are not
+        range-checked here (an id outside the vocabulary gives NaN logits): the model call checks them.
       params: the :class:`Params` ``step`` takes (on CPU float32 working copies of bf16/f16 weights but
         the embedding).
       graphdef: the :class:`Structure` ``step`` merges ``params`` into.
       init_state: ``init_state(batch_size)``, the model's empty state.
     """
 
-    step: Callable
+    step: Step
     params: Params
     graphdef: Structure
     init_state: Callable[[int], Any]
@@ -168,19 +189,22 @@ def stores_stacked(model: nnx.Module) -> bool:
     return any(b - a > 1 for a, b in equal_structure_runs(list(blocks)))
 
 
-def _structure(model: nnx.Module, dtype: np.dtype | None, stacked: bool) -> tuple[Structure, Any]:
-    """The structure the step merges into (the model's own, or its twin computing in ``dtype``) and, with
-    ``stacked``, the abstract state (shapes) of the stacked layout, else None."""
+def _structure(model: nnx.Module, dtype: np.dtype | None, stacked: bool) -> tuple[Structure, Any, Step]:
+    """The structure the step merges into (the model's own, or its twin computing in ``dtype``), with
+    ``stacked`` the abstract state (shapes) of the stacked layout (else None), and the step."""
     if dtype is not None and np.dtype(model.config.dtype) != dtype:
         from rwkv_jax.models.common import with_config  # the models import this module
 
         model = with_config(model, dtype=dtype)
     graphdef, state = nnx.split(model)
     if not stacked:
-        return Structure(graphdef), None
+        return Structure(graphdef), None, Step(compiled_step(Structure(graphdef)))
     shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
-    stacked_graphdef, stacked_state = nnx.split(stack_layers(nnx.merge(graphdef, shapes)))
-    return Structure(graphdef, stacked_graphdef), stacked_state
+    abstract = nnx.merge(graphdef, shapes)
+    layerwise = LayerwiseStep(abstract) if runs_layerwise(abstract) else None
+    stacked_graphdef, stacked_state = nnx.split(stack_layers(abstract))
+    structure = Structure(graphdef, stacked_graphdef)
+    return structure, stacked_state, Step(compiled_step(structure), layerwise)
 
 
 def decoder(model: nnx.Module) -> Decoder:
@@ -192,29 +216,6 @@ def decoder(model: nnx.Module) -> Decoder:
     if params is None:
         raise ValueError("decoder(model) needs concrete parameters (it was called inside a transform)")
     return Decoder(entry.step, params, entry.structure, model.init_state)
-
-
-def _stacked(arrays: list[Array]) -> Array:
-    """``arrays`` (of one shape and dtype) stacked on a new leading axis by numpy into a 64-byte-aligned
-    host buffer that the result shares (a zero-copy ``device_put`` on CPU; a copy elsewhere): no XLA
-    program compiled per shape, whose compiler memory would add to the peak."""
-    first = np.asarray(arrays[0])
-    shape = (len(arrays), *first.shape)
-    raw = np.empty(first.nbytes * len(arrays) + ALIGNMENT, np.uint8)
-    start = -raw.ctypes.data % ALIGNMENT
-    host = raw[start : start + first.nbytes * len(arrays)].view(first.dtype).reshape(shape)
-    np.stack([np.asarray(a) for a in arrays], out=host)
-    return jax.device_put(host)
-
-
-def _layer_views(stack: Array) -> list[Array] | None:
-    """The layers of ``stack [L, ...]`` as arrays sharing its memory (a zero-copy ``device_put`` of a numpy
-    view, which XLA:CPU makes for a 64-byte-aligned array), or None where one of them would be a copy."""
-    host = np.asarray(stack)  # on CPU a read-only view of the buffer, which it keeps alive
-    views = [jax.device_put(layer) for layer in host]
-    base = stack.unsafe_buffer_pointer()
-    shared = (view.unsafe_buffer_pointer() == base + i * host[0].nbytes for i, view in enumerate(views))
-    return views if all(shared) else None
 
 
 class _Entry:
@@ -229,8 +230,7 @@ class _Entry:
         self.paths = [path for path, _ in flat]
         self.variables = [variable for _, variable in flat]
         self.treedef = jax.tree.structure(variables)
-        self.structure, stacked = _structure(model, self.dtype, stores_stacked(model))
-        self.step = compiled_step(self.structure)
+        self.structure, stacked, self.step = _structure(model, self.dtype, stores_stacked(model))
         self.edges = _edges(model, self.paths)
         self.sources: list[list[int]] = []
         if stacked is not None:
@@ -274,20 +274,27 @@ class _Entry:
         return Params(layers, jax.tree.unflatten(self.stacked_treedef, self.stacks) if self.sources else None)
 
     def _restack(self, k: int) -> None:
-        """Stacks the working copies of stacked variable ``k``'s layers; where the layers can be views of
-        the stack, they become those views (the model's variables too when the step reads them as stored),
-        so the stack is the only copy in memory."""
+        """Stacks the working copies of stacked variable ``k``'s layers. Each layer is copied into its slot
+        of the stack and, where the slot can be a view (a zero-copy array on its memory), replaced by that
+        view at once (the model's variable too when the step reads it as stored): the replaced array is
+        freed before the next layer is copied, so stacking holds one layer beside the weights, not a
+        whole stack, and the stack is the only copy in memory."""
         sources = self.sources[k]
         if len(sources) == 1:
             self.stacks[k] = self.copies[sources[0]]
             return
-        self.stacks[k] = _stacked([self.copies[i] for i in sources])
-        views = _layer_views(self.stacks[k])
-        for i, view in zip(sources, views or [], strict=False):
+        first = self.copies[sources[0]]
+        host = aligned_empty((len(sources), *first.shape), first.dtype)
+        for slot, i in zip(host, sources, strict=True):
+            slot[...] = np.asarray(self.copies[i])
+            view = jax.device_put(slot)
+            if not shares_memory(view, slot):  # a copy: the layer keeps its own array
+                continue
             if self.copies[i] is self.values[i] and _rebind(self.variables[i], view):  # read as stored
                 self.values[i] = view
             self.copies[i] = view
-        return_freed_memory()
+            return_freed_memory()  # the replaced array's memory, before the next slot's pages are touched
+        self.stacks[k] = jax.device_put(host)
 
 
 def _rebind(variable: nnx.Variable, value: Array) -> bool:

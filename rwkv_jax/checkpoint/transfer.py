@@ -10,11 +10,12 @@ import mmap
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 from flax import nnx
 
 from rwkv_jax.checkpoint.layout import check_tensors
+from rwkv_jax.host_memory import aligned_empty
 
 OfficialName = Callable[[tuple], str]  # parameter path -> official tensor name
 IsLinear = Callable[[str], bool]  # official name -> whether it is a linear weight (stored transposed)
@@ -56,10 +57,19 @@ def fill_model(
     for path, variable in flat:
         name = official_name(path)
         source = np.asarray(tensors[name])
-        value = jnp.array(source, variable.get_value().dtype, copy=True)
+        target = variable.get_value()
+        variable.set_value(_parameter(source.T if is_linear(name) else source.reshape(target.shape), target))
         release_mapped(source)
-        variable.set_value(value.T if is_linear(name) else value.reshape(variable.get_value().shape))
     return nnx.merge(graphdef, params)
+
+
+def _parameter(source: np.ndarray, target: jax.ShapeDtypeStruct) -> jax.Array:
+    """``source`` (a view of the file in the parameter's layout) copied by numpy into an aligned host buffer
+    in ``target``'s dtype, which ``device_put`` shares on CPU: no XLA program per shape (their compiler
+    memory stays out of a decoding process's peak), one copy."""
+    host = aligned_empty(target.shape, target.dtype)
+    np.copyto(host, source, casting="unsafe")  # float32 -> bfloat16 rounds to nearest even, as XLA does
+    return jax.device_put(host)
 
 
 def release_mapped(array: np.ndarray) -> None:
