@@ -64,7 +64,10 @@ class WKVForms:
       reference: the float64 reference, ``reference(*inputs, state) -> (y, state)``.
       auto_cpu: what AUTO means on CPU for T > 1.
       auto_accelerated: what AUTO means on GPU and TPU for T > 1 unless a verified kernel exists.
-      default_chunk_size: chunk length of the chunked and Pallas forms when none is given.
+      default_chunk_size: chunk length of the chunked and Pallas forms when none is given, unless
+        ``form_chunk_sizes`` names the form.
+      form_chunk_sizes: the forms whose chunk length when none is given is not ``default_chunk_size``
+        (WKV-7: the chunked form's 16 is the fastest training form on CPU, the Pallas form keeps 32).
       check_values: optional ``check(inputs, impl, chunk_size)`` for value ranges a form needs (concrete
         inputs only), raising ValueError.
       takes_starts: the forms that accept ``starts=`` (see the module docstring); their functions and
@@ -83,6 +86,7 @@ class WKVForms:
     auto_cpu: Impl
     auto_accelerated: Impl
     default_chunk_size: int = 64
+    form_chunk_sizes: Mapping[Impl, int] = dataclasses.field(default_factory=dict)
     check_values: Callable[[dict[str, Array], Impl, int], None] | None = None
     takes_starts: frozenset[Impl] = frozenset()
     context: Transition | None = None
@@ -119,6 +123,10 @@ class WKVForms:
                 f"the forms that do: {names}"
             )
         return impl
+
+    def chunk_size_of(self, impl: Impl) -> int:
+        """The chunk length the concrete form ``impl`` runs with when the call gives none."""
+        return self.form_chunk_sizes.get(impl, self.default_chunk_size)
 
     def _auto(self) -> Impl:
         platform = jax.default_backend()
@@ -176,7 +184,7 @@ class WKVForms:
         if starts is not None:
             check_starts(starts, sizes["B"], sizes["T"])
         impl = self.resolve(impl, sizes["T"], with_starts=starts is not None)
-        chunk_size = self.default_chunk_size if chunk_size is None else chunk_size
+        chunk_size = self.chunk_size_of(impl) if chunk_size is None else chunk_size
         if self.check_values is not None:
             self.check_values(dict(zip(self.input_names, args, strict=True)), impl, chunk_size)
         run = functools.partial(self.forms[impl], chunk_size=chunk_size)

@@ -48,6 +48,7 @@ from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rwkv_jax.array_typing import Array
 
@@ -135,6 +136,13 @@ def matmul_tn(x: Array, y: Array) -> Array:
     return jnp.swapaxes(x, -1, -2) @ y
 
 
+def batched(matrix: np.ndarray, like: Array) -> Array:
+    """``matrix [M, L]`` broadcast over the leading axes of ``like [..., L, N]``: a batched matmul with it
+    needs no transpose of ``like`` (XLA:CPU would transpose ``[..., L, N]`` to ``[L, ... N]`` for an
+    unbatched one)."""
+    return jnp.broadcast_to(jnp.asarray(matrix, like.dtype), (*like.shape[:-2], *matrix.shape))
+
+
 def _row_sums(x: Array) -> Array:
     """``x [..., N]`` summed over its last axis, ``[..., 1]``. A mat-vec: XLA:CPU (jax 0.10.2) reduces the
     minor axis of these small tensors about six times slower."""
@@ -142,40 +150,39 @@ def _row_sums(x: Array) -> Array:
 
 
 def _column_sums(x: Array) -> Array:
-    """``x [..., L, N]`` summed over L, ``[..., 1, N]`` (a mat-vec, as :func:`_row_sums`)."""
-    return jnp.ones((1, x.shape[-2]), x.dtype) @ x
+    """``x [..., L, N]`` summed over L, ``[..., 1, N]`` (a batched mat-vec, as :func:`_row_sums`)."""
+    return batched(np.ones((1, x.shape[-2]), np.float32), x) @ x
 
 
-def _decay_grad(r_dr: Array, k_dk_intra: Array, k_dk_end: Array) -> Array:
+def _decay_grad(r_dr: Array, k_dk: Array, from_end: Array) -> Array:
     """Gradient of the chunk's log decays ``[..., L, N]`` from the pairs they lie between (module docstring).
 
-    ``r_dr``: ``r * dr`` from the intra-chunk pairs and the start state (every pair ending at t);
-    ``k_dk_intra``: ``k * dk`` from the intra-chunk pairs (every pair starting at s); ``k_dk_end``:
-    ``k * dk`` from the pairs reaching the end state. Step j lies inside an intra pair (s, t) iff
-    s < j < t, after the start-state path of t iff j < t, and before the end-state path of s iff s < j::
+    ``r_dr``: ``r * dr`` from the intra-chunk pairs and the start state (every pair ending at t); ``k_dk``:
+    ``k * dk`` from the intra-chunk pairs and the end state (every pair starting at s); ``from_end``
+    ``[..., 1, N]``: ``sum_value(dS_L * S_L)``, the gradient of the end state's terms by a step that
+    scales them all. Step j lies inside an intra pair (s, t) iff s < j < t, after the start-state path of
+    t iff j < t (the start state's part of ``S_L`` lies after every step), and before the end-state path of
+    s iff s < j, that is every step but those ``>= s``::
 
-        dw_j = sum_{t>j} r_dr_t - sum_{s>=j} k_dk_intra_s + sum_{s<j} k_dk_end_s
-             = sum_{t>j} (r_dr - k_dk_intra - k_dk_end)_t - (k_dk_intra + k_dk_end)_j + sum_s k_dk_end_s
+        dw_j = sum_{t>j} r_dr_t - sum_{s>=j} k_dk_s + from_end
 
     one matmul with a strictly triangular 0/1 matrix.
     """
-    steps = jnp.arange(r_dr.shape[-2])
-    after = (steps[None, :] > steps[:, None]).astype(r_dr.dtype)  # [j, t]: t > j
-    from_k = k_dk_intra + k_dk_end
-    return after @ (r_dr - from_k) - from_k + _column_sums(k_dk_end)
+    after = np.triu(np.ones((r_dr.shape[-2],) * 2, np.float32), 1)  # [j, t]: t > j
+    return batched(after, r_dr) @ (r_dr - k_dk) - k_dk + from_end
 
 
 def _chunk_backward(
-    r: Array, k: Array, v: Array, w: Array, u: Array, state: Array, dy: Array, d_next: Array
+    r: Array, k: Array, v: Array, w: Array, u: Array, state: Array, end: Array, dy: Array, d_next: Array
 ) -> tuple[Array, ...]:
-    """Gradients of one chunk (shapes as :func:`_chunk_forward`) given ``dy`` and the gradient of the state
-    after the chunk: ``(dr, dk, dv, dw, du [H, 1, N] summed over B and L, d_state)``."""
+    """Gradients of one chunk (shapes as :func:`_chunk_forward`) given ``dy``, the states at its start and
+    end and the gradient of the end state: ``(dr, dk, dv, dw, du [H, 1, N] summed over B and L,
+    d_state)``."""
     sums = _block_sums(w)
     from_start, to_end = (jnp.exp(x) for x in sums[-1])
     total = jnp.swapaxes(jnp.exp(_column_sums(w)), -1, -2)  # [B, H, N, 1]
     # Through the states: y += (r * from_start) @ state; next = total * state + (k * to_end)^T @ v.
     d_state = total * d_next + matmul_tn(r * from_start, dy)
-    d_total = _row_sums(d_next * state) * total
     dr = jnp.einsum("...tj,...ij->...ti", dy, state) * from_start
     dk_end = jnp.einsum("...sj,...ij->...si", v, d_next) * to_end
     dv = jnp.einsum("...si,...ij->...sj", k * to_end, d_next)
@@ -188,11 +195,12 @@ def _chunk_backward(
         dr = _add_to_half(dr, half, 1, jnp.einsum("...ts,...sn->...tn", d_scores, cols) * row_decay)
         d_cols = matmul_tn(d_scores, rows)
         dk_intra = _add_to_half(dk_intra, half, 0, d_cols * col_decay)
-    dw = _decay_grad(r * dr, k * dk_intra, k * dk_end) + jnp.swapaxes(d_total, -1, -2)
+    dk = dk_intra + dk_end
+    dw = _decay_grad(r * dr, k * dk, jnp.swapaxes(_row_sums(d_next * end), -1, -2))
     # The bonus term (r . (u * k)) v, which no decay touches.
     bonus, d_bonus = _row_sums(r * u * k), _row_sums(dy * v)
     dr = dr + d_bonus * u * k
-    dk = dk_intra + dk_end + d_bonus * u * r
+    dk = dk + d_bonus * u * r
     du = jnp.sum(_column_sums(d_bonus * r * k), axis=0)
     return dr, dk, dv + bonus * dy, dw, du, d_state
 
@@ -207,6 +215,12 @@ def _put_chunk(x: Array, index: Array, chunk_size: int, value: Array) -> Array:
     return jax.lax.dynamic_update_slice_in_dim(x, value.transpose(0, 2, 1, 3), index * chunk_size, axis=1)
 
 
+def put_state(states: Array, index: Array, state: Array) -> Array:
+    """``states [T / L, ...]`` with row ``index`` set to ``state``: a dynamic update in place (``.at[].set``
+    with a traced index is a scatter, which XLA:CPU lowers with a bounds check and a select)."""
+    return jax.lax.dynamic_update_index_in_dim(states, state, index, 0)
+
+
 def _forward_pass(
     r: Array, k: Array, v: Array, w: Array, u: Array, state: Array, chunk_size: int
 ) -> tuple[Array, Array, Array]:
@@ -216,7 +230,7 @@ def _forward_pass(
         y, starts, s = carry
         inputs = (_chunk(x, index, chunk_size) for x in (r, k, v, w))
         y_chunk, s_next = _chunk_forward(*inputs, u, s)
-        return _put_chunk(y, index, chunk_size, y_chunk), starts.at[index].set(s), s_next
+        return _put_chunk(y, index, chunk_size, y_chunk), put_state(starts, index, s), s_next
 
     starts = jnp.zeros((r.shape[1] // chunk_size, *state.shape), state.dtype)
     y, starts, final = jax.lax.fori_loop(0, starts.shape[0], chunk_step, (jnp.zeros_like(v), starts, state))
@@ -237,28 +251,31 @@ def _wkv_chunks_forward(
     r: Array, k: Array, v: Array, w: Array, u: Array, state: Array, chunk_size: int
 ) -> tuple[tuple[Array, Array], tuple[Array, ...]]:
     y, final, starts = _forward_pass(r, k, v, w, u, state, chunk_size)
-    return (y, final), (r, k, v, w, u, starts)
+    return (y, final), (r, k, v, w, u, starts, final)
 
 
 def _wkv_chunks_backward(
     chunk_size: int, saved: tuple[Array, ...], cotangents: tuple[Array, Array]
 ) -> tuple[Array, ...]:
-    """The chunks in reverse, carrying the gradient of the state: recomputes each chunk's decay factors from
-    the saved inputs and the chunk's start state (nothing per level is stored by the forward)."""
-    r, k, v, w, u, starts = saved
+    """The chunks in reverse, carrying the gradient of the state and the chunk's end state (the start state
+    of the chunk after it, the final state for the last): recomputes each chunk's decay factors from the
+    saved inputs and the chunk's start state (nothing per level is stored by the forward)."""
+    r, k, v, w, u, starts, final = saved
     dy, d_final = cotangents
     last = starts.shape[0] - 1
 
     def chunk_step(step: Array, carry: tuple[Array, ...]) -> tuple[Array, ...]:
         index = last - step
-        du, d_state = carry[4:]
-        r_c, k_c, v_c, w_c, dy_c = (_chunk(x, index, chunk_size) for x in (r, k, v, w, dy))
-        *chunk_grads, chunk_du, d_state = _chunk_backward(r_c, k_c, v_c, w_c, u, starts[index], dy_c, d_state)
+        du, end, d_state = carry[4:]
+        chunk = (_chunk(x, index, chunk_size) for x in (r, k, v, w))
+        start, dy_c = starts[index], _chunk(dy, index, chunk_size)
+        *chunk_grads, chunk_du, d_state = _chunk_backward(*chunk, u, start, end, dy_c, d_state)
         grads = (_put_chunk(g, index, chunk_size, c) for g, c in zip(carry[:4], chunk_grads, strict=True))
-        return (*grads, du + chunk_du, d_state)
+        return (*grads, du + chunk_du, start, d_state)
 
-    initial = (*(jnp.zeros_like(x) for x in (r, k, v, w)), jnp.zeros_like(u), d_final)
-    return jax.lax.fori_loop(0, starts.shape[0], chunk_step, initial)
+    initial = (*(jnp.zeros_like(x) for x in (r, k, v, w)), jnp.zeros_like(u), final, d_final)
+    *grads, du, _, d_state = jax.lax.fori_loop(0, starts.shape[0], chunk_step, initial)
+    return (*grads, du, d_state)
 
 
 _wkv_chunks.defvjp(_wkv_chunks_forward, _wkv_chunks_backward)

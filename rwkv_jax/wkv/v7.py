@@ -150,6 +150,11 @@ def wkv7_scan(
     return y.astype(out_dtype), states[:, -1]
 
 
+# Tokens per grid step of the Pallas form when the call gives none: 32, as before the chunked form's default
+# moved to 16 (docs/wkv_training_speed.md, sixth pass); the kernel has not been timed at 16 on hardware.
+PALLAS_CHUNK_SIZE = 32
+
+
 def _wkv7_pallas(*args: Array | None, chunk_size: int, starts: Array | None = None) -> tuple[Array, Array]:
     """The Pallas kernel (``pallas_kernels.wkv7``; interpret mode on CPU), imported only when chosen.
     ``args``: ``r, k, v, w_log, a, b, state`` as in :func:`wkv7`."""
@@ -171,7 +176,7 @@ def wkv7(
     state: Array | None = None,
     *,
     impl: Impl | str = Impl.AUTO,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     starts: Array | None = None,
 ) -> tuple[Array, Array]:
     """WKV-7 in the form ``impl`` (AUTO: RECURRENT for T == 1, else CHUNKED; see :mod:`rwkv_jax.wkv.forms`).
@@ -182,7 +187,8 @@ def wkv7(
       state: ``[B, H, N, N]`` float32 initial state ``[value, key]``, or None for zeros.
       impl: the form, an :class:`Impl` or its name.
       chunk_size: tokens per chunk of the CHUNKED form, per grid step of the PALLAS form (a power of 2,
-        >= 16, for that one).
+        >= 16, for that one); None: the form's own default (``WKV7_FORMS.chunk_size_of``: CHUNKED
+        :data:`~rwkv_jax.wkv.v7_chunked.DEFAULT_CHUNK_SIZE`, PALLAS :data:`PALLAS_CHUNK_SIZE`).
       starts: ``[B, T]`` bool document-start mask, or None (forms that take it: ``WKV7_FORMS.takes_starts``;
         AUTO picks RECURRENT where CHUNKED would not).
 
@@ -215,6 +221,7 @@ WKV7_FORMS = WKVForms(
     auto_cpu=Impl.CHUNKED,
     auto_accelerated=Impl.CHUNKED,
     default_chunk_size=DEFAULT_CHUNK_SIZE,
+    form_chunk_sizes={Impl.PALLAS: PALLAS_CHUNK_SIZE},
     context=matrix_transition(value_index=2),
     check_values=_check_chunk_decay,
 )

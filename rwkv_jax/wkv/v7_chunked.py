@@ -20,7 +20,7 @@ carried transposed, ``S^T [key, value]`` (so that ``A S_0^T`` is a plain matmul)
 
     u = P z,  z = A S_0^T + M_ak v,  P = (I - M_ab)^-1       (a unit lower-triangular system)
     y = R S_0^T + Q_b u + Q_k v
-    S_L^T = exp(c_L) * S_0^T + B_end^T u + K_end^T v          (B_end = b exp(c_L - c_s), likewise K_end)
+    S_L^T = exp(c_L) * (S_0^T + B^T u + K^T v)                (G(s, L) = exp(c_L) exp(-c_s))
 
 The inverse is a product of ``log2(L)`` matmuls (:func:`_unit_lower_inverse`). The pairs are stacked along
 the token axis, ``X = [A; R]``, ``Y = [B; K]``, ``U = [u; v]``, so that the four scores are one matmul
@@ -31,7 +31,8 @@ backward runs the chunks in reverse, carrying the gradient of the state, and rec
 scores, inverse and removed values from its inputs and start state. Through the solve, ``dz = P^T du`` and
 ``dM_ab = strict(dz u^T)``; the rest are the transposes of the matmuls above (:func:`_block_backward`).
 The gradient of the log decays is assembled per step from the terms of the pairs it lies between (no
-division by a decay; see :func:`_decay_grad`).
+division by a decay; see :func:`_decay_grad`); that of ``c_L``, which scales the whole end state, is
+``sum_value(dS_L^T * S_L^T)``, from the end state that the backward carries (the next chunk's start).
 
 Chunks and blocks. The chunk (``chunk_size``) is the unit of the states kept for the backward; within a
 chunk the math runs per block of :data:`BLOCK_SIZE` tokens, one block after another. The work within a
@@ -42,8 +43,10 @@ from the chunk's.
 Exponents. The decay factors are split as ``exp(c_t) * exp(-c_s)``, referenced to the block start: exact,
 but ``exp(-c_s)`` grows as the block decays. RWKV-7's log decay is at least ``-exp(-0.5) ~ -0.61`` per
 step (the model soft-clamps it; the official kernel is named "clampw" for this), so over 16 tokens the
-factors stay below ``e^10``. Inputs whose decay over one chunk exceeds ``e^-60`` are rejected when the
-values are known (:func:`check_decay_range`); under ``jit`` that is the caller's contract.
+factors stay below ``e^10``. The end state is written with the same undecayed rows, ``exp(c_L) (S_0^T +
+Y^T U)``, and its gradient reaches them scaled by ``exp(c_L)``. Inputs whose decay over one chunk exceeds
+``e^-60`` are rejected when the values are known (:func:`check_decay_range`); under ``jit`` that is the
+caller's contract.
 
 Execution. As in :mod:`rwkv_jax.wkv.v6_chunked`, a loop over chunks computes one chunk of every batch row
 and head at a time (``[B, H, L, N]``, small enough to stay in the CPU's caches through the chunk's dozens of
@@ -60,12 +63,12 @@ import numpy as np
 
 from rwkv_jax.array_typing import Array
 from rwkv_jax.wkv.forms import check_starts
-from rwkv_jax.wkv.v6_chunked import matmul_tn
+from rwkv_jax.wkv.v6_chunked import batched, matmul_tn, put_state
 
-# Two blocks of 16. Chunks of 16 ran as fast by wall clock and 8-10% faster by CPU time in the fourth pass
-# (docs/wkv_training_speed.md) for 1.5x the temporary memory; not the default, as this constant is also the
-# Pallas form's default chunk (``rwkv_jax.wkv.v7``), not measured here at 16 tokens per grid step.
-DEFAULT_CHUNK_SIZE = 32
+# One block per chunk: the fastest forward + backward of chunks of 16, 32 and 64 on CPU
+# (docs/wkv_training_speed.md), for the most stored states (one per 16 tokens). The Pallas form has its own
+# default (``rwkv_jax.wkv.v7.PALLAS_CHUNK_SIZE``).
+DEFAULT_CHUNK_SIZE = 16
 BLOCK_SIZE = 16  # tokens per block of the intra-chunk math (a chunk is the unit of the states kept)
 MAX_CHUNK_LOG_DECAY = 60.0  # the largest |sum of w_log| over one chunk (exp(60) ~ 1e26 < float32 max)
 
@@ -112,13 +115,6 @@ def _score_mask(length: int) -> np.ndarray:
     return np.block([[strict, strict], [causal, causal]])
 
 
-def _batched(matrix: np.ndarray, like: Array) -> Array:
-    """``matrix [M, L]`` broadcast over the leading axes of ``like [..., L, N]``: a batched matmul with it
-    needs no transpose of ``like`` (XLA:CPU would transpose ``[..., L, N]`` to ``[L, ... N]`` for an
-    unbatched one)."""
-    return jnp.broadcast_to(jnp.asarray(matrix, like.dtype), (*like.shape[:-2], *matrix.shape))
-
-
 def _nt(x: Array, y: Array) -> Array:
     """``x y^T``: ``[..., M, K] x [..., N, K] -> [..., M, N]``."""
     return jnp.einsum("...mk,...nk->...mn", x, y)
@@ -139,18 +135,18 @@ class _Block(NamedTuple):
     docstring are stacked along the token axis, so that each pair is one matmul.
 
     The decay factors: ``row_decay = [exp(c_{t-1}); exp(c_t)]`` ``[2L, N]`` (of ``[a; r]``), ``undecay =
-    [exp(-c_s); exp(-c_s)]`` (of ``[b; k]``), ``to_end = [exp(c_L - c_s); ...]`` and ``decay = exp(c_L)``
-    ``[1, N]``. The decayed vectors ``X = [A; R]``, ``Y = [B; K]``, ``E = [B_end; K_end]`` ``[2L, N]``;
-    ``scores = [[M_ab, M_ak], [Q_b, Q_k]]`` ``[2L, 2L]`` and ``inverse = (I - M_ab)^-1`` ``[L, L]``.
+    [exp(-c_s); exp(-c_s)]`` (of ``[b; k]``) and ``decay = exp(c_L)`` ``[1, N]``. The decayed vectors
+    ``X = [A; R]``, ``Y = [B; K]`` ``[2L, N]`` and ``written``, the rows of ``Y`` that reach the block's
+    end (all of them; with documents, the last document's); ``scores = [[M_ab, M_ak], [Q_b, Q_k]]``
+    ``[2L, 2L]`` and ``inverse = (I - M_ab)^-1`` ``[L, L]``.
     """
 
     row_decay: Array
     undecay: Array
-    to_end: Array
     decay: Array
     X: Array
     Y: Array
-    E: Array
+    written: Array
     scores: Array
     inverse: Array
     mask: Array
@@ -171,7 +167,7 @@ class _Documents(NamedTuple):
 def _documents(starts: Array, init: Array) -> _Documents:
     """The masks of a block's documents from ``starts [B, 1, L, 1]`` (float 0/1)."""
     _, causal = _masks(starts.shape[-2])
-    ids = _batched(causal, starts) @ starts  # documents begun in the block up to t
+    ids = batched(causal, starts) @ starts  # documents begun in the block up to t
     return _Documents(
         (ids == _transpose(ids)).astype(jnp.float32),
         (ids == 0).astype(jnp.float32),
@@ -197,42 +193,38 @@ def _start_state(state: Array, documents: "_Documents | None") -> Array:
     return carried * state + (1 - carried) * documents.init
 
 
+def _last_rows(documents: _Documents | None) -> Array | float:
+    """1 on the stacked rows ``[2L, 1]`` of the block's last document (the rows that reach its end)."""
+    return 1.0 if documents is None else _stack(documents.last, documents.last)
+
+
 def _block_terms(r: Array, k: Array, w: Array, a: Array, b: Array, documents: _Documents | None) -> _Block:
     """The decay factors, decayed vectors, scores and inverse of a block (inputs ``[B, H, L, N]``). With
     documents, the cumulative decays restart at each start and the scores across documents are masked."""
     length = r.shape[-2]
-    strict, causal = _masks(length)
-    # c_t, c_L - c_t and c_L in one matmul (XLA:CPU's cumsum is a slow reduce-window), each summed from its
-    # own steps: no difference of two long sums
+    _, causal = _masks(length)
+    # c_t and c_L in one matmul (XLA:CPU's cumsum is a slow reduce-window)
     if documents is None:
-        sums = _batched(np.concatenate([causal, strict.T, np.ones((1, length), np.float32)]), w) @ w
+        sums = batched(np.concatenate([causal, np.ones((1, length), np.float32)]), w) @ w
         mask = _score_mask(length)
     else:
-        within = causal * documents.same
-        ends = _transpose(documents.last)
-        matrix = jnp.concatenate([within, jnp.broadcast_to(strict.T, within.shape), ends], axis=-2)
+        matrix = jnp.concatenate([causal * documents.same, _transpose(documents.last)], axis=-2)
         sums = matrix @ w
         mask = _score_mask(length) * jnp.tile(documents.same, (2, 2))
-    c, after, total = sums[..., :length, :], sums[..., length:-1, :], sums[..., -1:, :]
-    row_decay = jnp.exp(_stack(c - w, c))
-    undecay, to_end = (jnp.exp(_stack(x, x)) for x in (-c, after))
-    if documents is not None:  # only the last document reaches the block's end
-        to_end = to_end * _stack(documents.last, documents.last)
-    X, bk = _stack(a, r) * row_decay, _stack(b, k)
-    Y = bk * undecay
+    c, total = sums[..., :length, :], sums[..., length:, :]
+    row_decay, undecay = jnp.exp(_stack(c - w, c)), jnp.exp(_stack(-c, -c))
+    X, Y = _stack(a, r) * row_decay, _stack(b, k) * undecay
+    written = Y * _last_rows(documents)
     scores = _nt(X, Y) * mask
     inverse = _unit_lower_inverse(scores[..., :length, :length])
-    return _Block(
-        row_decay, undecay, to_end, jnp.exp(total), X, Y, bk * to_end, scores, inverse, mask, documents
-    )
+    return _Block(row_decay, undecay, jnp.exp(total), X, Y, written, scores, inverse, mask, documents)
 
 
-def _removed(terms: _Block, v: Array, state: Array) -> Array:
+def _removed(terms: _Block, v: Array, read: Array) -> Array:
     """``U = [u; v]`` ``[B, H, 2L, value]``, ``u = P (A S_0^T + M_ak v)`` the values the block's tokens
-    remove."""
+    remove, given ``read = A S_0^T`` ``[B, H, L, value]``."""
     length = v.shape[-2]
-    z = _read(terms.X[..., :length, :], state, terms.documents) + terms.scores[..., :length, length:] @ v
-    return _stack(terms.inverse @ z, v)
+    return _stack(terms.inverse @ (read + terms.scores[..., :length, length:] @ v), v)
 
 
 def _block_forward(
@@ -243,9 +235,11 @@ def _block_forward(
     the block."""
     terms = _block_terms(r, k, w, a, b, documents)
     length = v.shape[-2]
-    U = _removed(terms, v, state)
-    y = _read(terms.X[..., length:, :], state, documents) + terms.scores[..., length:, :] @ U
-    return y, _start_state(state, documents) * _transpose(terms.decay) + matmul_tn(terms.E, U)
+    reads = _read(terms.X, state, documents)  # [A; R] S_0^T: one matmul for both halves
+    U = _removed(terms, v, reads[..., :length, :])
+    y = reads[..., length:, :] + terms.scores[..., length:, :] @ U
+    # exp(c_L) scales the start state and every written row alike: once, after their sum
+    return y, _transpose(terms.decay) * (_start_state(state, documents) + matmul_tn(terms.written, U))
 
 
 def _transpose(x: Array) -> Array:
@@ -261,42 +255,39 @@ def _block_backward(
     b: Array,
     dy: Array,
     state: Array,
+    end: Array,
     d_next: Array,
     documents: _Documents | None,
 ) -> tuple[Array, ...]:
-    """Gradients of one block (shapes as :func:`_block_forward`) given ``dy``, the start state and the
-    gradient of the state after the block: ``(dr, dk, dv, dw, da, db, d_state, d_init)`` (``d_init`` the
-    initial state's, None without documents)."""
+    """Gradients of one block (shapes as :func:`_block_forward`) given ``dy``, the start and end states and
+    the gradient of the end state: ``(dr, dk, dv, dw, da, db, d_state, d_init)`` (``d_init`` the initial
+    state's, None without documents)."""
     t = _block_terms(r, k, w, a, b, documents)
     length = v.shape[-2]
-    U = _removed(t, v, state)
-    # S_L = S_0 decay + E^T U;  y = R S_0 + [Q_b, Q_k] U;  u = P z, z = A S_0 + M_ak v
-    from_end = t.E @ d_next
+    U = _removed(t, v, _read(t.X[..., :length, :], state, documents))
+    # S_L = decay (S_0 + W^T U);  y = R S_0 + [Q_b, Q_k] U;  u = P z, z = A S_0 + M_ak v  (W: t.written)
+    d_through = d_next * _transpose(t.decay)  # the gradient of S_0 + W^T U
+    from_end = t.written @ d_through
     du = from_end[..., :length, :] + matmul_tn(t.scores[..., length:, :length], dy)
     D = _stack(matmul_tn(t.inverse, du), dy)  # [dz; dy]: through the solve, dz = P^T du
     dv = from_end[..., length:, :] + matmul_tn(t.scores[..., length:], D)
     d_scores = _nt(D, U) * t.mask
     dX = _read(D, _transpose(state), _transposed(documents)) + d_scores @ t.Y
-    dY = matmul_tn(d_scores, t.X)
-    dE = _nt(U, d_next)
-    d_through = d_next * _transpose(t.decay)
+    # W's gradient U d_through^T as a plain matmul with the transposed state gradient formed first: XLA:CPU
+    # ran it slower with the transpose folded into the product (docs/wkv_training_speed.md, sixth pass)
+    dW = U @ (_transpose(d_next) * t.decay)
+    dY = matmul_tn(d_scores, t.X) + dW * _last_rows(documents)  # through the scores and through W
     if documents is None:
         d_state, d_init = d_through + matmul_tn(t.X, D), None
     else:  # each state's part: the rows (and the end) that read it
         first, carried = _stack(documents.first, documents.first), documents.first[..., -1:, :]
         d_state = carried * d_through + matmul_tn(t.X * first, D)
         d_init = (1 - carried) * d_through + matmul_tn(t.X * (1 - first), D)
-    from_x, from_y, from_e = dX * t.X, dY * t.Y, dE * t.E
-    from_a, from_r = _halves(from_x)
-    dw = _decay_grad(
-        from_r - sum(_halves(from_y)),
-        from_a,
-        sum(_halves(from_e)),
-        _transpose(_row_sums(d_next * _start_state(state, documents))) * t.decay,
-        documents,
-    )
+    from_a, from_r = _halves(dX * t.X)
+    end_scale = _transpose(_row_sums(d_next * end))  # the gradient of c_L, which scales all of S_L
+    dw = _decay_grad(from_r - sum(_halves(dY * t.Y)), from_a, end_scale, documents)
     da, dr = _halves(dX * t.row_decay)
-    db, dk = _halves(dY * t.undecay + dE * t.to_end)
+    db, dk = _halves(dY * t.undecay)
     return dr, dk, dv, dw, da, db, d_state, d_init
 
 
@@ -349,14 +340,14 @@ def _chunk_backward(
     b: Array,
     dy: Array,
     state: Array,
+    end: Array,
     d_next: Array,
     restarts: Restarts = None,
 ) -> tuple[Array, ...]:
-    """Gradients of :func:`_chunk_forward` given ``dy``, the start state and the gradient of the state
-    after the chunk: ``(dr, dk, dv, dw, da, db, d_state)``, and with ``restarts`` the initial state's
-    gradient ``d_init`` after them. The states at the blocks' starts are
-    recomputed from the chunk's (the forward's ``y`` part of that is dead code, and XLA shares the rest with
-    the blocks' backward)."""
+    """Gradients of :func:`_chunk_forward` given ``dy``, the start and end states and the gradient of the
+    end state: ``(dr, dk, dv, dw, da, db, d_state)``, and with ``restarts`` the initial state's gradient
+    ``d_init`` after them. The states at the blocks' starts are recomputed from the chunk's (the forward's
+    ``y`` part of that is dead code, and XLA shares the rest with the blocks' backward)."""
     count = _blocks(r.shape[-2])
     blocks = list(zip(*(_split(x, count) for x in (r, k, v, w, a, b, dy)), strict=True))
     documents = _block_documents(restarts, count)
@@ -364,8 +355,9 @@ def _chunk_backward(
     for block, docs in zip(blocks[:-1], documents, strict=False):
         starts.append(_block_forward(*block[:-1], starts[-1], docs)[1])
     grads, d_init = [], None
-    for block, start, docs in reversed(list(zip(blocks, starts, documents, strict=True))):
-        *block_grads, d_next, d_block_init = _block_backward(*block, start, d_next, docs)
+    ends = [*starts[1:], end]
+    for block, start, block_end, docs in reversed(list(zip(blocks, starts, ends, documents, strict=True))):
+        *block_grads, d_next, d_block_init = _block_backward(*block, start, block_end, d_next, docs)
         grads.insert(0, block_grads)
         d_init = d_block_init if d_init is None else d_init + d_block_init
     grads = (*(jnp.concatenate(g, axis=-2) for g in zip(*grads, strict=True)), d_next)
@@ -378,35 +370,28 @@ def _row_sums(x: Array) -> Array:
     return x @ jnp.ones((x.shape[-1], 1), x.dtype)
 
 
-def _decay_grad(
-    from_rows: Array, from_before: Array, from_end: Array, from_state: Array, documents: _Documents | None
-) -> Array:
+def _decay_grad(from_rows: Array, from_before: Array, from_end: Array, documents: _Documents | None) -> Array:
     """Gradient of a block's log decays ``[..., L, N]`` from per-token terms ``X_t = x_t * dx_t`` of the
     decayed vectors ``x_t = x exp(e_t)``, grouped by the steps j that their exponent ``e_t`` sums:
 
     - ``from_rows``: exponent ``+-c_t`` (R, and minus B and K), the steps ``j <= t``;
     - ``from_before``: ``c_{t-1}`` (A), the steps ``j < t``;
-    - ``from_end``: ``c_L - c_t`` (B_end, K_end), the steps ``j > t``;
-    - ``from_state`` ``[..., 1, N]``: ``c_L`` (the start state's decay), every step.
+    - ``from_end`` ``[..., 1, N]``: ``c_L`` (the decay of the end state, start state and written rows
+      alike), every step.
 
-    ``dw_j = sum_{t>=j} (from_rows + from_before)_t - from_before_j + sum_{t<j} from_end_t + from_state``:
-    two matmuls with triangular 0/1 matrices. The ``+c_t`` and ``-c_s`` terms of one pair (s, t) cancel
-    for ``j <= s``, leaving the steps between them. Two matmuls rather than one over ``from_rows +
-    from_before - from_end``: that sum reads eight ``[..., 2L, N]`` arrays in one XLA fusion, enough bytes
-    for XLA:CPU to split it over two threads, which cost it ten times its arithmetic here
-    (docs/wkv_training_speed.md, fourth pass).
+    ``dw_j = sum_{t>=j} (from_rows + from_before)_t - from_before_j + from_end``: one matmul with a
+    triangular 0/1 matrix. The ``+c_t`` and ``-c_s`` terms of one pair (s, t) cancel for ``j <= s``, leaving
+    the steps between them; a written row's ``-c_s`` and the end's ``c_L`` leave the steps after s.
 
-    With documents the exponents sum the steps of their own document: the triangular matrices are masked
-    to pairs within a document, and the end and state terms reach only the block's last document.
+    With documents the exponents sum the steps of their own document: the triangular matrix is masked to
+    pairs within a document, and the end term reaches only the block's last document.
     """
-    strict, causal = _masks(from_rows.shape[-2])
+    _, causal = _masks(from_rows.shape[-2])
     if documents is None:
-        within, last = _batched(causal.T, from_rows), 1.0
-        to_end = _batched(strict, from_end)
+        within, last = batched(causal.T, from_rows), 1.0
     else:
         within, last = _transpose(causal * documents.same), documents.last
-        to_end = last - within  # from_end is 0 outside the last document: [j, t] = 1 there iff t < j
-    return within @ (from_rows + from_before) + to_end @ from_end + (last * from_state - from_before)
+    return within @ (from_rows + from_before) + (last * from_end - from_before)
 
 
 def _chunk(x: Array, index: Array, chunk_size: int) -> Array:
@@ -434,7 +419,7 @@ def _forward_pass(
         y, starts, s = carry
         chunk = (_chunk(x, index, chunk_size) for x in inputs)
         y_chunk, s_next = _chunk_forward(*chunk, s, _chunk_restarts(restarts, index, chunk_size))
-        return _put_chunk(y, index, chunk_size, y_chunk), starts.at[index].set(s), s_next
+        return _put_chunk(y, index, chunk_size, y_chunk), put_state(starts, index, s), s_next
 
     starts = jnp.zeros((inputs[0].shape[1] // chunk_size, *state.shape), state.dtype)
     y = jnp.zeros_like(inputs[2])
@@ -464,33 +449,35 @@ def _wkv_chunks(
 def _wkv_chunks_forward(*args) -> tuple[tuple[Array, Array], tuple[Any, ...]]:
     *inputs, state, restarts, chunk_size = args
     y, final, starts = _forward_pass(tuple(inputs), state, restarts, chunk_size)
-    return (y, final), (*inputs, starts, restarts)
+    return (y, final), (*inputs, starts, final, restarts)
 
 
 def _wkv_chunks_backward(
     chunk_size: int, saved: tuple[Array, ...], cotangents: tuple[Array, Array]
 ) -> tuple[Array, ...]:
-    """The chunks in reverse, carrying the gradient of the state: recomputes each chunk's scores and inverse
-    from the saved inputs and the chunk's start state."""
-    *inputs, starts, restarts = saved
+    """The chunks in reverse, carrying the gradient of the state and the chunk's end state (the start state
+    of the chunk after it, the final state for the last): recomputes each chunk's scores and inverse from
+    the saved inputs and the chunk's start state."""
+    *inputs, starts, final, restarts = saved
     dy, d_final = cotangents
     last = starts.shape[0] - 1
 
     def chunk_step(step: Array, carry: tuple[Any, ...]) -> tuple[Any, ...]:
         index = last - step
-        *grads, d_state, d_init = carry
+        *grads, end, d_state, d_init = carry
         chunk = (_chunk(x, index, chunk_size) for x in (*inputs, dy))
         chunk_restarts = _chunk_restarts(restarts, index, chunk_size)
-        chunk_grads = _chunk_backward(*chunk, starts[index], d_state, chunk_restarts)
+        start = starts[index]
+        chunk_grads = _chunk_backward(*chunk, start, end, d_state, chunk_restarts)
         if d_init is not None:
             d_init = d_init + chunk_grads[-1]
         *chunk_grads, d_state = chunk_grads[:7]
         grads = (_put_chunk(g, index, chunk_size, c) for g, c in zip(grads, chunk_grads, strict=True))
-        return (*grads, d_state, d_init)
+        return (*grads, start, d_state, d_init)
 
     d_init = None if restarts is None else jnp.zeros_like(restarts[1])
-    initial = (*(jnp.zeros_like(x) for x in inputs), d_final, d_init)
-    *grads, d_state, d_init = jax.lax.fori_loop(0, starts.shape[0], chunk_step, initial)
+    initial = (*(jnp.zeros_like(x) for x in inputs), final, d_final, d_init)
+    *grads, _, d_state, d_init = jax.lax.fori_loop(0, starts.shape[0], chunk_step, initial)
     d_restarts = None if restarts is None else (jnp.zeros_like(restarts[0]), d_init)
     return (*grads, d_state, d_restarts)
 

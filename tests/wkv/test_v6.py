@@ -139,10 +139,11 @@ def test_hand_written_chunk_backward_equals_autodiff_of_the_chunk_forward(reques
     dy, d_next = (jnp.asarray(rng.normal(size=x.shape), jnp.float32) for x in (chunk[0], state))
     # Jitted: op by op, every primitive compiles on its own (75 s in a loaded suite; under 2 s jitted).
     expected = jax.jit(lambda *x: jax.vjp(v6_chunked._chunk_forward, *x)[1]((dy, d_next)))(*inputs)
-    got = jax.jit(v6_chunked._chunk_backward)(*inputs, dy, d_next)
+    end = jax.jit(v6_chunked._chunk_forward)(*inputs)[1]
+    got = jax.jit(v6_chunked._chunk_backward)(*inputs, end, dy, d_next)
     for name, a, b in zip(("r", "k", "v", "w", "u", "state"), got, expected, strict=True):
         assert a.shape == b.shape, name
-        assert rel_err(a, b) <= 4e-6, name  # measured <= 4.1e-7
+        assert rel_err(a, b) <= 4e-6, name  # measured <= 4.0e-7
 
 
 def test_chunked_gradients_keep_the_input_dtypes(request):

@@ -50,6 +50,7 @@ from rwkv_jax.models.rwkv7 import init as rwkv7_init
 from rwkv_jax.sharding import keep_batch_sharded
 from rwkv_jax.wkv.impl import Impl
 from rwkv_jax.wkv.v7 import wkv7
+from rwkv_jax.wkv.v7_chunked import DEFAULT_CHUNK_SIZE
 
 # RWKV-7's log decay is -exp(-0.5) sigmoid(z): the official -softplus(-z) - 0.5, exponentiated once more.
 MAX_LOG_DECAY_RATE = float(np.exp(-0.5))
@@ -78,7 +79,8 @@ class RWKV7Config(PublishedArchitecture):
       param_dtype: storage dtype of every parameter; None: the matrices in ``dtype``, the rest in float32
         (:func:`rwkv_jax.models.common.weight_dtype`).
       wkv_impl: the WKV-7 form (``Impl`` or its name: recurrent, scan, chunked or auto).
-      chunk_size: chunk length of the chunked WKV-7 form.
+      chunk_size: chunk length of the chunked WKV-7 form (16: its default, the fastest training form on
+        CPU; also the Pallas form's tokens per grid step where ``wkv_impl`` names it).
       token_shift: True (published): every mix interpolates this token's input with the previous one's.
         False: the previous-token input of every mix is the current token, so the mixes are identities with
         no ``x_*`` parameters; the state keeps ``att_x`` and ``ffn_x``, unused.
@@ -114,7 +116,7 @@ class RWKV7Config(PublishedArchitecture):
     dtype: np.dtype | str = "float32"
     param_dtype: np.dtype | str | None = None
     wkv_impl: Impl | str = Impl.AUTO
-    chunk_size: int = 32
+    chunk_size: int = DEFAULT_CHUNK_SIZE
     token_shift: bool = True
     value_residual: bool = True
     delta_rule: bool = True
