@@ -7,10 +7,12 @@ kill cut short, so the file reads as one run; a record the resumed run makes aga
 final validation of a run killed after it) is not written twice.
 """
 
+import importlib
 import json
 import math
 import os
 import pathlib
+import sys
 from typing import Any
 
 import tqdm
@@ -38,9 +40,7 @@ class MetricWriter:
         self._file = self.path.open("a", encoding="utf-8")
         self._tb = None
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(
+            self._tb = _summary_writer_class()(
                 str(pathlib.Path(workdir) / "tensorboard"),
                 purge_step=resume_step + 1 if resume_step else None,
             )
@@ -114,3 +114,20 @@ class Progress:
 
     def close(self) -> None:
         self._bar.close()
+
+
+def _summary_writer_class() -> type:
+    """tensorboardX's ``SummaryWriter``, imported without PyTorch.
+
+    tensorboardX imports torch whenever it is installed, only to accept torch tensors as values (2-3 s of
+    every training run's start on this project's CPU); the writer here logs Python floats. A ``None`` in
+    ``sys.modules`` makes that optional import fail as if torch were absent; the entry is removed after,
+    so a later ``import torch`` works. Where torch is already imported, tensorboardX takes it as usual.
+    """
+    if "torch" in sys.modules:
+        return importlib.import_module("tensorboardX").SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        return importlib.import_module("tensorboardX").SummaryWriter
+    finally:
+        del sys.modules["torch"]
