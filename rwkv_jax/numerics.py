@@ -209,7 +209,7 @@ class Row:
 
 
 @functools.cache
-def _compiled(family: str, impl: str | None, chunk_size: int) -> tuple[Callable, Callable]:
+def _compiled(family: str, impl: str | None, chunk_size: int | None) -> tuple[Callable, Callable]:
     """Jitted ``forward(inputs, state) -> (y, final)`` and ``gradient(weights, reference_final, inputs,
     state) -> (input grads, state grads)`` of one form (None: the float64 reference). Cached: one
     compilation per form and input shape."""
@@ -263,7 +263,7 @@ def _reference(family: Family, inputs: tuple, state: Any, seed: int) -> _Referen
 
 
 def _compare_one(
-    family: Family, form: str, inputs: tuple, state: Any, reference: _Reference, chunk_size: int
+    family: Family, form: str, inputs: tuple, state: Any, reference: _Reference, chunk_size: int | None
 ) -> tuple[float, float, dict[str, float]]:
     """(y error, state error, gradient error per input name) of ``form`` against ``reference``."""
     forward, gradient = _compiled(family.name, form, chunk_size)
@@ -305,7 +305,8 @@ def compare_forms(
       lengths: sequence lengths T.
       regimes: the family's regimes (None: all of them, ``family.numerics.regimes``).
       batch, heads, size: B, H, N of the inputs (None: the case's defaults).
-      chunk_size: chunk of the chunked and Pallas forms (None: the WKV table's default).
+      chunk_size: chunk of the chunked and Pallas forms (None: each form's own default,
+        ``WKVForms.chunk_size_of``).
       max_lengths: per form, the longest T to run (e.g. ``{"pallas": 256}`` for the slow interpreter on
         CPU); longer lengths give a row with NaN errors and a note saying so.
       seed: the inputs of (length, regime, dtype) come from a seed derived from it (the same inputs whatever
@@ -325,7 +326,6 @@ def compare_forms(
         _check_choice("dtype", dtype, DTYPES)
     for regime in regimes:
         _check_choice(f"regime for {family}", regime, all_regimes)
-    chunk_size = record.wkv.default_chunk_size if chunk_size is None else chunk_size
     rows = []
     for length in lengths:
         for regime in regimes:
@@ -352,7 +352,7 @@ class _Case(NamedTuple):
     state: Any
     label: dict[str, object]  # family, wkv, dtype, length, regime
     seed: int
-    chunk_size: int
+    chunk_size: int | None
     max_lengths: dict[str, int]
 
 
