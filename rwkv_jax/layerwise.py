@@ -7,17 +7,15 @@ part of the decoding peak after the weights and the imports. Here the step is th
 embedding; ``GROUP`` consecutive blocks (one program per distinct run of block structures: at 12 layers
 blocks 0-2, whose block 0 holds RWKV-4/6's ``ln0``, and one program for 3-5, 6-8 and 9-11); ``ln_out`` +
 head. The numbers are the same as the whole program's (the same operations per block); a compile holds
-``GROUP`` blocks. Decoding peak (Finch 12 x 768, float32, ``VmHWM``): 1,059 MiB with 1 block a program,
-1,082 with 3, 1,114 with 6, 1,144 with 12; the whole program's 1,138-1,169 (docs/speed.md).
+``GROUP`` blocks, so the decoding peak grows with the group size (measured sizes: docs/speed.md).
 
 What it costs: every program is a launch, and XLA:CPU cannot start a layer before the program holding the
-layer before it has finished. On the quiet 2-core CPU the one-token step decodes at 39.0 tokens/s with
-groups of 3 against the whole program's 43.2 (37.0 with single blocks; medians of 15 turns in one run);
-on the same CPU busy with other jobs the groups were the faster (32.0 against 28.4).
+layer before it has finished; on a quiet 2-core CPU groups of 3 decode somewhat slower than the whole
+program (docs/speed.md has the A/B).
 
 The pieces are compiled without XLA:CPU's fusion emitters (``xla_cpu_use_fusion_emitters``; the elemental
-emitter instead), a per-program option, not a process-wide flag: a single block compiles in 15 MiB instead
-of 56 (Finch, 768 wide), at the same decode speed (41.0 against 41.1 tokens/s, single blocks, 9 turns).
+emitter instead), a per-program option, not a process-wide flag: a block compiles in about a quarter of the
+memory at the same decode speed.
 
 Used for models whose forward is :class:`rwkv_jax.models.language_model.LanguageModel`'s own (``emb ->
 blocks -> ln_out -> head``, each block ``block(x, layer_state) -> (x, layer_state)``); a family that passes
