@@ -15,11 +15,13 @@ loads, or raises the reader's own error naming the file, within bounded time and
 uncaught exception: libFuzzer stops, prints it, writes the input to ``crash-<sha1>`` in the working folder
 and exits non-zero. Arguments after the target are libFuzzer's (``-runs``, ``-max_total_time``,
 ``-max_len``, ``-seed``, a corpus folder to keep ...). ``-timeout`` is set to 0: the check's own alarm
-(harness.HARD_SECONDS) is the time bound, and libFuzzer's would replace its signal handler.
+(harness.HARD_SECONDS) is the time bound, and libFuzzer's would replace its signal handler. ``-rss_limit_mb``
+is, unless given, 2048 MB above the peak the process starts with (:func:`rss_limit_mb`).
 """
 
 import itertools
 import pathlib
+import resource
 import sys
 import tempfile
 from collections.abc import Callable
@@ -84,6 +86,20 @@ TARGETS: dict[str, tuple[Callable[[pathlib.Path], pathlib.Path], Callable[[pathl
 }
 
 
+def rss_limit_mb(argv: list[str], growth_mb: int = 2048) -> list[str]:
+    """libFuzzer's ``-rss_limit_mb`` flag: ``growth_mb`` above this process's peak resident memory at start.
+
+    libFuzzer reads the peak as ``getrusage``'s ``ru_maxrss``, which Linux carries over ``fork`` + ``exec``
+    from the parent: under a pytest worker that has run models it starts at 3-4 GB, above libFuzzer's
+    default limit (2048 MB), and the run fails as out of memory whenever its once-a-second check fires.
+    Empty when the flag is among ``argv`` (the caller's own limit stands).
+    """
+    if any(flag.startswith("-rss_limit_mb=") for flag in argv):
+        return []
+    start_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # Linux reports KiB
+    return [f"-rss_limit_mb={start_mb + growth_mb}"]
+
+
 def main(argv: list[str]) -> None:
     names = [*TARGETS, "all"]
     if len(argv) < 2 or argv[1] not in names:
@@ -114,7 +130,7 @@ def main(argv: list[str]) -> None:
         path.write_bytes(data)  # the seed's own name: binidx needs its .bin beside the .idx
         check(path)
 
-    atheris.Setup([argv[0], "-timeout=0", *argv[2:], str(seeds)], one_input)
+    atheris.Setup([argv[0], "-timeout=0", *rss_limit_mb(argv), *argv[2:], str(seeds)], one_input)
     atheris.Fuzz()
 
 
