@@ -3,8 +3,8 @@ r"""Peak memory and speed of fine-tuning methods on this machine: full fine-tuni
     python experiments/bench_finetune.py [--preset goose-0b1] [--seq-len 64] [--batch 4] [--steps 5]
         [--dtype float32|bfloat16] [--json out.json]
 
-Each method runs in its own subprocess (peak resident memory, ``resource.getrusage(...).ru_maxrss``, is per
-process): the preset's model with random weights (N(0, 0.02^2), made tensor by tensor), the method applied
+Each method runs in its own subprocess (peak resident memory, Linux's ``VmHWM``, is per process): the
+preset's model with random weights (N(0, 0.02^2), made tensor by tensor), the method applied
 (:func:`rwkv_jax.finetune.training` splits trained and frozen variables as ``experiments/train.py`` does),
 the training step of ``rwkv_jax.training.step`` under ``jax.jit`` with AdamW, one step to compile, then
 ``--steps`` timed steps. ``--dtype`` is the compute and frozen-weight dtype; full fine-tuning keeps float32
@@ -16,10 +16,14 @@ and the ratios to full fine-tuning.
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+
+from experiments.bench import peak_resident_mib
 
 METHODS = ("none", "state", "lora")
 
@@ -58,7 +62,7 @@ def run_method(method: str, preset: str, seq_len: int, batch: int, steps: int, d
     from rwkv_jax.training.step import make_train_step
 
     jax.numpy.zeros(1).block_until_ready()  # the backend up: the process's own memory before any model
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    baseline = peak_resident_mib()
     param_dtype = "float32" if method == "none" else None  # frozen weights stay in the compute dtype
     model = random_model(preset, dtype, param_dtype)
     trainable = nnx.Param
@@ -74,7 +78,7 @@ def run_method(method: str, preset: str, seq_len: int, batch: int, steps: int, d
     del model
     tx = optax.adamw(1e-4)
     opt_state = tx.init(params)
-    setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    setup = peak_resident_mib()
     step = jax.jit(make_train_step(fns, tx), donate_argnums=(0, 1))
     compiled = step.lower(params, opt_state, np.zeros((batch, seq_len + 1), np.int32), frozen).compile()
     memory = compiled.memory_analysis()  # XLA's buffers of the step: inputs, outputs not donated, scratch
@@ -96,7 +100,7 @@ def run_method(method: str, preset: str, seq_len: int, batch: int, steps: int, d
         "trained_parameters": count(params),
         "frozen_parameters": count(frozen),
         "tokens_per_second": steps * batch * seq_len / seconds,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_resident_mib(),
         "baseline_rss_mib": baseline,
         "setup_rss_mib": setup,
         "step_mib": step_mib,
