@@ -67,6 +67,7 @@ def ours_trainer(path: str, dtype: str) -> tuple[Callable, Any, Any, Any]:
     import jax
 
     import rwkv_jax
+    from rwkv_jax.host_memory import put_donatable
     from rwkv_jax.sharding import batch_sharding, make_mesh, tree_shardings
     from rwkv_jax.training.config import default_config
     from rwkv_jax.training.model import ModelFns
@@ -80,7 +81,7 @@ def ours_trainer(path: str, dtype: str) -> tuple[Callable, Any, Any, Any]:
     mesh = make_mesh()
     param_sh = tree_shardings(fns.logical_axes, params, config.sharding_rules, mesh)
     opt_sh = optimizer_state_shardings(tx, params, param_sh, mesh)
-    params = jax.device_put(params, param_sh)
+    params = put_donatable(params, param_sh)
     opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
     step = jit_train_step(
         train_step_of(config, fns, tx), param_sh, opt_sh, batch_sharding(mesh, config.sharding_rules)

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from rwkv_jax.finetune.training import finetune_model
+from rwkv_jax.host_memory import put_donatable
 from rwkv_jax.sharding import batch_sharding, batch_spec, make_mesh, tree_shardings
 from rwkv_jax.training import distributed, shakespeare
 from rwkv_jax.training.checkpointing import Checkpoints
@@ -88,7 +89,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
 
     # ---- Shard ------------------------------------------------------------------------------------------
     param_sh = tree_shardings(fns.logical_axes, params, rules, mesh)
-    params = jax.device_put(params, param_sh)
+    params = put_donatable(params, param_sh)  # the train step donates them: XLA's own buffers
     frozen_sh = tree_shardings(fns.frozen_axes, frozen, rules, mesh)
     check_replicated((param_sh, frozen_sh), (params, frozen), mesh, config.sharding_max_replicated)
     frozen = jax.device_put(frozen, frozen_sh)

@@ -10,6 +10,7 @@ from flax import nnx
 
 import rwkv_jax
 from rwkv_jax.checkpoint.transfer import release_mapped
+from rwkv_jax.host_memory import put_donatable
 
 
 def resident_file_kib() -> int:
@@ -44,3 +45,22 @@ def test_release_mapped_drops_the_resident_pages_and_the_array_stays_readable(tm
     release_mapped(mapped)
     assert resident - resident_file_kib() > 30 * 1024  # measured 32768 KiB (the 32 MiB) released
     assert np.array_equal(mapped, values[1:])  # read from the file again
+
+
+def test_loaded_parameters_placed_for_training_are_donated_by_the_step(tmp_path):
+    """The loader's arrays share numpy's memory, which a donating step cannot reuse (0 of its buffers as
+    loaded); placed with put_donatable, every output lands in its donated input's buffer."""
+    config = rwkv_jax.RWKV6Config(vocab_size=64, n_layer=2, n_embd=32, head_size=16, init="plain")
+    path = tmp_path / "finch.pth"
+    rwkv_jax.save_official(rwkv_jax.RWKV6(config, rngs=nnx.Rngs(0)), path)
+    double = jax.jit(lambda tree: jax.tree.map(lambda x: 2 * x, tree), donate_argnums=0)
+
+    def reused_buffers(params) -> int:
+        before = [leaf.unsafe_buffer_pointer() for leaf in jax.tree.leaves(params)]
+        after = [leaf.unsafe_buffer_pointer() for leaf in jax.tree.leaves(double(params))]
+        return sum(a == b for a, b in zip(before, after, strict=True))
+
+    as_loaded = nnx.state(rwkv_jax.load_official(path), nnx.Param)
+    placed = put_donatable(nnx.state(rwkv_jax.load_official(path), nnx.Param), jax.devices()[0])
+    assert reused_buffers(as_loaded) < len(jax.tree.leaves(as_loaded))  # the defect this guards against
+    assert reused_buffers(placed) == len(jax.tree.leaves(placed))
