@@ -34,10 +34,10 @@ def put_donatable(tree: Any, shardings: Any) -> Any:
     """``jax.device_put(tree, shardings)`` into buffers that XLA owns, so that a jitted step can donate them.
 
     On CPU an array loaded from a checkpoint shares numpy's memory (module docstring): the first donating
-    training step would then hold the parameters twice (the inputs it cannot reuse and its outputs; Finch
-    6 x 512, vocabulary 65,536: +200 MiB of a 4.2 GiB step peak). There every leaf is copied once (a
-    transient second copy at startup, before the optimiser state and activations exist). Elsewhere
-    ``device_put`` copies host memory to the devices anyway and keeps what is placed already.
+    training step would then hold the parameters twice (the inputs it cannot reuse and its outputs; measured
+    in docs/speed.md, "Training"). There every leaf is copied once (a transient second copy at startup,
+    before the optimiser state and activations exist). Elsewhere ``device_put`` copies host memory to the
+    devices anyway and keeps what is placed already.
     """
     copy = jax.default_backend() == "cpu"
     return jax.device_put(tree, shardings, may_alias=False if copy else None)
