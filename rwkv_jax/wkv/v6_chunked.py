@@ -117,7 +117,7 @@ def _chunk_forward(r: Array, k: Array, v: Array, w: Array, u: Array, state: Arra
     """One chunk: r, k, v, w ``[B, H, L, N]``, u ``[H, 1, N]``, state ``[B, H, N, N]`` (all float32) ->
     ``y [B, H, L, N]`` and the state after the chunk."""
     sums = _block_sums(w)
-    y = _row_sums(r * u * k) * v
+    y = row_sums(r * u * k) * v
     for half, rows, cols, _, _ in _levels(r, k, sums):
         scores = jnp.einsum("...tn,...sn->...ts", rows, cols)
         y = _add_to_half(y, half, 1, jnp.einsum("...ts,...sj->...tj", scores, _half(v, half, 0)))
@@ -143,14 +143,14 @@ def batched(matrix: np.ndarray, like: Array) -> Array:
     return jnp.broadcast_to(jnp.asarray(matrix, like.dtype), (*like.shape[:-2], *matrix.shape))
 
 
-def _row_sums(x: Array) -> Array:
+def row_sums(x: Array) -> Array:
     """``x [..., N]`` summed over its last axis, ``[..., 1]``. A mat-vec: XLA:CPU (jax 0.10.2) reduces the
     minor axis of these small tensors about six times slower."""
     return x @ jnp.ones((x.shape[-1], 1), x.dtype)
 
 
 def _column_sums(x: Array) -> Array:
-    """``x [..., L, N]`` summed over L, ``[..., 1, N]`` (a batched mat-vec, as :func:`_row_sums`)."""
+    """``x [..., L, N]`` summed over L, ``[..., 1, N]`` (a batched mat-vec, as :func:`row_sums`)."""
     return batched(np.ones((1, x.shape[-2]), np.float32), x) @ x
 
 
@@ -196,21 +196,22 @@ def _chunk_backward(
         d_cols = matmul_tn(d_scores, rows)
         dk_intra = _add_to_half(dk_intra, half, 0, d_cols * col_decay)
     dk = dk_intra + dk_end
-    dw = _decay_grad(r * dr, k * dk, jnp.swapaxes(_row_sums(d_next * end), -1, -2))
+    dw = _decay_grad(r * dr, k * dk, jnp.swapaxes(row_sums(d_next * end), -1, -2))
     # The bonus term (r . (u * k)) v, which no decay touches.
-    bonus, d_bonus = _row_sums(r * u * k), _row_sums(dy * v)
+    bonus, d_bonus = row_sums(r * u * k), row_sums(dy * v)
     dr = dr + d_bonus * u * k
     dk = dk + d_bonus * u * r
     du = jnp.sum(_column_sums(d_bonus * r * k), axis=0)
     return dr, dk, dv + bonus * dy, dw, du, d_state
 
 
-def _chunk(x: Array, index: Array, chunk_size: int) -> Array:
-    """Chunk ``index`` of ``x [B, T, H, N]`` as ``[B, H, L, N]``."""
+def get_chunk(x: Array, index: Array, chunk_size: int) -> Array:
+    """Chunk ``index`` of ``x [B, T, H, N]`` as ``[B, H, L, N]`` (sliced and transposed per chunk: one
+    chunk's transpose stays in the caches, a transpose of the whole sequence streams it through memory)."""
     return jax.lax.dynamic_slice_in_dim(x, index * chunk_size, chunk_size, axis=1).transpose(0, 2, 1, 3)
 
 
-def _put_chunk(x: Array, index: Array, chunk_size: int, value: Array) -> Array:
+def put_chunk(x: Array, index: Array, chunk_size: int, value: Array) -> Array:
     """``x [B, T, H, N]`` with chunk ``index`` replaced by ``value [B, H, L, N]``."""
     return jax.lax.dynamic_update_slice_in_dim(x, value.transpose(0, 2, 1, 3), index * chunk_size, axis=1)
 
@@ -228,9 +229,9 @@ def _forward_pass(
 
     def chunk_step(index: Array, carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
         y, starts, s = carry
-        inputs = (_chunk(x, index, chunk_size) for x in (r, k, v, w))
+        inputs = (get_chunk(x, index, chunk_size) for x in (r, k, v, w))
         y_chunk, s_next = _chunk_forward(*inputs, u, s)
-        return _put_chunk(y, index, chunk_size, y_chunk), put_state(starts, index, s), s_next
+        return put_chunk(y, index, chunk_size, y_chunk), put_state(starts, index, s), s_next
 
     starts = jnp.zeros((r.shape[1] // chunk_size, *state.shape), state.dtype)
     y, starts, final = jax.lax.fori_loop(0, starts.shape[0], chunk_step, (jnp.zeros_like(v), starts, state))
@@ -267,10 +268,10 @@ def _wkv_chunks_backward(
     def chunk_step(step: Array, carry: tuple[Array, ...]) -> tuple[Array, ...]:
         index = last - step
         du, end, d_state = carry[4:]
-        chunk = (_chunk(x, index, chunk_size) for x in (r, k, v, w))
-        start, dy_c = starts[index], _chunk(dy, index, chunk_size)
+        chunk = (get_chunk(x, index, chunk_size) for x in (r, k, v, w))
+        start, dy_c = starts[index], get_chunk(dy, index, chunk_size)
         *chunk_grads, chunk_du, d_state = _chunk_backward(*chunk, u, start, end, dy_c, d_state)
-        grads = (_put_chunk(g, index, chunk_size, c) for g, c in zip(carry[:4], chunk_grads, strict=True))
+        grads = (put_chunk(g, index, chunk_size, c) for g, c in zip(carry[:4], chunk_grads, strict=True))
         return (*grads, du + chunk_du, start, d_state)
 
     initial = (*(jnp.zeros_like(x) for x in (r, k, v, w)), jnp.zeros_like(u), final, d_final)

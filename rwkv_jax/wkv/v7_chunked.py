@@ -63,7 +63,7 @@ import numpy as np
 
 from rwkv_jax.array_typing import Array
 from rwkv_jax.wkv.forms import check_starts
-from rwkv_jax.wkv.v6_chunked import batched, matmul_tn, put_state
+from rwkv_jax.wkv.v6_chunked import batched, get_chunk, matmul_tn, put_chunk, put_state, row_sums
 
 # One block per chunk: the fastest forward + backward of chunks of 16, 32 and 64 on CPU
 # (docs/wkv_training_speed.md), for the most stored states (one per 16 tokens). The Pallas form has its own
@@ -284,7 +284,7 @@ def _block_backward(
         d_state = carried * d_through + matmul_tn(t.X * first, D)
         d_init = (1 - carried) * d_through + matmul_tn(t.X * (1 - first), D)
     from_a, from_r = _halves(dX * t.X)
-    end_scale = _transpose(_row_sums(d_next * end))  # the gradient of c_L, which scales all of S_L
+    end_scale = _transpose(row_sums(d_next * end))  # the gradient of c_L, which scales all of S_L
     dw = _decay_grad(from_r - sum(_halves(dY * t.Y)), from_a, end_scale, documents)
     da, dr = _halves(dX * t.row_decay)
     db, dk = _halves(dY * t.undecay)
@@ -364,12 +364,6 @@ def _chunk_backward(
     return grads if restarts is None else (*grads, d_init)
 
 
-def _row_sums(x: Array) -> Array:
-    """``x [..., M, N]`` summed over N, ``[..., M, 1]``: a mat-vec, as XLA:CPU (jax 0.10.2) reduces the axes
-    of these small tensors several times slower."""
-    return x @ jnp.ones((x.shape[-1], 1), x.dtype)
-
-
 def _decay_grad(from_rows: Array, from_before: Array, from_end: Array, documents: _Documents | None) -> Array:
     """Gradient of a block's log decays ``[..., L, N]`` from per-token terms ``X_t = x_t * dx_t`` of the
     decayed vectors ``x_t = x exp(e_t)``, grouped by the steps j that their exponent ``e_t`` sums:
@@ -394,19 +388,8 @@ def _decay_grad(from_rows: Array, from_before: Array, from_end: Array, documents
     return within @ (from_rows + from_before) + (last * from_end - from_before)
 
 
-def _chunk(x: Array, index: Array, chunk_size: int) -> Array:
-    """Chunk ``index`` of ``x [B, T, H, N]`` as ``[B, H, L, N]`` (sliced and transposed per chunk: one
-    chunk's transpose stays in the caches, a transpose of the whole sequence streams it through memory)."""
-    return jax.lax.dynamic_slice_in_dim(x, index * chunk_size, chunk_size, axis=1).transpose(0, 2, 1, 3)
-
-
-def _put_chunk(x: Array, index: Array, chunk_size: int, value: Array) -> Array:
-    """``x [B, T, H, N]`` with chunk ``index`` replaced by ``value [B, H, L, N]``."""
-    return jax.lax.dynamic_update_slice_in_dim(x, value.transpose(0, 2, 1, 3), index * chunk_size, axis=1)
-
-
 def _chunk_restarts(restarts: Restarts, index: Array, chunk_size: int) -> Restarts:
-    return None if restarts is None else (_chunk(restarts[0], index, chunk_size), restarts[1])
+    return None if restarts is None else (get_chunk(restarts[0], index, chunk_size), restarts[1])
 
 
 def _forward_pass(
@@ -417,9 +400,9 @@ def _forward_pass(
 
     def chunk_step(index: Array, carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
         y, starts, s = carry
-        chunk = (_chunk(x, index, chunk_size) for x in inputs)
+        chunk = (get_chunk(x, index, chunk_size) for x in inputs)
         y_chunk, s_next = _chunk_forward(*chunk, s, _chunk_restarts(restarts, index, chunk_size))
-        return _put_chunk(y, index, chunk_size, y_chunk), put_state(starts, index, s), s_next
+        return put_chunk(y, index, chunk_size, y_chunk), put_state(starts, index, s), s_next
 
     starts = jnp.zeros((inputs[0].shape[1] // chunk_size, *state.shape), state.dtype)
     y = jnp.zeros_like(inputs[2])
@@ -465,14 +448,14 @@ def _wkv_chunks_backward(
     def chunk_step(step: Array, carry: tuple[Any, ...]) -> tuple[Any, ...]:
         index = last - step
         *grads, end, d_state, d_init = carry
-        chunk = (_chunk(x, index, chunk_size) for x in (*inputs, dy))
+        chunk = (get_chunk(x, index, chunk_size) for x in (*inputs, dy))
         chunk_restarts = _chunk_restarts(restarts, index, chunk_size)
         start = starts[index]
         chunk_grads = _chunk_backward(*chunk, start, end, d_state, chunk_restarts)
         if d_init is not None:
             d_init = d_init + chunk_grads[-1]
         *chunk_grads, d_state = chunk_grads[:7]
-        grads = (_put_chunk(g, index, chunk_size, c) for g, c in zip(grads, chunk_grads, strict=True))
+        grads = (put_chunk(g, index, chunk_size, c) for g, c in zip(grads, chunk_grads, strict=True))
         return (*grads, start, d_state, d_init)
 
     d_init = None if restarts is None else jnp.zeros_like(restarts[1])
