@@ -13,9 +13,10 @@ channel. The products ``r . (exp(W) * k)`` are per channel, so a matmul needs th
 
 Keeping every exponent bounded. ``w`` can be as low as ``-exp(5) ~ -148`` per step, so ``W`` over a chunk
 can reach ``-148 * L``: any factorisation ``exp(a) * exp(-b)`` against one reference point per chunk
-overflows. Here every factor is ``exp`` of a sum of log decays over a range of steps, hence ``<= 1``, and
-each range is summed from its own steps only (a tree of block sums, never a difference of two long
-cumsums, which would lose ``eps * |cumsum|`` of absolute accuracy when a strong decay precedes weak ones):
+overflows. Here every factor is a product of a few ``exp`` of sums of log decays over ranges of steps,
+hence ``<= 1``, and each range is summed from its own steps only (a tree of block totals, never a
+difference of two long cumsums, which would lose ``eps * |cumsum|`` of absolute accuracy when a strong
+decay precedes weak ones; see :func:`_block_decays`):
 
 - inter-chunk: ``exp(W[0, t))`` and ``exp(W(s, L))``: both ``<= 1``.
 - intra-chunk, by halving (``L`` a power of 2): cut the chunk in segments of 2m tokens, m = L/2, ..., 1.
@@ -55,30 +56,33 @@ from rwkv_jax.array_typing import Array
 DEFAULT_CHUNK_SIZE = 64
 
 
-def _block_sums(w: Array) -> list[tuple[Array, Array]]:
-    """Exclusive prefix and suffix sums of ``w [..., L, N]`` within aligned blocks of m = 1, 2, ..., L steps.
+def _block_decays(w: Array) -> list[tuple[Array, Array]]:
+    """Decay factors within aligned blocks of m = 1, 2, ..., L steps of ``w [..., L, N]``.
 
-    Returns ``[(prefix_m, suffix_m)]`` (each ``[..., L, N]``), index log2(m): ``prefix_m[t]`` sums the steps
-    of t's block before t, ``suffix_m[s]`` those after s. Built as a tree: doubling the block adds the total
-    of the left half to the prefixes of the right half and vice versa. Every value is a sum of steps of its
-    own range only (all ``<= 0``): no cancellation, unlike a difference of two cumulative sums.
+    Returns ``[(into_m, out_of_m)]`` (each ``[..., L, N]``, all ``<= 1``), index log2(m): ``into_m[t]`` is
+    ``exp`` of the sum of the steps of t's block before t, ``out_of_m[s]`` of those after s. Built as a tree:
+    doubling the block multiplies the right half's factors by the left half's total decay and vice versa,
+    each total the ``exp`` of a sum of its own steps (all ``<= 0``: no cancellation, unlike a difference of
+    two cumulative sums). So every factor is a product of at most log2(L) such exponentials, each rounded
+    once: as accurate as the ``exp`` of the whole sum, with ``2 L`` exponentials per chunk instead of one per
+    factor and level (``exp`` is most of the elementwise cost of the levels on CPU).
     """
     *lead, length, size = w.shape
-    prefix = suffix = jnp.zeros_like(w)
+    into = out_of = jnp.ones_like(w)
     totals = w  # per block of m steps: [..., L / m, N]
-    sums, m = [(prefix, suffix)], 1
+    factors, m = [(into, out_of)], 1
     while m < length:
         halves = totals.reshape(*lead, length // (2 * m), 2, 1, size)
-        zero = jnp.zeros_like(halves[..., :1, :, :])
-        from_left = jnp.concatenate([zero, halves[..., :1, :, :]], axis=-3)
-        from_right = jnp.concatenate([halves[..., 1:, :, :], zero], axis=-3)
+        decays, one = jnp.exp(halves), jnp.ones_like(halves[..., :1, :, :])
+        from_left = jnp.concatenate([one, decays[..., :1, :, :]], axis=-3)
+        from_right = jnp.concatenate([decays[..., 1:, :, :], one], axis=-3)
         blocks = (*lead, length // (2 * m), 2, m, size)
-        prefix = (prefix.reshape(blocks) + from_left).reshape(w.shape)
-        suffix = (suffix.reshape(blocks) + from_right).reshape(w.shape)
+        into = (into.reshape(blocks) * from_left).reshape(w.shape)
+        out_of = (out_of.reshape(blocks) * from_right).reshape(w.shape)
         totals = jnp.sum(halves, axis=(-3, -2))
-        sums.append((prefix, suffix))
+        factors.append((into, out_of))
         m *= 2
-    return sums
+    return factors
 
 
 def _half(x: Array, half: int, side: int) -> Array:
@@ -96,19 +100,19 @@ def _add_to_half(x: Array, half: int, side: int, update: Array) -> Array:
 
 
 def _levels(
-    r: Array, k: Array, sums: list[tuple[Array, Array]]
+    r: Array, k: Array, factors: list[tuple[Array, Array]]
 ) -> Iterator[tuple[int, Array, Array, Array, Array]]:
     """The halving levels of a chunk, largest first: ``(half, rows, cols, row_decay, col_decay)``.
 
     For segments of ``2 * half`` tokens split at their last left step p: ``row_decay = exp(W(p, t))`` for
     the right halves' tokens t and ``col_decay = exp(W(s, p])`` for the left halves' tokens s (both
-    ``<= 1``, from :func:`_block_sums`), ``rows = r * row_decay``, ``cols = k * col_decay``; each
-    ``[..., L / (2 half), half, N]``. Only the halves a level uses are exponentiated.
+    ``<= 1``, from :func:`_block_decays`), ``rows = r * row_decay``, ``cols = k * col_decay``; each
+    ``[..., L / (2 half), half, N]``.
     """
-    half, level = r.shape[-2] // 2, len(sums) - 2
+    half, level = r.shape[-2] // 2, len(factors) - 2
     while half:
-        prefix, suffix = sums[level]
-        row_decay, col_decay = jnp.exp(_half(prefix, half, 1)), jnp.exp(_half(suffix, half, 0))
+        into, out_of = factors[level]
+        row_decay, col_decay = _half(into, half, 1), _half(out_of, half, 0)
         yield half, _half(r, half, 1) * row_decay, _half(k, half, 0) * col_decay, row_decay, col_decay
         half, level = half // 2, level - 1
 
@@ -116,14 +120,14 @@ def _levels(
 def _chunk_forward(r: Array, k: Array, v: Array, w: Array, u: Array, state: Array) -> tuple[Array, Array]:
     """One chunk: r, k, v, w ``[B, H, L, N]``, u ``[H, 1, N]``, state ``[B, H, N, N]`` (all float32) ->
     ``y [B, H, L, N]`` and the state after the chunk."""
-    sums = _block_sums(w)
+    factors = _block_decays(w)
     y = row_sums(r * u * k) * v
-    for half, rows, cols, _, _ in _levels(r, k, sums):
+    for half, rows, cols, _, _ in _levels(r, k, factors):
         scores = jnp.einsum("...tn,...sn->...ts", rows, cols)
         y = _add_to_half(y, half, 1, jnp.einsum("...ts,...sj->...tj", scores, _half(v, half, 0)))
-    from_start, to_end = sums[-1]
-    y = y + jnp.einsum("...ti,...ij->...tj", r * jnp.exp(from_start), state)
-    added = matmul_tn(k * jnp.exp(to_end), v)
+    from_start, to_end = factors[-1]
+    y = y + jnp.einsum("...ti,...ij->...tj", r * from_start, state)
+    added = matmul_tn(k * to_end, v)
     return y, jnp.swapaxes(jnp.exp(_column_sums(w)), -1, -2) * state + added
 
 
@@ -178,8 +182,8 @@ def _chunk_backward(
     """Gradients of one chunk (shapes as :func:`_chunk_forward`) given ``dy``, the states at its start and
     end and the gradient of the end state: ``(dr, dk, dv, dw, du [H, 1, N] summed over B and L,
     d_state)``."""
-    sums = _block_sums(w)
-    from_start, to_end = (jnp.exp(x) for x in sums[-1])
+    factors = _block_decays(w)
+    from_start, to_end = factors[-1]
     total = jnp.swapaxes(jnp.exp(_column_sums(w)), -1, -2)  # [B, H, N, 1]
     # Through the states: y += (r * from_start) @ state; next = total * state + (k * to_end)^T @ v.
     d_state = total * d_next + matmul_tn(r * from_start, dy)
@@ -187,7 +191,7 @@ def _chunk_backward(
     dk_end = jnp.einsum("...sj,...ij->...si", v, d_next) * to_end
     dv = jnp.einsum("...si,...ij->...sj", k * to_end, d_next)
     dk_intra = jnp.zeros_like(k)
-    for half, rows, cols, row_decay, col_decay in _levels(r, k, sums):
+    for half, rows, cols, row_decay, col_decay in _levels(r, k, factors):
         dy_right, v_left = _half(dy, half, 1), _half(v, half, 0)
         scores = jnp.einsum("...tn,...sn->...ts", rows, cols)
         d_scores = jnp.einsum("...tj,...sj->...ts", dy_right, v_left)
