@@ -64,8 +64,9 @@ def _block_decays(w: Array) -> list[tuple[Array, Array]]:
     doubling the block multiplies the right half's factors by the left half's total decay and vice versa,
     each total the ``exp`` of a sum of its own steps (all ``<= 0``: no cancellation, unlike a difference of
     two cumulative sums). So every factor is a product of at most log2(L) such exponentials, each rounded
-    once: as accurate as the ``exp`` of the whole sum, with ``2 L`` exponentials per chunk instead of one per
-    factor and level (``exp`` is most of the elementwise cost of the levels on CPU).
+    once (within a few roundings of the ``exp`` of the whole sum), and a chunk takes ``2 L`` exponentials
+    instead of one per factor and level. One ``exp`` per step and products alone would take ``L``, but a
+    product of up to L - 1 rounded steps carries their rounding bias (docs/wkv_training_speed.md).
     """
     *lead, length, size = w.shape
     into = out_of = jnp.ones_like(w)
@@ -96,7 +97,7 @@ def _on_half(half: int, side: int, update: Array) -> Array:
     """``update`` (shaped as :func:`_half`'s result) placed on the halves on ``side`` of a zero chunk
     ``[..., L, N]``. The levels' contributions are summed once, after the last level: XLA then fuses the
     sum with these zero-padded placements into one op, where an in-place update per level was one op each
-    (forward + backward 5-15 % faster, docs/wkv_training_speed.md)."""
+    (docs/wkv_training_speed.md, eighth pass)."""
     *lead, segments, _, size = update.shape
     zero = jnp.zeros_like(update)
     sides = (update, zero) if side == 0 else (zero, update)
