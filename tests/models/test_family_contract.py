@@ -25,7 +25,9 @@ def model(request):
 
 
 def test_prefill_equals_one_token_at_a_time_and_two_pieces(model):
-    tokens = random_tokens(model.config.vocab_size, 2, 9)
+    # 8 tokens cut at 4: the pieces share one program, three compilations (9 cut at 4 took four); the tiny
+    # presets' chunks (16-64) exceed every length here, so the chunked calls pad a partial chunk either way.
+    tokens = random_tokens(model.config.vocab_size, 2, 8)
     assert_prefill_equals_steps_and_pieces(jitted(model), tokens, cut=4)
 
 
