@@ -84,17 +84,11 @@ def finish(process: subprocess.Popen) -> str:
 
 
 def run_both(corpus: tuple[str, str], single: pathlib.Path, multi: pathlib.Path, steps: str) -> list[str]:
-    """Runs the two-process run, then the one-process run; returns the three processes' outputs (the
-    one-process run's first).
-
-    The one-process run's programs are those of the first of the two processes (the same persistent-cache
-    keys; the second process's differ: its index is in the compile options), so after it the one-process run
-    reads them from the suite's compilation cache (tests/conftest.py) instead of compiling them again.
-    """
+    """Runs the one-process and the two-process runs side by side; returns the three processes' outputs."""
     port = free_port()
-    processes = [start(corpus, multi, 2, i, port, steps) for i in range(2)]
-    multi_outputs = [finish(p) for p in processes]
-    return [finish(start(corpus, single, 1, 0, 0, steps)), *multi_outputs]
+    processes = [start(corpus, single, 1, 0, 0, steps)]
+    processes += [start(corpus, multi, 2, i, port, steps) for i in range(2)]
+    return [finish(p) for p in processes]
 
 
 @pytest.fixture(scope="module")
