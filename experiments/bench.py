@@ -272,13 +272,10 @@ def decode_peak_worker(spec: dict) -> None:
 
 
 def peak_resident_mib() -> float:
-    """This process's peak resident memory, MiB: Linux's ``VmHWM``, not ``ru_maxrss``, which a process
-    started by ``fork`` + ``exec`` inherits from its parent (the parent's resident memory at the fork)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (the peak memory is measured on Linux only)")
+    """This process's peak resident memory, MiB (``VmHWM``: see :func:`process_status_kib`)."""
+    from rwkv_jax.host_memory import process_status_kib
+
+    return process_status_kib("VmHWM") / 1024
 
 
 def decode_peaks(stack: str, family: str, dtype: str, path: str, shape: dict) -> list[float]:

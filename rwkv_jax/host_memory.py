@@ -41,3 +41,14 @@ def put_donatable(tree: Any, shardings: Any) -> Any:
     """
     copy = jax.default_backend() == "cpu"
     return jax.device_put(tree, shardings, may_alias=False if copy else None)
+
+
+def process_status_kib(field: str) -> int:
+    """A memory field of this process from Linux's ``/proc/self/status``, KiB: ``VmRSS`` (resident),
+    ``VmHWM`` (peak resident; unlike ``ru_maxrss`` not inherited over ``fork`` + ``exec``), ``RssFile``
+    (resident file-backed pages)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status (memory is measured on Linux only)")

@@ -93,12 +93,12 @@ def _half(x: Array, half: int, side: int) -> Array:
     return x.reshape(*lead, length // (2 * half), 2, half, size)[..., side, :, :]
 
 
-def _on_half(half: int, side: int, update: Array) -> Array:
+def _on_half(update: Array, side: int) -> Array:
     """``update`` (shaped as :func:`_half`'s result) placed on the halves on ``side`` of a zero chunk
     ``[..., L, N]``. The levels' contributions are summed once, after the last level: XLA then fuses the
     sum with these zero-padded placements into one op, where an in-place update per level was one op each
     (docs/wkv_training_speed.md, eighth pass)."""
-    *lead, segments, _, size = update.shape
+    *lead, segments, half, size = update.shape
     zero = jnp.zeros_like(update)
     sides = (update, zero) if side == 0 else (zero, update)
     return jnp.stack(sides, axis=-3).reshape(*lead, segments * 2 * half, size)
@@ -129,11 +129,11 @@ def _chunk_forward(r: Array, k: Array, v: Array, w: Array, u: Array, state: Arra
     intra = []
     for half, rows, cols, _, _ in _levels(r, k, factors):
         scores = jnp.einsum("...tn,...sn->...ts", rows, cols)
-        intra.append(_on_half(half, 1, jnp.einsum("...ts,...sj->...tj", scores, _half(v, half, 0))))
+        intra.append(_on_half(jnp.einsum("...ts,...sj->...tj", scores, _half(v, half, 0)), 1))
     from_start, to_end = factors[-1]
     y = row_sums(r * u * k) * v + sum(intra) + jnp.einsum("...ti,...ij->...tj", r * from_start, state)
     added = matmul_tn(k * to_end, v)
-    return y, jnp.swapaxes(jnp.exp(_column_sums(w)), -1, -2) * state + added
+    return y, _total_decay(w) * state + added
 
 
 def matmul_tn(x: Array, y: Array) -> Array:
@@ -156,6 +156,12 @@ def row_sums(x: Array) -> Array:
     """``x [..., N]`` summed over its last axis, ``[..., 1]``. A mat-vec: XLA:CPU (jax 0.10.2) reduces the
     minor axis of these small tensors about six times slower."""
     return x @ jnp.ones((x.shape[-1], 1), x.dtype)
+
+
+def _total_decay(w: Array) -> Array:
+    """The decay over the whole chunk per key channel, ``exp`` of the column sums of ``w [..., L, N]``, as a
+    column ``[..., N, 1]`` that scales the state's key rows."""
+    return jnp.swapaxes(jnp.exp(_column_sums(w)), -1, -2)
 
 
 def _column_sums(x: Array) -> Array:
@@ -189,7 +195,7 @@ def _chunk_backward(
     d_state)``."""
     factors = _block_decays(w)
     from_start, to_end = factors[-1]
-    total = jnp.swapaxes(jnp.exp(_column_sums(w)), -1, -2)  # [B, H, N, 1]
+    total = _total_decay(w)
     # Through the states: y += (r * from_start) @ state; next = total * state + (k * to_end)^T @ v.
     d_state = total * d_next + matmul_tn(r * from_start, dy)
     dr = jnp.einsum("...tj,...ij->...ti", dy, state) * from_start
@@ -200,9 +206,9 @@ def _chunk_backward(
         dy_right, v_left = _half(dy, half, 1), _half(v, half, 0)
         scores = jnp.einsum("...tn,...sn->...ts", rows, cols)
         d_scores = jnp.einsum("...tj,...sj->...ts", dy_right, v_left)
-        intra_dv.append(_on_half(half, 0, matmul_tn(scores, dy_right)))
-        intra_dr.append(_on_half(half, 1, jnp.einsum("...ts,...sn->...tn", d_scores, cols) * row_decay))
-        intra_dk.append(_on_half(half, 0, matmul_tn(d_scores, rows) * col_decay))
+        intra_dv.append(_on_half(matmul_tn(scores, dy_right), 0))
+        intra_dr.append(_on_half(jnp.einsum("...ts,...sn->...tn", d_scores, cols) * row_decay, 1))
+        intra_dk.append(_on_half(matmul_tn(d_scores, rows) * col_decay, 0))
     dv, dr, dk = dv + sum(intra_dv), dr + sum(intra_dr), dk_end + sum(intra_dk)
     dw = _decay_grad(r * dr, k * dk, jnp.swapaxes(row_sums(d_next * end), -1, -2))
     # The bonus term (r . (u * k)) v, which no decay touches.

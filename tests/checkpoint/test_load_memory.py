@@ -10,16 +10,7 @@ from flax import nnx
 
 import rwkv_jax
 from rwkv_jax.checkpoint.transfer import release_mapped
-from rwkv_jax.host_memory import put_donatable
-
-
-def resident_file_kib() -> int:
-    """This process's resident file-backed memory (KiB, Linux's /proc/self/status RssFile)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("RssFile:"):
-                return int(line.split()[1])
-    raise AssertionError("no RssFile line in /proc/self/status")
+from rwkv_jax.host_memory import process_status_kib, put_donatable
 
 
 def test_loaded_parameters_do_not_follow_the_file_overwritten_in_place(tmp_path):
@@ -41,9 +32,9 @@ def test_release_mapped_drops_the_resident_pages_and_the_array_stays_readable(tm
     values.tofile(path)
     mapped = np.memmap(path, np.float32, mode="c").view(np.ndarray)[1:]  # edges off page boundaries
     assert mapped.sum(dtype=np.float64) == values[1:].sum(dtype=np.float64)  # every page read: resident
-    resident = resident_file_kib()
+    resident = process_status_kib("RssFile")
     release_mapped(mapped)
-    assert resident - resident_file_kib() > 30 * 1024  # measured 32768 KiB (the 32 MiB) released
+    assert resident - process_status_kib("RssFile") > 30 * 1024  # measured 32768 KiB (the 32 MiB) released
     assert np.array_equal(mapped, values[1:])  # read from the file again
 
 

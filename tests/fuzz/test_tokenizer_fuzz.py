@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from rwkv_jax.host_memory import process_status_kib
 from rwkv_jax.tokenizers import world
 from rwkv_jax.tokenizers.hf import HFTokenizer, TokenizerFileError
 from rwkv_jax.tokenizers.world import VocabFormatError
@@ -128,15 +129,6 @@ def tokenizer_json(tmp_path_factory) -> pathlib.Path:
     return path
 
 
-def _status_kib(field: str) -> int:
-    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise AssertionError(f"no {field} in /proc/self/status")
-
-
 def reset_peak_rss() -> int:
     """Resets this process's peak resident memory (``VmHWM``) to its current one; returns that, in bytes
     (where the reset is refused, the peak as it stands).
@@ -149,8 +141,8 @@ def reset_peak_rss() -> int:
         with open("/proc/self/clear_refs", "w") as clear:
             clear.write("5")  # Linux: reset the peak RSS to the current RSS
     except OSError:  # a kernel or container that refuses it: only growth above the earlier peak is seen
-        return _status_kib("VmHWM") * 1024
-    return _status_kib("VmRSS") * 1024
+        return process_status_kib("VmHWM") * 1024
+    return process_status_kib("VmRSS") * 1024
 
 
 def check_hf(path: pathlib.Path) -> object:
@@ -159,7 +151,8 @@ def check_hf(path: pathlib.Path) -> object:
     examples: at most 0.13 MiB; the bound is for a hostile file's allocation, not a tolerance)."""
     before = reset_peak_rss()
     outcome = harness.check_reader(HFTokenizer, path, TokenizerFileError, memory_factor=64)
-    assert _status_kib("VmHWM") * 1024 - before < 256 << 20, "loading the tokenizer.json took 256 MiB or more"
+    grown = process_status_kib("VmHWM") * 1024 - before
+    assert grown < 256 << 20, "loading the tokenizer.json took 256 MiB or more"
     if isinstance(outcome, HFTokenizer):
         outcome.decode(outcome.encode("The quick brown fox 中文"))
     return outcome
