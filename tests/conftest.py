@@ -25,13 +25,17 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 for _name, _value in CACHE_SETTINGS.items():
     os.environ.setdefault(_name, _value)
 
-# Tests compile hundreds of small programs and run each a few times, so LLVM's optimisation of XLA:CPU code
-# costs more than it saves: at level 0 tests/models/test_family_contract.py took 44 s instead of 73 s, and
-# tests/wkv/test_v7.py with tests/training/test_loop.py 85 s instead of 141 s (one run each, same machine).
-# Inherited by the workers, their subprocesses and the notebook kernels; a level the caller set is kept.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+# Tests compile hundreds of small programs and run each a few times, so compiling fast matters more than the
+# code's speed: LLVM's optimisation off (level 0: tests/models/test_family_contract.py 44 s instead of 73 s,
+# tests/wkv/test_v7.py with tests/training/test_loop.py 85 s instead of 141 s), and XLA:CPU's elemental
+# emitters instead of its MLIR fusion emitters (3x faster compiles: tests/wkv/test_v6.py, test_v7.py,
+# tests/models/test_ablation_switches.py and tests/test_generation.py 217 s -> 76 s with -n 2, one run each,
+# 2026-12-06). Inherited by the workers, their subprocesses and the notebook kernels; an option the caller
+# set is kept.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+_callers = os.environ.get("XLA_FLAGS", "")
+_ours = [flag for flag in TEST_XLA_FLAGS.split() if flag.split("=")[0] not in _callers]
+os.environ["XLA_FLAGS"] = " ".join([_callers, *_ours]).strip()
 
 import jax  # noqa: E402  (after the cache settings: JAX reads them at import)
 import pytest  # noqa: E402

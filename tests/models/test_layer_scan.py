@@ -54,13 +54,16 @@ def _value_and_grads(model: nnx.Module, scan: bool) -> tuple:
 def _assert_scan_equals_loop(model: nnx.Module) -> None:
     scanned, scanned_grads = _value_and_grads(model, scan=True)
     looped, looped_grads = _value_and_grads(model, scan=False)
-    # Measured (float32, XLA:CPU): 0 for logits, state and every gradient (the same ops in the same order).
+    # Measured (float32, XLA:CPU with the suite's elemental emitters, tests/conftest.py): logits and state
+    # <= 2.7e-7, gradients <= 2.7e-6 (Finch's bonus in the fallback case; a sum over tokens that the two
+    # programs order differently); Goose 0. With XLA:CPU's default fusion emitters every figure is 0.
+    bounds = {"out": 2e-6, "grads": 2e-5}
     for name, a, b in [("out", scanned, looped), ("grads", scanned_grads, looped_grads)]:
         for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True):
             if float(jnp.linalg.norm(y)) == 0.0:  # parameters no path reaches (RWKV-7's block-0 v0)
                 assert float(jnp.linalg.norm(x)) == 0.0, name + jax.tree_util.keystr(path)
             else:
-                assert relative_error(x, y) < 1e-6, name + jax.tree_util.keystr(path)
+                assert relative_error(x, y) < bounds[name], name + jax.tree_util.keystr(path)
 
 
 @pytest.mark.parametrize("preset", ["rwkv4-tiny", "goose-tiny"])

@@ -10,7 +10,7 @@ import pytest
 from rwkv_jax.wkv import v6_chunked
 from rwkv_jax.wkv.impl import Impl
 from rwkv_jax.wkv.v6 import wkv6, wkv6_chunked, wkv6_recurrent, wkv6_reference, wkv6_scan
-from tests.wkv.helpers import rel_err, scalar_loss, seed_of, to_f64
+from tests.wkv.helpers import gradients, rel_err, seed_of, to_f64
 
 FORMS = {
     "recurrent": wkv6_recurrent,
@@ -19,6 +19,8 @@ FORMS = {
     "chunked16": functools.partial(wkv6_chunked, chunk_size=16),
     "chunked64": functools.partial(wkv6_chunked, chunk_size=64),
 }
+# Jitted once per module: the cases of one shape share a compiled program.
+FORWARD = {name: jax.jit(form) for name, form in FORMS.items()}
 # Decays span what the models produce: -exp(5) (decay ~e^-148) to -1e-6 (decay 1 - 1e-6).
 STRONGEST, WEAKEST = -float(np.exp(5.0)), -1e-6
 
@@ -80,7 +82,7 @@ def test_reference_equals_the_explicit_sum(request):
 def test_float32_forward_matches_reference(request, form, decay, length):
     args = make_inputs(seed_of(request), (2, length, 2, 16), decay)
     y_ref, s_ref = wkv6_reference(*to_f64(args))
-    y, s = jax.jit(FORMS[form])(*args)
+    y, s = FORWARD[form](*args)
     assert y.dtype == jnp.float32 and s.dtype == jnp.float32
     assert rel_err(y, y_ref) <= 2e-6  # measured <= 2.8e-7 (2026-12)
     assert rel_err(s, s_ref) <= 4e-6  # measured <= 4.5e-7
@@ -92,8 +94,8 @@ def test_float32_gradients_match_reference(request, form, decay):
     seed = seed_of(request)
     args = make_inputs(seed, (1, 45, 2, 16), decay)
     wrt = tuple(range(6))  # r, k, v, w_log, u, initial state
-    grads_ref = jax.grad(functools.partial(scalar_loss, wkv6_reference, seed), argnums=0)(to_f64(args))
-    grads = jax.jit(jax.grad(functools.partial(scalar_loss, FORMS[form], seed), argnums=0))(args)
+    grads_ref = gradients(wkv6_reference, to_f64(args), seed)
+    grads = gradients(FORMS[form], args, seed)
     for i in wrt:
         assert rel_err(grads[i], grads_ref[i]) <= 5e-6, f"gradient {i}"  # measured <= 6.0e-7
 
@@ -102,7 +104,7 @@ def test_float32_gradients_match_reference(request, form, decay):
 def test_bfloat16_inputs_accumulate_in_float32(request, form):
     args = make_inputs(seed_of(request), (1, 70, 2, 16), "mixed", dtype=jnp.bfloat16)
     y_ref, s_ref = wkv6_reference(*to_f64(args))
-    y, s = jax.jit(FORMS[form])(*args)
+    y, s = FORWARD[form](*args)
     assert y.dtype == jnp.bfloat16 and s.dtype == jnp.float32
     assert rel_err(y, y_ref) <= 5e-3  # measured 1.7e-3 (bfloat16 output)
     assert rel_err(s, s_ref) <= 5e-7  # measured 6.6e-8 (a float32 state)
@@ -121,10 +123,16 @@ def test_chunked_is_accurate_on_long_sequences(request, decay):
 def test_chunked_gradients_are_accurate_on_long_sequences(request, decay):
     seed = seed_of(request)
     args = make_inputs(seed, (1, 1024, 2, 8), decay)
-    grads_ref = jax.grad(functools.partial(scalar_loss, wkv6_reference, seed), argnums=0)(to_f64(args))
-    grads = jax.jit(jax.grad(functools.partial(scalar_loss, wkv6_chunked, seed), argnums=0))(args)
+    grads_ref = gradients(wkv6_reference, to_f64(args), seed)
+    grads = gradients(wkv6_chunked, args, seed)
     for i in range(6):
         assert rel_err(grads[i], grads_ref[i]) <= 5e-6, f"gradient {i}"  # measured <= 6.7e-7
+
+
+# Once per module, the cotangents as arguments: the cases share a compiled program.
+CHUNK_FORWARD = jax.jit(v6_chunked._chunk_forward)
+CHUNK_BACKWARD = jax.jit(v6_chunked._chunk_backward)
+CHUNK_VJP = jax.jit(lambda inputs, cotangents: jax.vjp(v6_chunked._chunk_forward, *inputs)[1](cotangents))
 
 
 @pytest.mark.parametrize("decay", ["mixed", "extremes", "some_zero"])
@@ -138,9 +146,9 @@ def test_hand_written_chunk_backward_equals_autodiff_of_the_chunk_forward(reques
     rng = np.random.default_rng(seed + 1)
     dy, d_next = (jnp.asarray(rng.normal(size=x.shape), jnp.float32) for x in (chunk[0], state))
     # Jitted: op by op, every primitive compiles on its own (75 s in a loaded suite; under 2 s jitted).
-    expected = jax.jit(lambda *x: jax.vjp(v6_chunked._chunk_forward, *x)[1]((dy, d_next)))(*inputs)
-    end = jax.jit(v6_chunked._chunk_forward)(*inputs)[1]
-    got = jax.jit(v6_chunked._chunk_backward)(*inputs, end, dy, d_next)
+    expected = CHUNK_VJP(inputs, (dy, d_next))
+    end = CHUNK_FORWARD(*inputs)[1]
+    got = CHUNK_BACKWARD(*inputs, end, dy, d_next)
     for name, a, b in zip(("r", "k", "v", "w", "u", "state"), got, expected, strict=True):
         assert a.shape == b.shape, name
         assert rel_err(a, b) <= 4e-6, name  # measured <= 4.0e-7
@@ -149,8 +157,8 @@ def test_hand_written_chunk_backward_equals_autodiff_of_the_chunk_forward(reques
 def test_chunked_gradients_keep_the_input_dtypes(request):
     seed = seed_of(request)
     args = make_inputs(seed, (1, 70, 2, 16), "mixed", dtype=jnp.bfloat16)
-    grads = jax.grad(functools.partial(scalar_loss, wkv6_chunked, seed), argnums=0)(args)
-    grads_ref = jax.grad(functools.partial(scalar_loss, wkv6_reference, seed), argnums=0)(to_f64(args))
+    grads = gradients(wkv6_chunked, args, seed)
+    grads_ref = gradients(wkv6_reference, to_f64(args), seed)
     for i, (grad, arg) in enumerate(zip(grads, args, strict=True)):
         assert grad.dtype == arg.dtype, f"gradient {i}"
         assert rel_err(grad, grads_ref[i]) <= 2e-2, f"gradient {i}"  # measured 2.3e-3 (bfloat16)

@@ -19,7 +19,7 @@ from rwkv_jax.wkv.v7 import (
     wkv7_reference,
     wkv7_scan,
 )
-from tests.wkv.helpers import rel_err, scalar_loss, seed_of, to_f64
+from tests.wkv.helpers import gradients, rel_err, seed_of, to_f64
 
 FORMS = {
     "recurrent": wkv7_recurrent,
@@ -28,6 +28,8 @@ FORMS = {
     "chunked16": functools.partial(wkv7_chunked, chunk_size=16),
     "chunked32": functools.partial(wkv7_chunked, chunk_size=32),
 }
+# Jitted once per module: the cases of one shape share a compiled program.
+FORWARD = {name: jax.jit(form) for name, form in FORMS.items()}
 # RWKV-7's decay is exp(-exp(-0.5) sigmoid(z)): log decays in (-exp(-0.5), 0).
 STRONGEST = -float(np.exp(-0.5))
 
@@ -92,7 +94,7 @@ def test_reference_equals_the_explicit_loop(request):
 def test_float32_forward_matches_reference(request, form, decay, length):
     args = make_inputs(seed_of(request), (2, length, 2, 16), decay)
     y_ref, s_ref = wkv7_reference(*to_f64(args))
-    y, s = jax.jit(FORMS[form])(*args)
+    y, s = FORWARD[form](*args)
     assert y.dtype == jnp.float32 and s.dtype == jnp.float32
     assert rel_err(y, y_ref) <= 2e-6  # measured <= 2.5e-7 (2026-12)
     assert rel_err(s, s_ref) <= 3e-6  # measured <= 3.0e-7
@@ -103,8 +105,8 @@ def test_float32_forward_matches_reference(request, form, decay, length):
 def test_float32_gradients_match_reference(request, form, decay):
     seed = seed_of(request)
     args = make_inputs(seed, (1, 45, 2, 16), decay)
-    grads_ref = jax.grad(functools.partial(scalar_loss, wkv7_reference, seed), argnums=0)(to_f64(args))
-    grads = jax.jit(jax.grad(functools.partial(scalar_loss, FORMS[form], seed), argnums=0))(args)
+    grads_ref = gradients(wkv7_reference, to_f64(args), seed)
+    grads = gradients(FORMS[form], args, seed)
     for name, grad, ref in zip((*"rkv", "w_log", "a", "b", "state"), grads, grads_ref, strict=True):
         assert rel_err(grad, ref) <= 4e-6, name  # measured <= 4.2e-7
 
@@ -113,7 +115,7 @@ def test_float32_gradients_match_reference(request, form, decay):
 def test_bfloat16_inputs_accumulate_in_float32(request, form):
     args = make_inputs(seed_of(request), (1, 70, 2, 16), "model", dtype=jnp.bfloat16)
     y_ref, s_ref = wkv7_reference(*to_f64(args))
-    y, s = jax.jit(FORMS[form])(*args)
+    y, s = FORWARD[form](*args)
     assert y.dtype == jnp.bfloat16 and s.dtype == jnp.float32
     assert rel_err(y, y_ref) <= 5e-3  # measured 1.7e-3 (bfloat16 output)
     assert rel_err(s, s_ref) <= 6e-7  # measured 7.5e-8 (a float32 state)
@@ -128,8 +130,8 @@ def test_forward_and_gradients_are_accurate_on_long_sequences(request, form, dec
     y, s = FORMS[form](*args)
     assert rel_err(y, y_ref) <= 4e-6  # measured 4.5e-7
     assert rel_err(s, s_ref) <= 4e-6  # measured 4.1e-7
-    grads_ref = jax.grad(functools.partial(scalar_loss, wkv7_reference, seed), argnums=0)(to_f64(args))
-    grads = jax.jit(jax.grad(functools.partial(scalar_loss, FORMS[form], seed), argnums=0))(args)
+    grads_ref = gradients(wkv7_reference, to_f64(args), seed)
+    grads = gradients(FORMS[form], args, seed)
     for name, grad, ref in zip((*"rkv", "w_log", "a", "b", "state"), grads, grads_ref, strict=True):
         assert rel_err(grad, ref) <= 6e-6, name  # measured <= 7.8e-7
 
@@ -216,15 +218,21 @@ def chunk_inputs(seed: int, shape: tuple[int, int, int, int], decay: str, dtype)
     return inputs, jnp.asarray(state, dtype).swapaxes(-1, -2), dy, d_end
 
 
+# Jitted (op by op, every primitive compiles on its own: 25 s per case in a loaded suite), once per module,
+# the cotangents as arguments: the cases of one shape share a compiled program.
+CHUNK_FORWARD = jax.jit(v7_chunked._chunk_forward)
+CHUNK_BACKWARD = jax.jit(v7_chunked._chunk_backward)
+CHUNK_VJP = jax.jit(lambda inputs, cotangents: jax.vjp(v7_chunked._chunk_forward, *inputs)[1](cotangents))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("decay", ["strongest", "near_one", "mixed"])
 @pytest.mark.parametrize("chunk_size", CHUNKED_SIZES)
 def test_chunk_backward_equals_autodiff_of_the_chunk_forward(request, dtype, decay, chunk_size):
     inputs, state, dy, d_end = chunk_inputs(seed_of(request), (2, chunk_size, 2, 16), decay, dtype)
-    # Jitted: op by op, every primitive compiles on its own (25 s per case in a loaded suite).
-    expected = jax.jit(lambda *x: jax.vjp(v7_chunked._chunk_forward, *x)[1]((dy, d_end)))(*inputs, state)
-    end = jax.jit(v7_chunked._chunk_forward)(*inputs, state)[1]
-    grads = jax.jit(v7_chunked._chunk_backward)(*inputs, dy, state, end, d_end)
+    expected = CHUNK_VJP((*inputs, state), (dy, d_end))
+    end = CHUNK_FORWARD(*inputs, state)[1]
+    grads = CHUNK_BACKWARD(*inputs, dy, state, end, d_end)
     bound = {"float32": 4e-6, "float64": 7e-15}[dtype]  # measured: 5.7e-7, 7.2e-16
     for name, grad, ref in zip(GRAD_NAMES, grads, expected, strict=True):
         assert relative_error(grad, ref) <= bound, name
@@ -233,10 +241,9 @@ def test_chunk_backward_equals_autodiff_of_the_chunk_forward(request, dtype, dec
 def chunked_errors(args: tuple, seed: int, chunk_size: int) -> dict[str, tuple[float, float]]:
     """Per gradient: (relative error of the chunked form's gradient against the float64 reference's,
     against JAX's autodiff of the float32 recurrent form)."""
-    form = functools.partial(wkv7_chunked, chunk_size=chunk_size)
-    grads = jax.jit(jax.grad(functools.partial(scalar_loss, form, seed), argnums=0))(args)
-    grads_ref = jax.grad(functools.partial(scalar_loss, wkv7_reference, seed), argnums=0)(to_f64(args))
-    grads_scan = jax.jit(jax.grad(functools.partial(scalar_loss, wkv7_recurrent, seed), argnums=0))(args)
+    grads = gradients(FORMS[f"chunked{chunk_size}"], args, seed)
+    grads_ref = gradients(wkv7_reference, to_f64(args), seed)
+    grads_scan = gradients(wkv7_recurrent, args, seed)
     to_ref = (relative_error(grad, ref) for grad, ref in zip(grads, grads_ref, strict=True))
     to_scan = (relative_error(grad, scan) for grad, scan in zip(grads, grads_scan, strict=True))
     return dict(zip(GRAD_NAMES, zip(to_ref, to_scan, strict=True), strict=True))
@@ -271,9 +278,8 @@ def test_chunked_is_accurate_on_long_sequences(request, decay, chunk_size):
 def test_chunked_gradients_of_bfloat16_inputs_are_bfloat16_and_match_float64(request, chunk_size):
     seed = seed_of(request)
     args = make_inputs(seed, (1, 70, 2, 16), "model", dtype=jnp.bfloat16)
-    form = functools.partial(wkv7_chunked, chunk_size=chunk_size)
-    grads = jax.jit(jax.grad(functools.partial(scalar_loss, form, seed), argnums=0))(args)
-    grads_ref = jax.grad(functools.partial(scalar_loss, wkv7_reference, seed), argnums=0)(to_f64(args))
+    grads = gradients(FORMS[f"chunked{chunk_size}"], args, seed)
+    grads_ref = gradients(wkv7_reference, to_f64(args), seed)
     for name, x, grad, ref in zip(GRAD_NAMES, args, grads, grads_ref, strict=True):
         assert grad.dtype == x.dtype, name
         assert relative_error(grad, ref) <= 2e-2, name  # measured: 2.5e-3
