@@ -1,7 +1,8 @@
-"""Shared by the WKV tests: per-case seeds, float64 copies, the relative error and a loss that reaches every
-gradient, differentiated by one compiled program per form and shape."""
+"""Shared by the WKV tests: per-case seeds, float64 copies, the relative error, a loss that reaches every
+gradient (differentiated by one compiled program per form and shape) and a chunked form's chunk programs."""
 
 import functools
+import types
 import zlib
 from collections.abc import Callable
 
@@ -48,3 +49,13 @@ def gradients(form: Callable, args: tuple, seed: int) -> tuple:
     dtype of the same inputs) runs the one compiled program, here or from the persistent cache.
     """
     return _jitted_gradient(form)(args, loss_directions(seed, args))
+
+
+def chunk_programs(module: types.ModuleType) -> tuple[Callable, Callable, Callable]:
+    """``(forward, backward, vjp)`` of a chunked form's one chunk (``module._chunk_forward``,
+    ``module._chunk_backward``, and ``vjp(inputs, cotangents)``: JAX differentiating the forward), each
+    jitted (op by op every primitive compiles on its own) with the cotangents as arguments, so that the
+    cases of one shape share a compiled program."""
+    forward = module._chunk_forward
+    vjp = jax.jit(lambda inputs, cotangents: jax.vjp(forward, *inputs)[1](cotangents))
+    return jax.jit(forward), jax.jit(module._chunk_backward), vjp

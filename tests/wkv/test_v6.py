@@ -10,7 +10,7 @@ import pytest
 from rwkv_jax.wkv import v6_chunked
 from rwkv_jax.wkv.impl import Impl
 from rwkv_jax.wkv.v6 import wkv6, wkv6_chunked, wkv6_recurrent, wkv6_reference, wkv6_scan
-from tests.wkv.helpers import gradients, rel_err, seed_of, to_f64
+from tests.wkv.helpers import chunk_programs, gradients, rel_err, seed_of, to_f64
 
 FORMS = {
     "recurrent": wkv6_recurrent,
@@ -129,10 +129,8 @@ def test_chunked_gradients_are_accurate_on_long_sequences(request, decay):
         assert rel_err(grads[i], grads_ref[i]) <= 5e-6, f"gradient {i}"  # measured <= 6.7e-7
 
 
-# Once per module, the cotangents as arguments: the cases share a compiled program.
-CHUNK_FORWARD = jax.jit(v6_chunked._chunk_forward)
-CHUNK_BACKWARD = jax.jit(v6_chunked._chunk_backward)
-CHUNK_VJP = jax.jit(lambda inputs, cotangents: jax.vjp(v6_chunked._chunk_forward, *inputs)[1](cotangents))
+# Jitted once per module, the cotangents as arguments (tests/wkv/helpers.py).
+CHUNK_FORWARD, CHUNK_BACKWARD, CHUNK_VJP = chunk_programs(v6_chunked)
 
 
 @pytest.mark.parametrize("decay", ["mixed", "extremes", "some_zero"])
@@ -145,7 +143,6 @@ def test_hand_written_chunk_backward_equals_autodiff_of_the_chunk_forward(reques
     inputs = (*chunk, u[:, None, :], state)
     rng = np.random.default_rng(seed + 1)
     dy, d_next = (jnp.asarray(rng.normal(size=x.shape), jnp.float32) for x in (chunk[0], state))
-    # Jitted: op by op, every primitive compiles on its own (75 s in a loaded suite; under 2 s jitted).
     expected = CHUNK_VJP(inputs, (dy, d_next))
     end = CHUNK_FORWARD(*inputs)[1]
     got = CHUNK_BACKWARD(*inputs, end, dy, d_next)

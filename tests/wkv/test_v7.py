@@ -19,7 +19,7 @@ from rwkv_jax.wkv.v7 import (
     wkv7_reference,
     wkv7_scan,
 )
-from tests.wkv.helpers import gradients, rel_err, seed_of, to_f64
+from tests.wkv.helpers import chunk_programs, gradients, rel_err, seed_of, to_f64
 
 FORMS = {
     "recurrent": wkv7_recurrent,
@@ -218,11 +218,8 @@ def chunk_inputs(seed: int, shape: tuple[int, int, int, int], decay: str, dtype)
     return inputs, jnp.asarray(state, dtype).swapaxes(-1, -2), dy, d_end
 
 
-# Jitted (op by op, every primitive compiles on its own: 25 s per case in a loaded suite), once per module,
-# the cotangents as arguments: the cases of one shape share a compiled program.
-CHUNK_FORWARD = jax.jit(v7_chunked._chunk_forward)
-CHUNK_BACKWARD = jax.jit(v7_chunked._chunk_backward)
-CHUNK_VJP = jax.jit(lambda inputs, cotangents: jax.vjp(v7_chunked._chunk_forward, *inputs)[1](cotangents))
+# Jitted once per module, the cotangents as arguments (tests/wkv/helpers.py).
+CHUNK_FORWARD, CHUNK_BACKWARD, CHUNK_VJP = chunk_programs(v7_chunked)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
