@@ -14,16 +14,17 @@ float32 from a float32 working copy of the weights, converted once per weight ve
 as stored (a step reads only its tokens' rows, which XLA converts alone). Elsewhere it computes in the
 model's own ``dtype`` on the stored weights.
 
-Layer layouts (CPU): the step reads the blocks in two layouts that share their memory. Prefill (``T > 1``)
-scans each run of equal blocks over its parameters stored stacked (:mod:`rwkv_jax.models.layer_stack`,
-stacked once per weight version, not inside every call); the one-token step reads per-layer arrays that are
-zero-copy views of those stacks (the model's own variables are rebound to the views, the same values bit
-for bit), because XLA:CPU copies the slice of a stacked weight that a scan step reads into a fresh buffer
-(one layer's weights per step, decoding ~2x slower; docs/speed.md). It runs them as a few small programs
-called in turn (:mod:`rwkv_jax.layerwise`: embedding, groups of 3 blocks, head), whose compile needs a
-fraction of the memory of one program holding every layer, or, for a family that passes more than ``x``
-between its blocks, as one program with the blocks in a Python loop. Other backends, and models that do
-not scan their layers, keep the per-layer layout only and one program (prefill stacks inside the call).
+Layer layouts (CPU): the step reads the blocks in two layouts that share their memory: each run of equal
+blocks stacked (:mod:`rwkv_jax.models.layer_stack`, stacked once per weight version, not inside every
+call), and per-layer arrays that are zero-copy views of those stacks (the model's own variables are rebound
+to the views, the same values bit for bit). RWKV-4/5/6 run every call but one with document ``starts`` as a
+few small programs called in turn over the per-layer views (:mod:`rwkv_jax.layerwise`: embedding, blocks,
+head), because XLA:CPU copies the slice of a stacked weight that a scan step reads into a fresh buffer (one
+layer's weights per step: decoding ~2x slower, a prefill ~4 % slower; docs/speed.md), and one program
+holding every layer compiles in memory and time that grow with depth. The whole program (RWKV-7, which
+passes ``v_first`` between its blocks; calls with ``starts``; ``step.lower``) scans the stacks for
+``T > 1`` and loops over the views for one token. Other backends, and models that do not scan their layers,
+keep the per-layer layout only and one program (prefill stacks inside the call).
 """
 
 import ctypes
@@ -39,6 +40,7 @@ import numpy as np
 from flax import nnx
 from flax.errors import TraceContextError
 
+from rwkv_jax import layerwise
 from rwkv_jax.array_typing import Array, Tokens
 from rwkv_jax.host_memory import aligned_empty, shares_memory
 from rwkv_jax.layerwise import LayerwiseStep, runs_layerwise
@@ -68,10 +70,10 @@ class Params(NamedTuple):
     stacked run are views of the stack: one copy of the weights in memory).
 
     Attributes:
-      layers: the parameter pytree one block per layer (``layers["blocks"][i]``), what the one-token step
-        reads.
-      stacked: the same parameters stacked per run (``stacked["blocks"][k]["layers"]``), what prefill reads;
-        None where not stored stacked.
+      layers: the parameter pytree one block per layer (``layers["blocks"][i]``), what the layer-by-layer
+        programs and the whole program's one-token step read.
+      stacked: the same parameters stacked per run (``stacked["blocks"][k]["layers"]``), what the whole
+        program's prefill reads; None where not stored stacked.
     """
 
     layers: Any
@@ -121,18 +123,27 @@ def compiled_step(structure: Structure) -> Callable:
 
 class Step:
     """``step(params, tokens [B, T], state, last_only=False, starts=None) -> (logits, state)``: the whole
-    jitted program (:func:`compiled_step`), except a one-token call of a model that runs layer by layer
-    (:mod:`rwkv_jax.layerwise`: a few small programs called in turn, the same numbers). Usable inside your
-    own ``jit`` / ``scan`` / ``vmap`` either way; ``lower`` lowers the whole program."""
+    jitted program (:func:`compiled_step`), except for a model that runs layer by layer
+    (:mod:`rwkv_jax.layerwise`: a few small programs called in turn, the same numbers), which runs so
+    unless given ``starts``. Usable inside your own ``jit`` / ``scan`` / ``vmap`` either way; ``lower``
+    lowers the whole program.
 
-    def __init__(self, whole: Callable, layerwise: LayerwiseStep | None = None):
-        self.whole, self.layerwise = whole, layerwise
+    Attributes:
+      whole: the whole program.
+      one_token, prompt: the layer-by-layer steps for one token and for more (None: the whole program).
+    """
+
+    def __init__(
+        self, whole: Callable, one_token: LayerwiseStep | None = None, prompt: LayerwiseStep | None = None
+    ):
+        self.whole, self.one_token, self.prompt = whole, one_token, prompt
         self.lower = whole.lower
 
     def __call__(self, params: Params, tokens: Tokens, state: Any, **options: Any) -> tuple[Array, Any]:
         """``options``: ``last_only`` and ``starts``, as :func:`apply` takes them."""
-        if self.layerwise is not None and np.shape(tokens)[1] == 1 and options.get("starts") is None:
-            return self.layerwise(params.layers, tokens, state)  # one position: last_only changes nothing
+        pieces = self.one_token if np.shape(tokens)[1] == 1 else self.prompt
+        if pieces is not None and options.get("starts") is None:
+            return pieces(params.layers, tokens, state, last_only=options.get("last_only", False))
         return self.whole(params, tokens, state, **options)
 
 
@@ -201,10 +212,13 @@ def _structure(model: nnx.Module, dtype: np.dtype | None, stacked: bool) -> tupl
         return Structure(graphdef), None, Step(compiled_step(Structure(graphdef)))
     shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
     abstract = nnx.merge(graphdef, shapes)
-    layerwise = LayerwiseStep(abstract) if runs_layerwise(abstract) else None
     stacked_graphdef, stacked_state = nnx.split(stack_layers(abstract))
     structure = Structure(graphdef, stacked_graphdef)
-    return structure, stacked_state, Step(compiled_step(structure), layerwise)
+    if not runs_layerwise(abstract):
+        return structure, stacked_state, Step(compiled_step(structure))
+    one_token = LayerwiseStep(abstract, layerwise.ONE_TOKEN_GROUP, layerwise.ONE_TOKEN_OPTIONS)
+    prompt = LayerwiseStep(abstract, layerwise.PROMPT_GROUP, layerwise.PROMPT_OPTIONS)
+    return structure, stacked_state, Step(compiled_step(structure), one_token, prompt)
 
 
 def decoder(model: nnx.Module) -> Decoder:

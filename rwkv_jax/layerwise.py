@@ -1,25 +1,32 @@
-"""The one-token step on CPU as a few small compiled programs (embedding, groups of blocks, head) in turn.
+"""The step on CPU as a few small compiled programs (embedding, blocks, head) called in turn.
 
-A one-token step compiled whole holds every layer's copy of the block in its program (a Python loop over
-layers; a scan over the stored stacks would copy a layer's weights per step, docs/speed.md), and compiling
-it takes memory that grows with depth: Finch 12 x 768 compiled ~100 MiB above the weights, the largest
-part of the decoding peak after the weights and the imports. Here the step is three kinds of program: the
-embedding; ``GROUP`` consecutive blocks (one program per distinct run of block structures: at 12 layers
-blocks 0-2, whose block 0 holds RWKV-4/6's ``ln0``, and one program for 3-5, 6-8 and 9-11); ``ln_out`` +
-head. The numbers are the same as the whole program's (the same operations per block); a compile holds
-``GROUP`` blocks, so the decoding peak grows with the group size (measured sizes: docs/speed.md).
+Three kinds of program: the embedding (with block 0's ``ln0`` where the family has one); a group of
+consecutive blocks; ``ln_out`` + head (on every position, or on the last alone). Without its ``ln0``,
+block 0 has the structure of the blocks after it, so one block program serves every layer of a uniform
+model, and its compile does not grow with depth. The numbers are the whole program's (the same operations
+per block; bit-equal where both use the same emitter).
+
+Why not one program. A one-token step compiled whole holds every layer's copy of the block in its program
+(a Python loop over layers), and compiling it takes memory that grows with depth: Finch 12 x 768 compiled
+~100 MiB above the weights, the largest part of the decoding peak after the weights and the imports. A scan
+over the stored stacks reads each layer's weights through a slice that XLA:CPU copies into a fresh buffer
+(one layer's weights per step: decoding ~2x slower, a 512-token prefill ~4 % slower; docs/speed.md). The
+pieces read the per-layer views of the stacks, with no copy.
 
 What it costs: every program is a launch, and XLA:CPU cannot start a layer before the program holding the
-layer before it has finished; on a quiet 2-core CPU groups of 3 decode somewhat slower than the whole
-program (docs/speed.md has the A/B).
+layer before it has finished. At one token that is felt: groups of 3 blocks a program get back half of what
+one block a program loses against the whole program, for a compile 3 blocks big. A prompt's blocks are long
+enough that one block a program runs as fast as groups (docs/speed.md has the A/Bs).
 
-The pieces are compiled without XLA:CPU's fusion emitters (``xla_cpu_use_fusion_emitters``; the elemental
-emitter instead), a per-program option, not a process-wide flag: a block compiles in about a quarter of the
-memory at the same decode speed.
+One-token pieces are compiled without XLA:CPU's fusion emitters (``xla_cpu_use_fusion_emitters``; the
+elemental emitter instead), a per-program option, not a process-wide flag: a block compiles in about a
+quarter of the memory at the same decode speed. A prompt's pieces keep XLA's default emitters, with which a
+512-token block compiles faster.
 
 Used for models whose forward is :class:`rwkv_jax.models.language_model.LanguageModel`'s own (``emb ->
-blocks -> ln_out -> head``, each block ``block(x, layer_state) -> (x, layer_state)``); a family that passes
-more between its blocks (RWKV-7's ``v_first``) keeps the whole program.
+blocks -> ln_out -> head``, each block ``block(x, layer_state) -> (x, layer_state)``, block 0 applying its
+``ln0`` first where it has one); a family that passes more between its blocks (RWKV-7's ``v_first``) keeps
+the whole program.
 """
 
 import functools
@@ -33,21 +40,33 @@ from flax import nnx
 
 from rwkv_jax.array_typing import Array, Tokens
 
-# Per-program XLA options of the pieces: the elemental emitter compiles a block in a quarter of the fusion
-# emitters' memory (15 vs 56 MiB, Finch 768 wide).
-COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
-GROUP = 3  # consecutive blocks a program: fewer launches against a bigger compile (module docstring)
+# Consecutive blocks a program and per-program XLA options, for one-token steps and for prompts (module
+# docstring; the measurements are in docs/speed.md). One token: groups of 3 (fewer launches against a bigger
+# compile), compiled with the elemental emitter (a block compiles in about a quarter of the fusion
+# emitters' memory, 15 vs 56 MiB at 768 wide). Prompts: one block a program (one program for every layer),
+# XLA's default emitters (a shorter compile than the elemental emitter at 512 tokens).
+ONE_TOKEN_GROUP, ONE_TOKEN_OPTIONS = 3, (("xla_cpu_use_fusion_emitters", False),)
+PROMPT_GROUP, PROMPT_OPTIONS = 1, ()
 
 
-def _embed(graphdef: nnx.GraphDef, dtype: np.dtype, params: Any, tokens: Tokens) -> Array:
-    """``tokens [B, 1]`` -> the first block's input ``[B, 1, C]`` in the compute ``dtype``."""
-    return nnx.merge(graphdef, params)(tokens).astype(dtype)
+def _embed(
+    graphdef: nnx.GraphDef,
+    norm: nnx.GraphDef | None,
+    dtype: np.dtype,
+    params: Any,
+    norm_params: Any,
+    tokens: Tokens,
+) -> Array:
+    """``tokens [B, T]`` -> the first block's input ``[B, T, C]`` in the compute ``dtype``, after the first
+    block's own ``ln0`` where it has one (``norm``; see :func:`split_first_norm`)."""
+    x = nnx.merge(graphdef, params)(tokens).astype(dtype)
+    return x if norm is None else nnx.merge(norm, norm_params)(x)
 
 
 def _blocks(
     graphdefs: tuple[nnx.GraphDef, ...], params: tuple[Any, ...], x: Array, states: tuple[Any, ...]
 ) -> tuple[Array, tuple[Any, ...]]:
-    """Consecutive blocks on ``x [B, 1, C]``, each from its layer state: ``(x, their new states)``."""
+    """Consecutive blocks on ``x [B, T, C]``, each from its layer state: ``(x, their new states)``."""
     new_states = []
     for graphdef, block_params, layer_state in zip(graphdefs, params, states, strict=True):
         x, layer_state = nnx.merge(graphdef, block_params)(x, layer_state)
@@ -55,46 +74,83 @@ def _blocks(
     return x, tuple(new_states)
 
 
-def _head(norm: nnx.GraphDef, head: nnx.GraphDef, norm_params: Any, head_params: Any, x: Array) -> Array:
-    """``x [B, 1, C]`` -> float32 logits ``[B, 1, V]`` (``ln_out``, then the head)."""
+def _head(
+    norm: nnx.GraphDef, head: nnx.GraphDef, last_only: bool, norm_params: Any, head_params: Any, x: Array
+) -> Array:
+    """``x [B, T, C]`` -> float32 logits ``[B, T, V]`` (``ln_out``, then the head), or ``[B, 1, V]`` of the
+    last position alone when ``last_only``."""
+    if last_only:
+        x = x[:, -1:]
     return nnx.merge(head, head_params)(nnx.merge(norm, norm_params)(x)).astype(jnp.float32)
 
 
 @functools.lru_cache(maxsize=64)
-def _program(fn: Callable, *static: Any) -> Callable:
-    """``jax.jit`` of ``fn`` with its leading arguments ``static`` bound (graph definitions, dtypes), one per
-    distinct binding: groups of blocks with the same structures share one compiled program."""
-    return jax.jit(functools.partial(fn, *static), compiler_options=COMPILER_OPTIONS)
+def _program(fn: Callable, options: tuple[tuple[str, Any], ...], *static: Any) -> Callable:
+    """``jax.jit`` of ``fn`` with its leading arguments ``static`` bound (graph definitions, dtypes) and the
+    XLA ``options``, one per distinct binding: groups of blocks with the same structures share one
+    compiled program."""
+    return jax.jit(functools.partial(fn, *static), compiler_options=dict(options))
+
+
+def split_first_norm(block: nnx.Module) -> tuple[nnx.GraphDef | None, nnx.GraphDef]:
+    """``(ln0, rest)``: the graph definitions of a block's ``ln0`` (None where it has none) and of the block
+    without it. RWKV-4/5/6's block 0 applies ``ln0`` to its input before anything else; without it, it is
+    the same structure as the blocks after it, so that every layer shares their program (the embedding's
+    program applies ``ln0``)."""
+    norm = getattr(block, "ln0", None)
+    if norm is None:
+        return None, nnx.graphdef(block)
+    rest = nnx.merge(*nnx.split(block))  # a copy: the model's own block keeps its ln0
+    rest.ln0 = nnx.static(None)  # as the later blocks hold it: their graph definition
+    return nnx.graphdef(norm), nnx.graphdef(rest)
+
+
+def _without_first_norm(params: Any) -> Any:
+    """A block's parameters without those of its ``ln0``, in the layout of the later blocks' parameters."""
+    return nnx.filter_state(params, lambda path, _: path[0] != "ln0")
 
 
 class LayerwiseStep:
-    """``step(layers, tokens [B, 1], state) -> (logits [B, 1, V], state)`` for one model structure, where
-    ``layers`` is the per-layer parameter pytree (``layers["blocks"][i]``, ``layers["emb"]``, ...).
+    """``step(layers, tokens [B, T], state, last_only=False) -> (logits, state)`` for one model structure,
+    where ``layers`` is the per-layer parameter pytree (``layers["blocks"][i]``, ``layers["emb"]``, ...);
+    logits ``[B, T, V]``, or ``[B, 1, V]`` with ``last_only`` (the head on the last position alone).
 
     Attributes:
-      embed, head: the embedding's and the head's programs.
+      embed: the embedding's program (with block 0's ``ln0``, where it has one).
+      heads: the head's programs, keyed by ``last_only``.
       firsts: the first layer of each group of blocks.
-      blocks: each group's program (``GROUP`` blocks, the last group what is left).
+      blocks: each group's program (``group`` blocks, the last group what is left).
     """
 
-    def __init__(self, model: nnx.Module, group: int = GROUP):
+    def __init__(self, model: nnx.Module, group: int, options: tuple[tuple[str, Any], ...] = ()):
         """``model``: the (abstract) model the step's parameters merge into, in the compute dtype;
-        ``group``: consecutive blocks a program."""
-        graphdefs = [nnx.graphdef(block) for block in model.blocks]
+        ``group``: consecutive blocks a program; ``options``: XLA's per-program options."""
+        self.first_norm, first = split_first_norm(model.blocks[0])
+        graphdefs = [first, *(nnx.graphdef(block) for block in model.blocks[1:])]
         self.group = group
         self.firsts = tuple(range(0, len(graphdefs), group))
-        self.blocks = tuple(_program(_blocks, tuple(graphdefs[i : i + group])) for i in self.firsts)
-        self.embed = _program(_embed, nnx.graphdef(model.emb), np.dtype(model.config.dtype))
-        self.head = _program(_head, nnx.graphdef(model.ln_out), nnx.graphdef(model.head))
+        self.blocks = tuple(_program(_blocks, options, tuple(graphdefs[i : i + group])) for i in self.firsts)
+        dtype = np.dtype(model.config.dtype)
+        self.embed = _program(_embed, options, nnx.graphdef(model.emb), self.first_norm, dtype)
+        norm, head = nnx.graphdef(model.ln_out), nnx.graphdef(model.head)
+        self.heads = {
+            last_only: _program(_head, options, norm, head, last_only) for last_only in (False, True)
+        }
 
-    def __call__(self, layers: Any, tokens: Tokens, state: tuple[Any, ...]) -> tuple[Array, tuple[Any, ...]]:
-        x = self.embed(layers["emb"], tokens)
+    def __call__(
+        self, layers: Any, tokens: Tokens, state: tuple[Any, ...], last_only: bool = False
+    ) -> tuple[Array, tuple[Any, ...]]:
+        blocks = [layers["blocks"][i] for i in range(len(state))]
+        norm_params = None
+        if self.first_norm is not None:
+            norm_params, blocks[0] = blocks[0]["ln0"], _without_first_norm(blocks[0])
+        x = self.embed(layers["emb"], norm_params, tokens)
         new_state: tuple[Any, ...] = ()
-        for first, blocks in zip(self.firsts, self.blocks, strict=True):
+        for first, program in zip(self.firsts, self.blocks, strict=True):
             group = range(first, min(first + self.group, len(state)))
-            x, states = blocks(tuple(layers["blocks"][i] for i in group), x, state[first : group.stop])
+            x, states = program(tuple(blocks[i] for i in group), x, state[first : group.stop])
             new_state += states
-        return self.head(layers["ln_out"], layers["head"], x), new_state
+        return self.heads[last_only](layers["ln_out"], layers["head"], x), new_state
 
 
 def runs_layerwise(model: nnx.Module) -> bool:

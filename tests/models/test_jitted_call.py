@@ -36,8 +36,10 @@ def test_call_equals_op_by_op_forward_and_last_only_is_the_last_position(finch):
 
 def compiled_programs(step: decoding.Step) -> int:
     """Programs compiled so far by ``step``: the whole step's, and its layer-wise pieces' (distinct ones)."""
-    pieces = set() if step.layerwise is None else {step.layerwise.embed, step.layerwise.head}
-    pieces |= set(() if step.layerwise is None else step.layerwise.blocks)
+    pieces = set()
+    for layerwise in (step.one_token, step.prompt):
+        if layerwise is not None:
+            pieces |= {layerwise.embed, *layerwise.heads.values(), *layerwise.blocks}
     return step.whole._cache_size() + sum(piece._cache_size() for piece in pieces)
 
 
@@ -195,23 +197,39 @@ def test_prefill_program_does_not_grow_with_depth():
     assert ops6 - ops3 <= 3 * 10
 
 
-@pytest.mark.skipif(
-    jax.default_backend() != "cpu", reason="the one-token step runs layer by layer on CPU only"
-)
-def test_one_token_step_layer_by_layer_equals_the_whole_program():
-    config = rwkv_jax.RWKV6Config(vocab_size=64, n_layer=7, n_embd=32, head_size=16, init="plain")
-    model = rwkv_jax.RWKV6(config, rngs=nnx.Rngs(3))
+LAYERWISE_FAMILIES = {
+    "rwkv4": lambda: rwkv_jax.RWKV4(rwkv_jax.RWKV4Config(64, 7, 32, 64), rngs=nnx.Rngs(3)),
+    "eagle": lambda: rwkv_jax.RWKV6(
+        rwkv_jax.RWKV6Config(vocab_size=64, n_layer=7, n_embd=32, head_size=16, version="5.2"),
+        rngs=nnx.Rngs(3),
+    ),
+    "finch": lambda: rwkv_jax.RWKV6(
+        rwkv_jax.RWKV6Config(vocab_size=64, n_layer=7, n_embd=32, head_size=16, init="plain"),
+        rngs=nnx.Rngs(3),
+    ),
+}
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the step runs layer by layer on CPU only")
+@pytest.mark.parametrize("family", sorted(LAYERWISE_FAMILIES))
+def test_step_layer_by_layer_equals_the_whole_program(family):
+    model = LAYERWISE_FAMILIES[family]()
     jitted = rwkv_jax.decoder(model)
-    layerwise = jitted.step.layerwise
-    assert layerwise is not None and rwkv_jax.decoder(goose(3)).step.layerwise is None  # v_first: whole
-    # Groups of 3: blocks 0-2 (block 0 holds ln0), 3-5, and 6 alone: three programs.
-    assert layerwise.firsts == (0, 3, 6) and len(set(layerwise.blocks)) == 3
+    one_token, prompt = jitted.step.one_token, jitted.step.prompt
+    assert jitted.step.one_token is not None and rwkv_jax.decoder(goose(3)).step.prompt is None  # v_first
+    # Block 0's ln0 runs in the embedding's program, so every layer shares one block program: one token in
+    # groups of 3 (blocks 0-2, 3-5, and 6 alone: two programs), a prompt one block a program.
+    assert one_token.firsts == (0, 3, 6) and len(set(one_token.blocks)) == 2
+    assert prompt.firsts == tuple(range(7)) and len(set(prompt.blocks)) == 1
     _, state = model(TOKENS[:, :3])
-    token = TOKENS[:, 3:4]
-    logits, new_state = jitted.step(jitted.params, token, state)
-    whole_logits, whole_state = jitted.step.whole(jitted.params, token, state)
-    # The pieces compile with another emitter (rwkv_jax.layerwise): the head's rounding differs slightly.
-    assert relative_error(logits, whole_logits) < 1.3e-6  # measured 1.3e-7
-    for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(whole_state), strict=True):
-        assert relative_error(a, b) < 1e-6  # measured 0 (a floor, as above)
-    assert relative_error(logits, model.forward(token, state)[0]) < 1.7e-6  # measured 1.7e-7
+    for tokens in (TOKENS[:, 3:4], TOKENS):
+        for last_only in (False, True):
+            logits, new_state = jitted.step(jitted.params, tokens, state, last_only=last_only)
+            whole_logits, whole_state = jitted.step.whole(jitted.params, tokens, state, last_only=last_only)
+            # The one-token pieces compile with another emitter (rwkv_jax.layerwise): the head's rounding
+            # differs slightly (measured <= 1.3e-7; the prompt's 0 under XLA's default emitters).
+            assert relative_error(logits, whole_logits) < 1.3e-6
+            for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(whole_state), strict=True):
+                assert relative_error(a, b) < 1e-6  # measured <= 1.2e-7
+            forward, _ = model.forward(tokens, state, last_only=last_only)
+            assert relative_error(logits, forward) < 1.7e-6  # measured <= 1.7e-7
