@@ -150,11 +150,12 @@ class LayerwiseStep:
             group = range(first, min(first + self.group, len(state)))
             x, states = program(tuple(blocks[i] for i in group), x, state[first : group.stop])
             new_state += states
-        return self.heads[last_only](layers["ln_out"], layers["head"], x), new_state
+        head = self.heads[last_only and np.shape(tokens)[1] > 1]  # one position: the same program either way
+        return head(layers["ln_out"], layers["head"], x), new_state
 
 
 def runs_layerwise(model: nnx.Module) -> bool:
-    """Whether ``model``'s one-token step can run as :class:`LayerwiseStep`: on the CPU backend, a
+    """Whether ``model``'s step can run as :class:`LayerwiseStep`: on the CPU backend, a
     :class:`~rwkv_jax.models.language_model.LanguageModel` whose forward and ``run_blocks`` are the base
     class's own and whose blocks are stored one per layer."""
     from rwkv_jax.models.language_model import LanguageModel  # the models import rwkv_jax.decoding

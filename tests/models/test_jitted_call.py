@@ -233,3 +233,4 @@ def test_step_layer_by_layer_equals_the_whole_program(family):
                 assert relative_error(a, b) < 1e-6  # measured <= 1.2e-7
             forward, _ = model.forward(tokens, state, last_only=last_only)
             assert relative_error(logits, forward) < 1.7e-6  # measured <= 1.7e-7
+    assert one_token.heads[True]._cache_size() == 0  # one position: last_only runs the same head program
