@@ -17,12 +17,12 @@ model's own ``dtype`` on the stored weights.
 Layer layouts (CPU): the step reads the blocks in two layouts that share their memory: each run of equal
 blocks stacked (:mod:`rwkv_jax.models.layer_stack`, stacked once per weight version, not inside every
 call), and per-layer arrays that are zero-copy views of those stacks (the model's own variables are rebound
-to the views, the same values bit for bit). RWKV-4/5/6 run every call but one with document ``starts`` as a
-few small programs called in turn over the per-layer views (:mod:`rwkv_jax.layerwise`: embedding, blocks,
+to the views, the same values bit for bit). Every call but one with document ``starts`` runs as a few
+small programs called in turn over the per-layer views (:mod:`rwkv_jax.layerwise`: embedding, blocks,
 head), because XLA:CPU copies the slice of a stacked weight that a scan step reads into a fresh buffer (one
 layer's weights per step: decoding ~2x slower, a prefill ~4 % slower; docs/speed.md), and one program
-holding every layer compiles in memory and time that grow with depth. The whole program (RWKV-7, which
-passes ``v_first`` between its blocks; calls with ``starts``; ``step.lower``) scans the stacks for
+holding every layer compiles in memory and time that grow with depth. The whole program (calls with
+``starts``; ``step.lower``; a model whose blocks the layer-by-layer step cannot call) scans the stacks for
 ``T > 1`` and loops over the views for one token. Other backends, and models that do not scan their layers,
 keep the per-layer layout only and one program (prefill stacks inside the call).
 """

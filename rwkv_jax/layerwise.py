@@ -24,9 +24,9 @@ quarter of the memory at the same decode speed. A prompt's pieces keep XLA's def
 512-token block compiles faster.
 
 Used for models whose forward is :class:`rwkv_jax.models.language_model.LanguageModel`'s own (``emb ->
-blocks -> ln_out -> head``, each block ``block(x, layer_state) -> (x, layer_state)``, block 0 applying its
-``ln0`` first where it has one); a family that passes more between its blocks (RWKV-7's ``v_first``) keeps
-the whole program.
+blocks -> ln_out -> head``, block 0 applying its ``ln0`` first where it has one), each block called through
+the model's ``call_block`` (``x`` from block to block; RWKV-7 passes ``(x, v_first)``, and its block 0,
+which makes ``v_first``, has a program of its own).
 """
 
 import functools
@@ -64,14 +64,19 @@ def _embed(
 
 
 def _blocks(
-    graphdefs: tuple[nnx.GraphDef, ...], params: tuple[Any, ...], x: Array, states: tuple[Any, ...]
-) -> tuple[Array, tuple[Any, ...]]:
-    """Consecutive blocks on ``x [B, T, C]``, each from its layer state: ``(x, their new states)``."""
+    call_block: Callable,
+    graphdefs: tuple[nnx.GraphDef, ...],
+    params: tuple[Any, ...],
+    carry: Any,
+    states: tuple[Any, ...],
+) -> tuple[Any, tuple[Any, ...]]:
+    """Consecutive blocks on ``carry`` (``x [B, T, C]``, or a tuple whose first item is ``x``: the model's
+    ``call_block``), each from its layer state: ``(carry, their new states)``."""
     new_states = []
     for graphdef, block_params, layer_state in zip(graphdefs, params, states, strict=True):
-        x, layer_state = nnx.merge(graphdef, block_params)(x, layer_state)
+        carry, layer_state = call_block(nnx.merge(graphdef, block_params), carry, layer_state)
         new_states.append(layer_state)
-    return x, tuple(new_states)
+    return carry, tuple(new_states)
 
 
 def _head(
@@ -129,7 +134,10 @@ class LayerwiseStep:
         graphdefs = [first, *(nnx.graphdef(block) for block in model.blocks[1:])]
         self.group = group
         self.firsts = tuple(range(0, len(graphdefs), group))
-        self.blocks = tuple(_program(_blocks, options, tuple(graphdefs[i : i + group])) for i in self.firsts)
+        call_block = type(model).call_block
+        self.blocks = tuple(
+            _program(_blocks, options, call_block, tuple(graphdefs[i : i + group])) for i in self.firsts
+        )
         dtype = np.dtype(model.config.dtype)
         self.embed = _program(_embed, options, nnx.graphdef(model.emb), self.first_norm, dtype)
         norm, head = nnx.graphdef(model.ln_out), nnx.graphdef(model.head)
@@ -144,28 +152,31 @@ class LayerwiseStep:
         norm_params = None
         if self.first_norm is not None:
             norm_params, blocks[0] = blocks[0]["ln0"], _without_first_norm(blocks[0])
-        x = self.embed(layers["emb"], norm_params, tokens)
+        carry = self.embed(layers["emb"], norm_params, tokens)
         new_state: tuple[Any, ...] = ()
         for first, program in zip(self.firsts, self.blocks, strict=True):
             group = range(first, min(first + self.group, len(state)))
-            x, states = program(tuple(blocks[i] for i in group), x, state[first : group.stop])
+            carry, states = program(tuple(blocks[i] for i in group), carry, state[first : group.stop])
             new_state += states
+        x = carry[0] if isinstance(carry, tuple) else carry
         head = self.heads[last_only and np.shape(tokens)[1] > 1]  # one position: the same program either way
         return head(layers["ln_out"], layers["head"], x), new_state
 
 
 def runs_layerwise(model: nnx.Module) -> bool:
     """Whether ``model``'s step can run as :class:`LayerwiseStep`: on the CPU backend, a
-    :class:`~rwkv_jax.models.language_model.LanguageModel` whose forward and ``run_blocks`` are the base
-    class's own and whose blocks are stored one per layer."""
+    :class:`~rwkv_jax.models.language_model.LanguageModel` whose forward is the base class's own, whose
+    ``run_blocks`` is the base class's or comes with its own ``call_block`` (the fold of which it is), and
+    whose blocks are stored one per layer."""
     from rwkv_jax.models.language_model import LanguageModel  # the models import rwkv_jax.decoding
     from rwkv_jax.models.layer_stack import StackedBlocks
 
     cls = type(model)
+    blocks_fold = cls.run_blocks is LanguageModel.run_blocks or cls.call_block is not LanguageModel.call_block
     return (
         jax.default_backend() == "cpu"
         and isinstance(model, LanguageModel)
         and cls.forward is LanguageModel.forward
-        and cls.run_blocks is LanguageModel.run_blocks
+        and blocks_fold
         and not any(isinstance(block, StackedBlocks) for block in model.blocks)
     )

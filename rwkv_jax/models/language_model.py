@@ -128,6 +128,16 @@ class LanguageModel(nnx.Module):
             list(self.blocks), x, state, step, scan=self.scan_layers, keep_products=not self.remat_blocks
         )
 
+    @staticmethod
+    def call_block(block: nnx.Module, carry: Any, layer_state: Any) -> tuple[Any, Any]:
+        """One block on what passes between blocks, ``carry``: here ``x [B, T, C]`` (the first block gets the
+        embedding's output); a family whose blocks pass more (RWKV-7) overrides this with a tuple whose
+        first item is ``x``. Returns the next carry and the layer's new state. The layer-by-layer step
+        (:mod:`rwkv_jax.layerwise`) folds it over the blocks: a family that overrides :meth:`run_blocks`
+        runs layer by layer only if it also overrides this, declaring that the fold is its
+        ``run_blocks``."""
+        return block(carry, layer_state)
+
     def _layer_state_shapes(self, batch_size: int) -> Any:
         """``jax.eval_shape`` of :meth:`empty_layer_state`, remembered per config and batch size (a call
         checks every state it is given; tracing the empty state each time would cost ~1 ms)."""

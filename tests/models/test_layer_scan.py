@@ -15,6 +15,7 @@ import optax
 import pytest
 from flax import nnx
 
+import rwkv_jax
 from rwkv_jax.finetune.lora import LoRALinear
 from rwkv_jax.models.layer_stack import layer_count, stack_layers, unstack_layers
 from rwkv_jax.numerics import relative_error
@@ -108,8 +109,11 @@ def test_stacked_layers_compute_the_same_and_unstack_bit_for_bit(preset):
     stacked = stack_layers(model)
     assert [layer_count(item) for item in stacked.blocks] == [1, 3]
     tokens = random_tokens(32, 2, STEPS, seed=2)
-    # Measured: 0 (the same scan over the same numbers).
-    assert relative_error(stacked(tokens)[0], model(tokens)[0]) == 0.0
+    # Against the per-layer model's whole program, which scans the same blocks (its call runs layer by
+    # layer on CPU, rwkv_jax.layerwise: rounded differently). Measured: 0 (the same scan, the same numbers).
+    jitted = rwkv_jax.decoder(model)
+    expected, _ = jitted.step.whole(jitted.params, tokens, model.init_state(tokens.shape[0]))
+    assert relative_error(stacked(tokens)[0], expected) == 0.0
     back = unstack_layers(stacked)
     for a, b in zip(nnx.to_flat_state(nnx.state(back)), nnx.to_flat_state(nnx.state(model)), strict=True):
         assert a[0] == b[0] and a[1].get_metadata() == b[1].get_metadata(), a[0]

@@ -11,7 +11,7 @@ Each of those parts is an ablation switch of :class:`RWKV7Config` (``token_shift
 """
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -387,6 +387,16 @@ class RWKV7(LanguageModel):
         token = jnp.zeros((batch_size, c.n_embd), jnp.float32)
         wkv = jnp.zeros((batch_size, c.n_head, c.head_size, c.head_size), jnp.float32)
         return RWKV7LayerState(token, wkv, token)
+
+    @staticmethod
+    def call_block(
+        block: nnx.Module, carry: Any, layer_state: RWKV7LayerState
+    ) -> tuple[Any, RWKV7LayerState]:
+        """One block on ``carry``: ``x`` for block 0 (which makes ``v_first``), ``(x, v_first)`` after it;
+        returns ``(x, v_first)`` and the layer's new state (as :meth:`run_blocks` calls the blocks)."""
+        x, v_first = carry if isinstance(carry, tuple) else (carry, None)
+        x, v_first, layer_state = block(x, v_first, layer_state)
+        return (x, v_first), layer_state
 
     def run_blocks(
         self, x: Array, state: tuple[RWKV7LayerState, ...], starts: Array | None = None
