@@ -17,14 +17,15 @@ model's own ``dtype`` on the stored weights.
 Layer layouts (CPU): the step reads the blocks in two layouts that share their memory: each run of equal
 blocks stacked (:mod:`rwkv_jax.models.layer_stack`, stacked once per weight version, not inside every
 call), and per-layer arrays that are zero-copy views of those stacks (the model's own variables are rebound
-to the views, the same values bit for bit). Every call but one with document ``starts`` runs as a few
-small programs called in turn over the per-layer views (:mod:`rwkv_jax.layerwise`: embedding, blocks,
-head), because XLA:CPU copies the slice of a stacked weight that a scan step reads into a fresh buffer (one
-layer's weights per step: decoding ~2x slower, a prefill ~4 % slower; docs/speed.md), and one program
-holding every layer compiles in memory and time that grow with depth. The whole program (calls with
-``starts``; ``step.lower``; a model whose blocks the layer-by-layer step cannot call) scans the stacks for
-``T > 1`` and loops over the views for one token. Other backends, and models that do not scan their layers,
-keep the per-layer layout only and one program (prefill stacks inside the call).
+to the views, the same values bit for bit). Calls run as a few small programs called in turn over the
+per-layer views (:mod:`rwkv_jax.layerwise`: embedding, blocks, head), because XLA:CPU copies the slice of a
+stacked weight that a scan step reads into a fresh buffer (one layer's weights per step: decoding ~2x
+slower, a prefill ~4 % slower; docs/speed.md), and one program holding every layer compiles in memory and
+time that grow with depth. The whole program serves calls with document ``starts``, ``step.lower``, the
+one-token calls of a model whose ``layerwise_decoding`` is False (RWKV-7) and a model whose blocks the
+layer-by-layer step cannot call: it scans the stacks for ``T > 1`` and loops over the views for one token.
+Other backends, and models that do not scan their layers, keep the per-layer layout only and one program
+(prefill stacks inside the call).
 """
 
 import ctypes
@@ -216,7 +217,9 @@ def _structure(model: nnx.Module, dtype: np.dtype | None, stacked: bool) -> tupl
     structure = Structure(graphdef, stacked_graphdef)
     if not runs_layerwise(abstract):
         return structure, stacked_state, Step(compiled_step(structure))
-    one_token = LayerwiseStep(abstract, layerwise.ONE_TOKEN_GROUP, layerwise.ONE_TOKEN_OPTIONS)
+    one_token = None
+    if abstract.layerwise_decoding:
+        one_token = LayerwiseStep(abstract, layerwise.ONE_TOKEN_GROUP, layerwise.ONE_TOKEN_OPTIONS)
     prompt = LayerwiseStep(abstract, layerwise.PROMPT_GROUP, layerwise.PROMPT_OPTIONS)
     return structure, stacked_state, Step(compiled_step(structure), one_token, prompt)
 

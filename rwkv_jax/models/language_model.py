@@ -47,6 +47,10 @@ class LanguageModel(nnx.Module):
     # True: each block call is rematerialised (rwkv_jax.models.block_remat): the backward pass keeps only the
     # blocks' inputs and recomputes their insides (training at long context: config.train.remat_blocks).
     remat_blocks = False
+    # True: on CPU the one-token step runs layer by layer (rwkv_jax.layerwise: a compile flat in depth and a
+    # fraction of the memory, each program a launch); False: one program holding every layer, which decodes
+    # faster at small widths (docs/speed.md). Prompts run layer by layer either way.
+    layerwise_decoding = True
 
     def empty_layer_state(self, batch_size: int) -> Any:
         """The state of one block before any token (a NamedTuple of float32 arrays, batch on axis 0)."""

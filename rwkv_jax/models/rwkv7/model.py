@@ -357,6 +357,10 @@ class RWKV7(LanguageModel):
     ``rwkv_jax.models.rwkv7.convert``. Attribute paths spell the official keys (``blocks.1.att.v2``, ...).
     """
 
+    # The whole one-token program: it decodes faster than layer by layer, and Goose's decoding peak stays
+    # well under the rwkv package's without the smaller compiles (docs/speed.md).
+    layerwise_decoding = False
+
     def __init__(self, config: RWKV7Config, *, rngs: nnx.Rngs):
         if not isinstance(config, RWKV7Config):
             raise TypeError(f"config must be an RWKV7Config, got {type(config).__name__}")
