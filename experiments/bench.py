@@ -16,9 +16,10 @@ memory (``VmHWM``: imports, loading, compiling and decoding) after each (flat in
 The ``rwkv`` package (when installed; it has no batch) runs decode at batch 1 and prefill, the two stacks
 taking turns ``--repeats`` times (medians reported), and the next-token logits after the prefill are
 compared (relative error). The decode bound is the bytes of weights read per token (every parameter but
-the embedding, plus one embedding row) over this machine's memory bandwidth, measured in the same run
-(the faster of a large numpy copy and XLA's float32 matrix-vector product of a 1 GiB matrix, which reads
-it as a decode step reads its weights); each decode figure's share of it is printed. Also printed: what
+the embedding, plus one embedding row) over this machine's memory bandwidth, measured in every turn
+beside the decodes (the faster of a large numpy copy and XLA's float32 matrix-vector product of a 1 GiB
+matrix, which reads it as a decode step reads its weights; the median over the turns); each decode
+figure's share of it is printed. Also printed: what
 XLA:CPU does with a bfloat16 matrix-vector product of the head's shape (docs/speed.md). Writes ``--json``
 and ``--plot``.
 """
@@ -77,22 +78,32 @@ def median_time(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def memory_bandwidth(mib: int) -> dict[str, float]:
-    """Bytes per second, the best of five each: a numpy copy of ``mib / 4`` MiB (read + write counted), and
-    XLA's float32 product of a vector with a ``mib`` MiB matrix (the matrix read, as a decode step reads its
-    weights)."""
-    import jax
-    import jax.numpy as jnp
+class BandwidthProbe:
+    """Memory bandwidth, bytes per second: a numpy copy of ``mib / 4`` MiB (read + write counted) and XLA's
+    float32 product of a vector with a ``mib`` MiB matrix (the matrix read, as a decode step reads its
+    weights). Called once per turn beside the decodes, so that a bound compares figures of the same
+    moments of a shared machine."""
 
-    src = np.ones(mib * 2**16, np.float32)
-    dst = np.empty_like(src)
-    np.copyto(dst, src)
-    copy = min(median_time(lambda: np.copyto(dst, src), 1) for _ in range(5))
-    matrix, vector = jnp.ones((mib * 8, 32768), jnp.float32), jnp.ones((1, mib * 8), jnp.float32)
-    product = jax.jit(jnp.matmul)
-    jax.block_until_ready(product(vector, matrix))
-    read = min(median_time(lambda: jax.block_until_ready(product(vector, matrix)), 1) for _ in range(5))
-    return {"numpy copy": 2 * src.nbytes / copy, "XLA mat-vec": matrix.nbytes / read}
+    def __init__(self, mib: int):
+        import jax
+        import jax.numpy as jnp
+
+        self.jax = jax
+        self.src = np.ones(mib * 2**16, np.float32)
+        self.dst = np.empty_like(self.src)
+        self.matrix = jnp.ones((mib * 8, 32768), jnp.float32)
+        self.vector = jnp.ones((1, mib * 8), jnp.float32)
+        self.product = jax.jit(jnp.matmul)
+        self()  # warm-up: pages touched, the product compiled
+
+    def __call__(self, repeats: int = 3) -> dict[str, float]:
+        """``{"numpy copy": ..., "XLA mat-vec": ...}``, the best of ``repeats`` each."""
+        copy = min(median_time(lambda: np.copyto(self.dst, self.src), 1) for _ in range(repeats))
+        read = min(
+            median_time(lambda: self.jax.block_until_ready(self.product(self.vector, self.matrix)), 1)
+            for _ in range(repeats)
+        )
+        return {"numpy copy": 2 * self.src.nbytes / copy, "XLA mat-vec": self.matrix.nbytes / read}
 
 
 def matvec_table(rows: int, cols: int) -> dict[str, float]:
@@ -288,7 +299,7 @@ def decode_peaks(stack: str, family: str, dtype: str, path: str, shape: dict) ->
 
 
 def measure(
-    family: str, dtype: str, path: str, shape: dict, args: argparse.Namespace, bandwidth: float
+    family: str, dtype: str, path: str, shape: dict, args: argparse.Namespace, probe: BandwidthProbe
 ) -> dict:
     """Every figure of one family and weight dtype, the stacks taking turns."""
     jax_runner = JaxRunner(path, dtype, shape)
@@ -301,7 +312,9 @@ def measure(
     for runner in runners.values():  # warm-up (the package's TorchScript compiles on first use)
         runner.decode(1), runner.prefill()
     times: dict[str, list[float]] = {}
+    bandwidths = []
     for _ in range(args.repeats):
+        bandwidths.append(max(probe().values()))  # the fastest the memory streamed in this turn
         for name, runner in runners.items():
             for batch in (1, 16) if name == "jax" else (1,):
                 times.setdefault(f"{name} decode{batch}", []).append(
@@ -318,7 +331,8 @@ def measure(
         "compile_s": jax_runner.compile_s,
         "weight_mib_read_per_step": jax_runner.bytes_per_step / 2**20,
         "weight_mib_stored": jax_runner.stored_bytes / 2**20,
-        "decode_bound_tok_s": bandwidth / jax_runner.bytes_per_step,
+        "bandwidth_bytes_s": statistics.median(bandwidths),
+        "decode_bound_tok_s": statistics.median(bandwidths) / jax_runner.bytes_per_step,
     }
     row["decode1_share_of_bound"] = row["decode1_tok_s"] / row["decode_bound_tok_s"]
     row["decode16_steps_share_of_bound"] = row["decode16_tok_s"] / 16 / row["decode_bound_tok_s"]
@@ -362,7 +376,8 @@ def print_table(rows: list[dict], shape: dict) -> None:
         print(
             f"{row['family']} {row['dtype']}: compile {compile_s}; "
             f"{row['weight_mib_stored']:.0f} MiB stored, {row['weight_mib_read_per_step']:.0f} MiB read per "
-            f"step, bound {row['decode_bound_tok_s']:.1f} steps/s; decode peak after 1 / "
+            f"step, bound {row['decode_bound_tok_s']:.1f} steps/s "
+            f"({row['bandwidth_bytes_s'] / 1e9:.1f} GB/s); decode peak after 1 / "
             f"{4 * shape['decode']} tokens {row['decode_peak_first_mib']:.0f} / "
             f"{row['decode_peak_mib']:.0f} MiB"
             + (
@@ -408,8 +423,8 @@ def main(argv: list[str]) -> int:
         decode_peak_worker(json.loads(args.peak_worker))
         return 0
     shape = SMALL if args.small else FULL
-    bandwidths = memory_bandwidth(64 if args.small else 1024)
-    bandwidth = max(bandwidths.values())  # the bound: the fastest the memory was seen to stream
+    probe = BandwidthProbe(64 if args.small else 1024)
+    bandwidths = probe(repeats=5)
     print("memory bandwidth: " + ", ".join(f"{k} {v / 1e9:.1f} GB/s" for k, v in bandwidths.items()))
     if not args.small:
         print("XLA:CPU matrix-vector product, head shape 768 x 65536 (ms):")
@@ -420,12 +435,12 @@ def main(argv: list[str]) -> int:
         for family in args.families.split(","):
             path = write_model(family, shape, directory)
             for dtype in args.dtypes.split(","):
-                rows.append(measure(family, dtype, path, shape, args, bandwidth))
+                rows.append(measure(family, dtype, path, shape, args, probe))
     print_table(rows, shape)
     tmp = args.json + ".tmp"
     with open(tmp, "w") as f:
         json.dump(
-            {"shape": shape, "bandwidth_bytes_s": bandwidth, "bandwidths_bytes_s": bandwidths, "rows": rows},
+            {"shape": shape, "bandwidths_bytes_s": bandwidths, "rows": rows},
             f,
             indent=1,
         )
