@@ -26,7 +26,8 @@ quarter of the memory at the same decode speed. A prompt's pieces keep XLA's def
 Used for models whose forward is :class:`rwkv_jax.models.language_model.LanguageModel`'s own (``emb ->
 blocks -> ln_out -> head``, block 0 applying its ``ln0`` first where it has one), each block called through
 the model's ``call_block`` (``x`` from block to block; RWKV-7 passes ``(x, v_first)``, and its block 0,
-which makes ``v_first``, has a program of its own).
+which makes ``v_first``, has a program of its own). A model whose ``layerwise_decoding`` is False (RWKV-7)
+runs its one-token calls as the whole program (:mod:`rwkv_jax.decoding`), its prompts layer by layer.
 """
 
 import functools
@@ -58,7 +59,7 @@ def _embed(
     tokens: Tokens,
 ) -> Array:
     """``tokens [B, T]`` -> the first block's input ``[B, T, C]`` in the compute ``dtype``, after the first
-    block's own ``ln0`` where it has one (``norm``; see :func:`split_first_norm`)."""
+    block's own ``ln0`` where it has one (``norm``; see :func:`_split_first_norm`)."""
     x = nnx.merge(graphdef, params)(tokens).astype(dtype)
     return x if norm is None else nnx.merge(norm, norm_params)(x)
 
@@ -97,7 +98,7 @@ def _program(fn: Callable, options: tuple[tuple[str, Any], ...], *static: Any) -
     return jax.jit(functools.partial(fn, *static), compiler_options=dict(options))
 
 
-def split_first_norm(block: nnx.Module) -> tuple[nnx.GraphDef | None, nnx.GraphDef]:
+def _split_first_norm(block: nnx.Module) -> tuple[nnx.GraphDef | None, nnx.GraphDef]:
     """``(ln0, rest)``: the graph definitions of a block's ``ln0`` (None where it has none) and of the block
     without it. RWKV-4/5/6's block 0 applies ``ln0`` to its input before anything else; without it, it is
     the same structure as the blocks after it, so that every layer shares their program (the embedding's
@@ -130,7 +131,7 @@ class LayerwiseStep:
     def __init__(self, model: nnx.Module, group: int, options: tuple[tuple[str, Any], ...] = ()):
         """``model``: the (abstract) model the step's parameters merge into, in the compute dtype;
         ``group``: consecutive blocks a program; ``options``: XLA's per-program options."""
-        self.first_norm, first = split_first_norm(model.blocks[0])
+        self.first_norm, first = _split_first_norm(model.blocks[0])
         graphdefs = [first, *(nnx.graphdef(block) for block in model.blocks[1:])]
         self.group = group
         self.firsts = tuple(range(0, len(graphdefs), group))
