@@ -10,18 +10,17 @@ For each family (Finch, Goose) a model with random weights of the shape is writt
 per family and weight dtype: decode tokens/s at batch 1 and 16 (``rwkv_jax.decoder``'s step, one token
 per call), prefill tokens/s of ``--prefill`` tokens (head on the last position only), compile time of each
 program (the first call, as a model call runs it: the time includes one call), and the peak memory of
-decoding: each stack in a fresh
-process loads the file and decodes 1, then ``4 x decode`` tokens at batch 1; the process's peak resident
-memory (``VmHWM``: imports, loading, compiling and decoding) after each (flat in the number of tokens).
+decoding: each stack in a fresh process loads the file and decodes 1, then ``4 x decode`` tokens at batch
+1; the process's peak resident memory (``VmHWM``: imports, loading, compiling and decoding) after each
+(flat in the number of tokens).
 The ``rwkv`` package (when installed; it has no batch) runs decode at batch 1 and prefill, the two stacks
 taking turns ``--repeats`` times (medians reported), and the next-token logits after the prefill are
 compared (relative error). The decode bound is the bytes of weights read per token (every parameter but
 the embedding, plus one embedding row) over this machine's memory bandwidth, measured in every turn
 beside the decodes (the faster of a large numpy copy and XLA's float32 matrix-vector product of a 1 GiB
 matrix, which reads it as a decode step reads its weights; the median over the turns); each decode
-figure's share of it is printed. Also printed: what
-XLA:CPU does with a bfloat16 matrix-vector product of the head's shape (docs/speed.md). Writes ``--json``
-and ``--plot``.
+figure's share of it is printed. Also printed: what XLA:CPU does with a bfloat16 matrix-vector product of
+the head's shape (docs/speed.md). Writes ``--json`` and ``--plot``.
 """
 
 import argparse
