@@ -64,7 +64,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["rwkv_jax", "rwkv_jax.*", "pallas_kernels", "pallas_kernels.*"]),
-    package_data={"rwkv_jax.tokenizers": ["data/*"]},
+    package_data={"rwkv_jax.tokenizers": ["data/*"], "rwkv_jax.native": ["*.cc"]},
     install_requires=CORE,
     extras_require={"test": TEST, "eval": EVAL, "notebooks": NOTEBOOKS, "bench": BENCH},
     license="Apache-2.0",

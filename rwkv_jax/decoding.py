@@ -10,9 +10,11 @@ inputs.
 
 Compute dtype on CPU: XLA:CPU has no fast bfloat16 / float16 matrix product (it converts the whole weight
 to float32 in a fresh buffer at every call, docs/speed.md), so on the CPU backend the step computes in
-float32 from a float32 working copy of the weights, converted once per weight version; the embedding stays
-as stored (a step reads only its tokens' rows, which XLA converts alone). Elsewhere it computes in the
-model's own ``dtype`` on the stored weights.
+float32: the linear layers' 16-bit kernels are read as stored by :mod:`rwkv_jax.lowp_matmul`'s kernel
+(where it builds; else they get a float32 working copy too), the embedding as stored (a step reads only
+its tokens' rows, which XLA converts alone), and every other 16-bit parameter through a float32 working
+copy, converted once per weight version. Elsewhere it computes in the model's own ``dtype`` on the stored
+weights.
 
 Layer layouts (CPU): the step reads the blocks in two layouts that share their memory: each run of equal
 blocks stacked (:mod:`rwkv_jax.models.layer_stack`, stacked once per weight version, not inside every
@@ -41,7 +43,7 @@ import numpy as np
 from flax import nnx
 from flax.errors import TraceContextError
 
-from rwkv_jax import layerwise
+from rwkv_jax import layerwise, lowp_matmul
 from rwkv_jax.array_typing import Array, Tokens
 from rwkv_jax.host_memory import aligned_empty, shares_memory
 from rwkv_jax.layerwise import LayerwiseStep, runs_layerwise
@@ -157,8 +159,8 @@ class Decoder:
         :class:`Step`); logits ``[B, T, V]`` float32, or ``[B, 1, V]`` with ``last_only`` (the head applied to
         the last position only: a prefill that needs only the next-token prediction). Token ids are not
         range-checked here (an id outside the vocabulary gives NaN logits): the model call checks them.
-      params: the :class:`Params` ``step`` takes (on CPU float32 working copies of bf16/f16 weights but
-        the embedding).
+      params: the :class:`Params` ``step`` takes (on CPU float32 working copies of the bf16/f16 weights
+        that are neither the embedding nor, where :mod:`rwkv_jax.lowp_matmul` builds, linear kernels).
       graphdef: the :class:`Structure` ``step`` merges ``params`` into.
       init_state: ``init_state(batch_size)``, the model's empty state.
     """
@@ -183,8 +185,12 @@ def compute_dtype(model: nnx.Module) -> np.dtype | None:
 
 def working_copy(path: tuple, value: Array, dtype: np.dtype | None) -> Array:
     """``value`` (the parameter at ``path``, e.g. ``("blocks", 0, "att", "key", "kernel")``) as the step
-    reads it: a bf16/f16 array converted to ``dtype`` (when given) unless it is read by row, else itself."""
+    reads it: a bf16/f16 array converted to ``dtype`` (when given), else itself. Not converted: what is read
+    by row, and a linear layer's kernel where :mod:`rwkv_jax.lowp_matmul` multiplies its dtype (read as
+    stored: no float32 copy in memory)."""
     if dtype is None or np.dtype(value.dtype) not in LOW_PRECISION or path[0] in READ_BY_ROW:
+        return value
+    if path[-1] == "kernel" and lowp_matmul.available(value.dtype):
         return value
     return value.astype(dtype)
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rwkv_jax import lowp_matmul
 from rwkv_jax.array_typing import Array, PRNGKey, Tokens
 from rwkv_jax.models.projection import project
 from rwkv_jax.wkv.context import context_size, shift_over_context
@@ -251,7 +252,10 @@ class Linear(nnx.Module):
         self.kernel = param(kernel.astype(param_dtype), axes)
 
     def __call__(self, x: Array) -> Array:
-        return project(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        x, kernel = x.astype(self.dtype), self.kernel[...]
+        if lowp_matmul.applies(x, kernel):  # float32 compute on 16-bit weights on CPU (the jitted step)
+            return lowp_matmul.matmul(x, kernel)
+        return project(x, kernel.astype(self.dtype))
 
 
 def check_token_ids(tokens: Tokens | np.ndarray, vocab_size: int) -> None:

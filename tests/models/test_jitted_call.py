@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 import rwkv_jax
-from rwkv_jax import decoding
+from rwkv_jax import decoding, lowp_matmul
 from rwkv_jax.models.common import Linear
 from rwkv_jax.numerics import relative_error
 
@@ -124,11 +124,20 @@ def test_one_token_step_holds_no_stacked_copy_of_the_block_weights():
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the float32 working copy is made on CPU only")
-def test_bfloat16_step_reads_a_float32_copy_of_the_matrices_but_not_of_the_embedding():
+@pytest.mark.parametrize("kernel", [True, False], ids=["lowp-kernel", "no-kernel"])
+def test_bfloat16_step_reads_a_float32_copy_only_of_what_no_kernel_multiplies(kernel, monkeypatch):
+    """Linear kernels as stored where the lowp_matmul kernel builds, else a float32 working copy; the
+    embedding always as stored (one row a token); the token-shift weights as they are (float32)."""
+    if kernel and not lowp_matmul.available(jnp.bfloat16):
+        pytest.skip("the lowp_matmul kernel is not available here")
+    if not kernel:
+        monkeypatch.setattr(lowp_matmul, "_fast_formats", lambda: 0)
     config = rwkv_jax.RWKV6Config(vocab_size=64, n_layer=2, n_embd=32, head_size=16, dtype="bfloat16")
     jitted = rwkv_jax.decoder(rwkv_jax.RWKV6(config, rngs=nnx.Rngs(0)))
-    assert jitted.params.layers["emb"]["weight"][...].dtype == jnp.bfloat16  # one row a token: as stored
-    assert jitted.params.layers["head"]["kernel"][...].dtype == jnp.float32
+    assert jitted.params.layers["emb"]["weight"][...].dtype == jnp.bfloat16
+    assert jitted.params.layers["head"]["kernel"][...].dtype == (jnp.bfloat16 if kernel else jnp.float32)
+    logits, _ = jitted.step(jitted.params, TOKENS[:1, :3], jitted.init_state(1))
+    assert logits.dtype == jnp.float32 and bool(jnp.isfinite(logits).all())
 
 
 def goose(n_layer: int, seed: int = 0) -> rwkv_jax.RWKV7:
