@@ -108,10 +108,13 @@ class BandwidthProbe:
 def matvec_table(rows: int, cols: int) -> dict[str, float]:
     """Milliseconds of ``x [1, rows] @ W [rows, cols]`` in XLA:CPU: float32 weights, bfloat16 weights (XLA
     converts the whole matrix to float32 in a fresh buffer first), and the bfloat16 bits read as uint32
-    pairs in column blocks (no bfloat16 op for XLA to widen; the fastest form found)."""
+    pairs in column blocks (no bfloat16 op for XLA to widen; the fastest XLA form found), and the FFI
+    kernel that the jitted step uses (:mod:`rwkv_jax.lowp_matmul`), where it builds."""
     import jax
     import jax.numpy as jnp
     from jax import lax
+
+    from rwkv_jax import lowp_matmul
 
     def pairs(x, packed):  # packed: uint32 [rows, cols / 2] holding two bfloat16 weights each
         def block(j, out):
@@ -136,6 +139,8 @@ def matvec_table(rows: int, cols: int) -> dict[str, float]:
         ),
         "bfloat16 bits as uint32 pairs, 1024-column blocks": (jax.jit(pairs), packed),
     }
+    if lowp_matmul.available(jnp.bfloat16):
+        forms["bfloat16 weights, rwkv_jax.lowp_matmul (FFI kernel)"] = (jax.jit(lowp_matmul.matmul), w16)
     result = {}
     for name, (fn, w) in forms.items():
         jax.block_until_ready(fn(x, w))

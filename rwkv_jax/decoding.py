@@ -24,8 +24,9 @@ per-layer views (:mod:`rwkv_jax.layerwise`: embedding, blocks, head), because XL
 stacked weight that a scan step reads into a fresh buffer (one layer's weights per step: decoding ~2x
 slower, a prefill ~4 % slower; docs/speed.md), and one program holding every layer compiles in memory and
 time that grow with depth. The whole program serves calls with document ``starts``, ``step.lower``, the
-one-token calls of a model whose ``layerwise_decoding`` is False (RWKV-7) and a model whose blocks the
-layer-by-layer step cannot call: it scans the stacks for ``T > 1`` and loops over the views for one token.
+one-token calls of a model whose ``layerwise_decoding`` is False (RWKV-7) or whose 16-bit kernels are read
+as stored (:func:`reads_stored_16bit_kernels`), and a model whose blocks the layer-by-layer step cannot
+call: it scans the stacks for ``T > 1`` and loops over the views for one token.
 Other backends, and models that do not scan their layers, keep the per-layer layout only and one program
 (prefill stacks inside the call).
 """
@@ -195,6 +196,16 @@ def working_copy(path: tuple, value: Array, dtype: np.dtype | None) -> Array:
     return value.astype(dtype)
 
 
+def reads_stored_16bit_kernels(model: nnx.Module) -> bool:
+    """Whether ``model``'s linear kernels are bf16/f16 that :mod:`rwkv_jax.lowp_matmul` multiplies here (the
+    step reads them as stored). Such a model decodes one token with the whole program, not layer by layer:
+    it was 13 % faster (Finch 12 x 768: 46.3 against 40.8 tokens/s, docs/speed.md), and the layer-by-layer
+    step's reason, the whole program's ~100 MiB of compile memory, weighs less beside half the weights."""
+    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    dtypes = {np.dtype(variable.get_value().dtype) for path, variable in flat if path[-1] == "kernel"}
+    return any(dtype in LOW_PRECISION and lowp_matmul.available(dtype) for dtype in dtypes)
+
+
 def stores_stacked(model: nnx.Module) -> bool:
     """Whether the step reads ``model``'s blocks stacked: on the CPU backend (where a layer of a stack can be
     a zero-copy view), a model that scans its layers, blocks one per layer with a run of two or more equal
@@ -224,7 +235,7 @@ def _structure(model: nnx.Module, dtype: np.dtype | None, stacked: bool) -> tupl
     if not runs_layerwise(abstract):
         return structure, stacked_state, Step(compiled_step(structure))
     one_token = None
-    if abstract.layerwise_decoding:
+    if abstract.layerwise_decoding and not reads_stored_16bit_kernels(abstract):
         one_token = LayerwiseStep(abstract, layerwise.ONE_TOKEN_GROUP, layerwise.ONE_TOKEN_OPTIONS)
     prompt = LayerwiseStep(abstract, layerwise.PROMPT_GROUP, layerwise.PROMPT_OPTIONS)
     return structure, stacked_state, Step(compiled_step(structure), one_token, prompt)

@@ -99,8 +99,8 @@ SIZES = dict(vocab_size=300, n_layer=3, n_embd=64, head_size=32)
 
 @pytest.mark.parametrize("family", ["RWKV6", "RWKV7"])
 def test_bfloat16_decode_reads_the_stored_kernels_and_matches_float32_weights(family):
-    """The jitted step of a bfloat16 model holds no float32 copy of its linear kernels, and its logits and
-    state match the same weights widened to float32 and run through XLA's product."""
+    """The jitted step of a bfloat16 model holds no float32 copy of its linear kernels, decodes with the
+    whole program, and its logits and state match the same weights widened to float32 in XLA's product."""
     config = getattr(rwkv_jax, f"{family}Config")(**SIZES, dtype="bfloat16")
     model = getattr(rwkv_jax, family)(config, rngs=nnx.Rngs(0))
     # The initial output projections are zero (the blocks would add nothing): perturb every parameter.
@@ -114,6 +114,7 @@ def test_bfloat16_decode_reads_the_stored_kernels_and_matches_float32_weights(fa
     step = rwkv_jax.decoder(model)
     flat = nnx.to_flat_state(step.params.layers)
     assert {str(v.get_value().dtype) for path, v in flat if path[-1] == "kernel"} == {"bfloat16"}
+    assert step.step.one_token is None  # one token: the whole program (decoding.reads_stored_16bit_kernels)
     for tokens in (np.array([[5]]), np.array([[5, 200, 7, 42, 1]]), np.array([[5], [9]])):
         logits, state = step.step(step.params, tokens, step.init_state(len(tokens)))
         reference, reference_state = widened(tokens)
