@@ -5,15 +5,15 @@
 // (docs/speed.md, "bfloat16 weights on this CPU"). Here the weights are widened in registers or block by
 // block into a float32 scratch that stays in cache, so they are read from memory once, at 2 bytes each.
 //
-// Work: the caller and up to (threads - 1) tasks on XLA's intra-op thread pool claim units of work from an
-// atomic counter until none is left (Parallel). The caller waits only for units that a running task has
+// Work: the caller and up to (threads - 1) tasks on XLA's intra-op thread pool claim units of work from
+// atomic counters until none is left (Parallel). The caller waits only for units that a running task has
 // claimed, so the call cannot deadlock when the pool is busy (a task that starts late finds nothing to
 // claim and returns). Two ways to cut the product into units:
-// - at most kTileRows rows of x (decoding, SplitRows): a unit is a block of w's rows, so every worker streams whole
-//   contiguous rows of w (what a memory-bound product needs), into its own float32 partial [M, N]; the
-//   caller sums the partials at the end;
-// - more rows (a batch of decodes, prompts, SplitColumns): a unit is a panel of x's rows times a chunk of w's columns
-//   over all of K, a small GEMM that widens its chunk block by block and owns its part of y.
+// - at most kTileRows rows of x (decoding, SplitRows): a unit is a block of w's rows, so every worker
+//   streams whole contiguous rows of w (what a memory-bound product needs), into its own float32 partial
+//   [M, N]; the caller sums the partials at the end;
+// - more rows (a batch of decodes, prompts, SplitColumns): a unit is a panel of x's rows times a chunk of
+//   w's columns over all of K, a small GEMM that widens its chunk block by block and owns its part of y.
 // Register tiles of up to kTileRows x kTileCols sum the products in both (Tile).
 //
 // Built on first use with the host's compiler and -march=native (rwkv_jax/native/build.py), so the
@@ -132,7 +132,8 @@ inline void Tile(const float* x, int64_t ldx, const typename Source::Type* w, in
 }
 
 template <typename Source>
-using TileFn = void (*)(const float*, int64_t, const typename Source::Type*, int64_t, int64_t, float*, int64_t);
+using TileFn =
+    void (*)(const float*, int64_t, const typename Source::Type*, int64_t, int64_t, float*, int64_t);
 
 // Tile<1, Source> .. Tile<kTileRows, Source>, indexed by R - 1.
 template <typename Source, int... R>
@@ -166,31 +167,57 @@ int64_t Widen(const uint16_t* w, int64_t ldw, int64_t rows, int64_t cols, float*
 }
 
 // Runs body(unit, worker) for every unit in [0, units), on the caller (worker 0) and `helpers` pool tasks
-// (workers 1..helpers).
-struct Claims {
-  std::atomic<int64_t> next_unit{0};
-  std::atomic<int64_t> done_units{0};
-  std::atomic<int64_t> next_worker{1};
+// (workers 1..helpers). Each worker owns a contiguous range of the units and claims them in order (its
+// reads of w stay one sequential stream: 3-35 % faster than units dealt out in turn), then claims from the
+// other ranges once its own is used up, so the caller alone finishes everything when no task starts.
+class Claims {
+ public:
+  Claims(int64_t units, int64_t workers)
+      : units_(units), workers_(workers), next_(new std::atomic<int64_t>[workers]) {
+    for (int64_t w = 0; w < workers; ++w) next_[w].store(Begin(w));
+  }
+
+  // The next unit of range `home`, else of the ranges after it; -1 when none is left.
+  int64_t Claim(int64_t home) {
+    for (int64_t i = 0; i < workers_; ++i) {
+      const int64_t range = (home + i) % workers_;
+      const int64_t unit = next_[range].fetch_add(1);
+      if (unit < Begin(range + 1)) return unit;
+    }
+    return -1;
+  }
+
+  void Done() { done_.fetch_add(1, std::memory_order_release); }
+  bool AllDone() const { return done_.load(std::memory_order_acquire) == units_; }
+  int64_t NewWorker() { return next_worker_.fetch_add(1); }
+
+ private:
+  int64_t Begin(int64_t range) const { return units_ * range / workers_; }
+
+  const int64_t units_, workers_;
+  std::unique_ptr<std::atomic<int64_t>[]> next_;
+  std::atomic<int64_t> done_{0};
+  std::atomic<int64_t> next_worker_{1};
 };
 
 template <typename Body>
 void Parallel(ffi::ThreadPool& pool, int64_t units, int64_t helpers, const Body& body) {
   // What a task touches after the call may have returned: only the claims (kept alive by the task). The
   // body is used only for a unit the task claimed, which the caller waits for.
-  auto claims = std::make_shared<Claims>();
-  auto work = [claims, units, &body](int64_t worker) {
-    for (int64_t u = claims->next_unit.fetch_add(1); u < units; u = claims->next_unit.fetch_add(1)) {
-      body(u, worker);
-      claims->done_units.fetch_add(1, std::memory_order_release);
+  auto claims = std::make_shared<Claims>(units, helpers + 1);
+  auto work = [claims, &body](int64_t worker) {
+    for (int64_t unit = claims->Claim(worker); unit >= 0; unit = claims->Claim(worker)) {
+      body(unit, worker);
+      claims->Done();
     }
   };
   for (int64_t h = 0; h < helpers; ++h) {
-    pool.Schedule([claims, units, work] {
-      if (claims->next_unit.load() < units) work(claims->next_worker.fetch_add(1));
+    pool.Schedule([claims, work] {
+      if (!claims->AllDone()) work(claims->NewWorker());
     });
   }
   work(0);
-  while (claims->done_units.load(std::memory_order_acquire) < units) std::this_thread::yield();
+  while (!claims->AllDone()) std::this_thread::yield();
 }
 
 // Products below this many weights run on the calling thread alone (a task's start costs more).
@@ -214,7 +241,8 @@ void RowBlock(const Problem& p, int64_t k0, int64_t rows, float* scratch, float*
   const uint16_t* w = p.w + k0 * p.n;
   const int64_t direct = p.n / kTileCols * kTileCols;
   const int r = static_cast<int>(p.m);
-  for (int64_t t = 0; t < direct; t += kTileCols) kTiles<Raw<Format>>[r - 1](x, p.k, w + t, p.n, rows, partial + t, p.n);
+  for (int64_t t = 0; t < direct; t += kTileCols)
+    kTiles<Raw<Format>>[r - 1](x, p.k, w + t, p.n, rows, partial + t, p.n);
   if (direct < p.n) {
     float tail[kTileRows * kTileCols] = {};
     Widen<Format>(w + direct, p.n, rows, p.n - direct, scratch);
@@ -233,7 +261,8 @@ void SplitRows(ffi::ThreadPool& pool, const Problem& p, float* y) {
   std::vector<float> partials((helpers + 1) * size, 0.0f);
   Parallel(pool, blocks, helpers, [&](int64_t b, int64_t worker) {
     thread_local std::vector<float> scratch(kBlockRows * kTileCols);
-    RowBlock<Format>(p, b * rows, std::min(rows, p.k - b * rows), scratch.data(), partials.data() + worker * size);
+    float* partial = partials.data() + worker * size;
+    RowBlock<Format>(p, b * rows, std::min(rows, p.k - b * rows), scratch.data(), partial);
   });
   std::memcpy(y, partials.data(), p.m * p.n * sizeof(float));
   for (int64_t h = 1; h <= helpers; ++h) {
@@ -264,7 +293,8 @@ void Panel(const Problem& p, float* y, int64_t r0, int64_t rows, int64_t c0, flo
       }
     }
   }
-  for (int64_t i = 0; i < rows; ++i) std::memcpy(y + (r0 + i) * p.n + c0, sums + i * kChunkCols, cols * sizeof(float));
+  for (int64_t i = 0; i < rows; ++i)
+    std::memcpy(y + (r0 + i) * p.n + c0, sums + i * kChunkCols, cols * sizeof(float));
 }
 
 template <typename Format>
@@ -276,7 +306,8 @@ void SplitColumns(ffi::ThreadPool& pool, const Problem& p, float* y) {
     thread_local std::vector<float> scratch(kPanelDepth * kChunkCols);
     thread_local std::vector<float> sums(kPanelRows * kChunkCols);
     const int64_t r0 = u % panels * kPanelRows;
-    Panel<Format>(p, y, r0, std::min(kPanelRows, p.m - r0), u / panels * kChunkCols, scratch.data(), sums.data());
+    const int64_t c0 = u / panels * kChunkCols;
+    Panel<Format>(p, y, r0, std::min(kPanelRows, p.m - r0), c0, scratch.data(), sums.data());
   });
 }
 
