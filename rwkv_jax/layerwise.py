@@ -111,9 +111,10 @@ def _split_first_norm(block: nnx.Module) -> tuple[nnx.GraphDef | None, nnx.Graph
     return nnx.graphdef(norm), nnx.graphdef(rest)
 
 
-def _without_first_norm(params: Any) -> Any:
-    """A block's parameters without those of its ``ln0``, in the layout of the later blocks' parameters."""
-    return nnx.filter_state(params, lambda path, _: path[0] != "ln0")
+def _without_first_norm(params: dict) -> dict:
+    """A block's parameters (nested dicts) without those of its ``ln0``, in the layout of the later blocks'
+    parameters."""
+    return {name: value for name, value in params.items() if name != "ln0"}
 
 
 class LayerwiseStep:

@@ -112,8 +112,8 @@ def test_bfloat16_decode_reads_the_stored_kernels_and_matches_float32_weights(fa
     widened = getattr(rwkv_jax, family)(getattr(rwkv_jax, f"{family}Config")(**SIZES), rngs=nnx.Rngs(1))
     nnx.update(widened, jax.tree.map(lambda a: a.astype(jnp.float32), nnx.state(model, nnx.Param)))
     step = rwkv_jax.decoder(model)
-    flat = nnx.to_flat_state(step.params.layers)
-    assert {str(v.get_value().dtype) for path, v in flat if path[-1] == "kernel"} == {"bfloat16"}
+    flat = jax.tree_util.tree_flatten_with_path(step.params.layers)[0]
+    assert {str(leaf.dtype) for path, leaf in flat if path[-1].key == "kernel"} == {"bfloat16"}
     assert step.step.one_token is None  # one token: the whole program (decoding.reads_stored_16bit_kernels)
     for tokens in (np.array([[5]]), np.array([[5, 200, 7, 42, 1]]), np.array([[5], [9]])):
         logits, state = step.step(step.params, tokens, step.init_state(len(tokens)))
