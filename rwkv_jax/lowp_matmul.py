@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rwkv_jax.array_typing import Array
+from rwkv_jax.models.projection import project_backward
 from rwkv_jax.native import build
 
 TARGET = "rwkv_jax_lowp_matmul"
@@ -83,12 +84,4 @@ def _kernel_forward(x: Array, w: Array) -> tuple[Array, tuple[Array, Array]]:
     return _kernel(x, w), (x, w)
 
 
-def _kernel_backward(saved: tuple[Array, Array], dy: Array) -> tuple[Array, Array]:
-    x, w = saved
-    dx = jnp.matmul(dy, w.astype(jnp.float32).T)
-    rows_x, rows_dy = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
-    dw = jax.lax.dot_general(rows_x, rows_dy, (((0,), (0,)), ((), ())))
-    return dx, dw.astype(w.dtype)
-
-
-_kernel.defvjp(_kernel_forward, _kernel_backward)
+_kernel.defvjp(_kernel_forward, project_backward)  # XLA's float32 gradients

@@ -26,8 +26,10 @@ def _project_forward(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array
     return jnp.matmul(x, kernel), (x, kernel)
 
 
-def _project_backward(saved: tuple[Array, Array], dy: Array) -> tuple[Array, Array]:
-    """``dx = dy @ kernel^T``; ``dkernel = x^T dy`` over the flattened leading axes (no transposed copy)."""
+def project_backward(saved: tuple[Array, Array], dy: Array) -> tuple[Array, Array]:
+    """``dx = dy @ kernel^T``; ``dkernel = x^T dy`` over the flattened leading axes (no transposed copy),
+    each in its input's dtype; ``saved`` is ``(x, kernel)`` (also the backward of
+    :func:`rwkv_jax.lowp_matmul.matmul`)."""
     x, kernel = saved
     dx = jnp.matmul(dy, kernel.T)
     rows_x = x.reshape(-1, x.shape[-1])
@@ -36,4 +38,4 @@ def _project_backward(saved: tuple[Array, Array], dy: Array) -> tuple[Array, Arr
     return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
-project.defvjp(_project_forward, _project_backward)
+project.defvjp(_project_forward, project_backward)
