@@ -44,12 +44,14 @@ def test_failed_compile_raises_with_the_compiler_message_and_leaves_no_file(sour
     assert list(build.cache_dir().iterdir()) == []  # no library, no temporary file
 
 
-def test_disabled_and_missing_compiler_say_why(sources, monkeypatch):
+def test_disabled_missing_source_and_missing_compiler_say_why(sources, monkeypatch):
     (sources / "tiny.cc").write_text(TINY)
     monkeypatch.setenv("RWKV_JAX_NATIVE", "0")
     with pytest.raises(build.BuildError, match="RWKV_JAX_NATIVE=0"):
         build.load("tiny")
     monkeypatch.setenv("RWKV_JAX_NATIVE", "1")
+    with pytest.raises(build.BuildError, match="missing from this installation"):
+        build.load("absent")
     monkeypatch.setenv("PATH", "")
     monkeypatch.delenv("CXX", raising=False)
     with pytest.raises(build.BuildError, match="no C\\+\\+ compiler"):

@@ -103,6 +103,8 @@ def load(name: str) -> ctypes.CDLL:
     """
     if os.environ.get("RWKV_JAX_NATIVE", "1") == "0":
         raise BuildError("native kernels are disabled (RWKV_JAX_NATIVE=0)")
+    if not (SOURCES / f"{name}.cc").exists():
+        raise BuildError(f"the kernel's source {SOURCES / f'{name}.cc'} is missing from this installation")
     cxx = compiler()
     path = library_path(name, cxx)
     if not path.exists():
