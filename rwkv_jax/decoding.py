@@ -195,19 +195,22 @@ def working_copy(path: tuple, value: Array, dtype: np.dtype | None) -> Array:
     stored: no float32 copy in memory)."""
     if dtype is None or np.dtype(value.dtype) not in LOW_PRECISION or path[0] in READ_BY_ROW:
         return value
-    if path[-1] == "kernel" and lowp_matmul.available(value.dtype):
-        return value
-    return value.astype(dtype)
+    return value if is_kernel_read_as_stored(path, value.dtype) else value.astype(dtype)
+
+
+def is_kernel_read_as_stored(path: tuple, dtype: np.dtype) -> bool:
+    """Whether the parameter at ``path`` is a linear layer's kernel of a bf16/f16 ``dtype`` that
+    :mod:`rwkv_jax.lowp_matmul` multiplies here (the step reads it as stored, with no float32 copy)."""
+    return path[-1] == "kernel" and np.dtype(dtype) in LOW_PRECISION and lowp_matmul.available(dtype)
 
 
 def reads_stored_16bit_kernels(model: nnx.Module) -> bool:
-    """Whether ``model``'s linear kernels are bf16/f16 that :mod:`rwkv_jax.lowp_matmul` multiplies here (the
-    step reads them as stored). Such a model decodes one token with the whole program, not layer by layer:
-    it was 13 % faster (Finch 12 x 768: 46.3 against 40.8 tokens/s, docs/speed.md), and the layer-by-layer
-    step's reason, the whole program's ~100 MiB of compile memory, weighs less beside half the weights."""
+    """Whether ``model`` has linear kernels the step reads as stored (:func:`is_kernel_read_as_stored`).
+    Such a model decodes one token with the whole program, not layer by layer: it was 13 % faster (Finch
+    12 x 768: 46.3 against 40.8 tokens/s, docs/speed.md), and the layer-by-layer step's reason, the whole
+    program's ~100 MiB of compile memory, weighs less beside half the weights."""
     flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
-    dtypes = {np.dtype(variable.get_value().dtype) for path, variable in flat if path[-1] == "kernel"}
-    return any(dtype in LOW_PRECISION and lowp_matmul.available(dtype) for dtype in dtypes)
+    return any(is_kernel_read_as_stored(path, variable.get_value().dtype) for path, variable in flat)
 
 
 def stores_stacked(model: nnx.Module) -> bool:

@@ -1,8 +1,6 @@
 """The 16-bit-weight product kernel (rwkv_jax/native/lowp_matmul.cc) against a float64 product, forward
 and gradients, over the shapes that reach each of its paths; and the bfloat16 decode step that uses it."""
 
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +9,7 @@ from flax import nnx
 
 import rwkv_jax
 from rwkv_jax import lowp_matmul
+from rwkv_jax.native import build
 from rwkv_jax.numerics import relative_error
 
 DTYPES = [jnp.bfloat16, jnp.float16]
@@ -125,15 +124,6 @@ def test_bfloat16_decode_reads_the_stored_kernels_and_matches_float32_weights(fa
             assert relative_error(ours, theirs) < 3.5e-6  # measured 0.0 .. 3.5e-7
 
 
-def cpu_flags() -> set[str]:
-    """The x86 feature flags of /proc/cpuinfo (empty elsewhere)."""
-    try:
-        lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return set()
-    return next((set(line.split(":")[1].split()) for line in lines if line.startswith("flags")), set())
-
-
 AVX2_FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-std=c++17", "-shared", "-fPIC")
 AVX2_TARGET = "rwkv_jax_lowp_matmul_avx2"
 
@@ -141,9 +131,8 @@ AVX2_TARGET = "rwkv_jax_lowp_matmul_avx2"
 def test_avx2_build_matches_a_float64_product(tmp_path, monkeypatch):
     """The kernel built for AVX2 + FMA + F16C alone (8-float vectors, 6 x 16 register tiles: what a CPU
     without AVX-512 compiles with -march=native), on this CPU, over the shapes of every path."""
-    if not {"avx2", "fma", "f16c"} <= cpu_flags():
+    if not {"avx2", "fma", "f16c"} <= set(build.cpu_flags().split()):
         pytest.skip("needs an x86 CPU with AVX2, FMA and F16C")
-    from rwkv_jax.native import build
 
     monkeypatch.setattr(build, "FLAGS", AVX2_FLAGS)
     monkeypatch.setenv("RWKV_JAX_CACHE_DIR", str(tmp_path))

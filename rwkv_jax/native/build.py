@@ -53,7 +53,7 @@ def compiler() -> str:
     raise BuildError("no C++ compiler found (set CXX, or install g++ or clang++)")
 
 
-def _cpu_flags() -> str:
+def cpu_flags() -> str:
     """The CPU's feature flags (``-march=native`` compiles for them), or the processor's name off Linux."""
     try:
         for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
@@ -72,7 +72,7 @@ def library_path(name: str, cxx: str) -> pathlib.Path:
     for part in (source, version.encode(), " ".join(FLAGS).encode(), jaxlib.__version__.encode()):
         key.update(part)
         key.update(b"\0")
-    key.update(_cpu_flags().encode())
+    key.update(cpu_flags().encode())
     return cache_dir() / f"{name}-{key.hexdigest()[:20]}.so"
 
 
