@@ -35,9 +35,10 @@ def float64_product(x, w) -> np.ndarray:
 
 # Rows: one register tile's paths (1, 5, 6: each weight row block split over the workers), more rows
 # (7, 16, 100: panels of x's rows times column chunks, 100 spanning two panels). Columns: whole register
-# tiles, a remainder tile, fewer columns than a tile, and a long row (the head's shape, narrowed).
+# tiles, a remainder tile, fewer columns than a tile, and a long row (the head's shape, narrowed). One row of
+# x with short rows of w (under 4 KiB) reads them one at a time: (1, 2688, 64) and (1, 37, 1000).
 SHAPES = [((1,), 768, 4096), ((5,), 37, 101), ((6,), 300, 130), ((7,), 64, 10), ((16,), 257, 300)]
-SHAPES += [((100,), 96, 520), ((2, 3), 33, 70), ((1,), 2688, 64)]
+SHAPES += [((100,), 96, 520), ((2, 3), 33, 70), ((1,), 2688, 64), ((1,), 37, 1000)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
