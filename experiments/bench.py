@@ -414,8 +414,9 @@ def plot(rows: list[dict], path: str) -> None:
             ax.bar(x + 0.2, [r.get(package_key, 0) for r in rows], 0.4, label="rwkv package")
         ax.set_xticks(x, labels)
         ax.set_title(title)
-        ax.legend()
-    fig.tight_layout()
+    handles, names = axes[0].get_legend_handles_labels()  # one legend for all: inside, it hid bars
+    fig.legend(handles, names, loc="upper center", ncol=len(names))
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     tmp = path + ".tmp.png"
     fig.savefig(tmp)
     os.replace(tmp, path)
