@@ -20,7 +20,8 @@ the embedding, plus one embedding row) over this machine's memory bandwidth, mea
 beside the decodes (the faster of a large numpy copy and XLA's float32 matrix-vector product of a 1 GiB
 matrix, which reads it as a decode step reads its weights; the median over the turns); each decode
 figure's share of it is printed. Also printed: what XLA:CPU does with a bfloat16 matrix-vector product of
-the head's shape (docs/speed.md). Writes ``--json`` and ``--plot``.
+the head's shape, and 85 chained 768 x 768 products (float32 weights in XLA, bfloat16 through the kernel)
+(docs/speed.md). Writes ``--json`` and ``--plot``.
 """
 
 import argparse
@@ -146,6 +147,39 @@ def matvec_table(rows: int, cols: int) -> dict[str, float]:
         jax.block_until_ready(fn(x, w))
         result[name] = 1e3 * median_time(lambda fn=fn, w=w: jax.block_until_ready(fn(x, w)), 7)
     return result
+
+
+def chain_table(size: int, count: int, repeats: int = 15) -> dict[str, float]:
+    """Microseconds per product of ``count`` chained ``h = tanh(h [1, size] @ W_i [size, size])`` over
+    distinct matrices (a decode step's small projections, each read from memory): float32 weights in XLA,
+    and bfloat16 weights through the FFI kernel (:mod:`rwkv_jax.lowp_matmul`, where it builds), the forms
+    taking turns (docs/speed.md, "Short rows of the weights in memory order")."""
+    import jax
+    import jax.numpy as jnp
+
+    from rwkv_jax import lowp_matmul
+
+    w32 = [w / size**0.5 for w in jax.random.normal(jax.random.key(1), (count, size, size), jnp.float32)]
+    forms = {"float32 weights (XLA)": (jnp.matmul, w32)}
+    if lowp_matmul.available(jnp.bfloat16):
+        w16 = [w.astype(jnp.bfloat16) for w in w32]
+        forms["bfloat16 weights, rwkv_jax.lowp_matmul (FFI kernel)"] = (lowp_matmul.matmul, w16)
+    x = jnp.ones((1, size), jnp.float32)
+    runs = {}
+    for name, (product, weights) in forms.items():
+
+        def chain(h, weights, product=product):
+            for w in weights:
+                h = jnp.tanh(product(h, w))
+            return h
+
+        runs[name] = (jax.jit(chain), weights)
+        jax.block_until_ready(runs[name][0](x, weights))
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, (run, weights) in runs.items():
+            times[name].append(median_time(lambda run=run, w=weights: jax.block_until_ready(run(x, w)), 1))
+    return {name: 1e6 * statistics.median(t) / count for name, t in times.items()}
 
 
 def write_model(family: str, shape: dict, directory: str, init: str = "plain") -> str:
@@ -435,6 +469,9 @@ def main(argv: list[str]) -> int:
         print("XLA:CPU matrix-vector product, head shape 768 x 65536 (ms):")
         for name, ms in matvec_table(768, 65536).items():
             print(f"  {name}: {ms:.1f}")
+        print("85 chained matrix-vector products 768 x 768, distinct matrices (us per product):")
+        for name, us in chain_table(768, 85).items():
+            print(f"  {name}: {us:.1f}")
     rows = []
     with tempfile.TemporaryDirectory() as directory:
         for family in args.families.split(","):

@@ -1,9 +1,12 @@
-"""experiments/bench.py --small: one command writes the table's figures and the plot; the two stacks agree."""
+"""experiments/bench.py --small: one command writes the table's figures and the plot; the two stacks agree.
+And the full run's table of chained small products, on a tiny shape."""
 
 import json
 
+import jax.numpy as jnp
 import pytest
 
+from rwkv_jax import lowp_matmul
 from tests.conftest import load_experiment
 
 
@@ -25,3 +28,14 @@ def test_small_bench_writes_every_figure_and_agrees_with_the_rwkv_package(tmp_pa
     if not bench.has_package():
         pytest.skip("BlinkDL's rwkv package is not installed: only rwkv_jax was measured")
     assert row["logits_relative_error"] < 1e-5  # measured 2.4e-7 (float32, the same .pth)
+
+
+def test_chain_table_times_xla_and_the_kernel_per_product():
+    """The full run's table of chained small products (docs/speed.md, "Short rows of the weights in memory
+    order"), on a tiny shape: one figure per form, the kernel's where it builds."""
+    table = load_experiment("bench").chain_table(64, 3, repeats=2)
+    forms = {"float32 weights (XLA)"}
+    if lowp_matmul.available(jnp.bfloat16):
+        forms.add("bfloat16 weights, rwkv_jax.lowp_matmul (FFI kernel)")
+    assert set(table) == forms
+    assert all(us > 0 for us in table.values())
