@@ -164,21 +164,22 @@ def chain_table(size: int, count: int, repeats: int = 15) -> dict[str, float]:
     if lowp_matmul.available(jnp.bfloat16):
         w16 = [w.astype(jnp.bfloat16) for w in w32]
         forms["bfloat16 weights, rwkv_jax.lowp_matmul (FFI kernel)"] = (lowp_matmul.matmul, w16)
+
+    def chain(h, weights, product):
+        for w in weights:
+            h = jnp.tanh(product(h, w))
+        return h
+
+    run = jax.jit(chain, static_argnames="product")
     x = jnp.ones((1, size), jnp.float32)
-    runs = {}
-    for name, (product, weights) in forms.items():
-
-        def chain(h, weights, product=product):
-            for w in weights:
-                h = jnp.tanh(product(h, w))
-            return h
-
-        runs[name] = (jax.jit(chain), weights)
-        jax.block_until_ready(runs[name][0](x, weights))
-    times = {name: [] for name in runs}
+    for product, weights in forms.values():
+        jax.block_until_ready(run(x, weights, product))
+    times = {name: [] for name in forms}
     for _ in range(repeats):
-        for name, (run, weights) in runs.items():
-            times[name].append(median_time(lambda run=run, w=weights: jax.block_until_ready(run(x, w)), 1))
+        for name, (product, weights) in forms.items():
+            start = time.perf_counter()
+            jax.block_until_ready(run(x, weights, product))
+            times[name].append(time.perf_counter() - start)
     return {name: 1e6 * statistics.median(t) / count for name, t in times.items()}
 
 
