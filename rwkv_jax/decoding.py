@@ -10,11 +10,11 @@ inputs.
 
 Compute dtype on CPU: XLA:CPU has no fast bfloat16 / float16 matrix product (it converts the whole weight
 to float32 in a fresh buffer at every call, docs/speed.md), so on the CPU backend the step computes in
-float32: the linear layers' 16-bit kernels are read as stored by :mod:`rwkv_jax.lowp_matmul`'s kernel
-(where it builds; else they get a float32 working copy too), the embedding as stored (a step reads only
-its tokens' rows, which XLA converts alone), and every other 16-bit parameter through a float32 working
-copy, converted once per weight version. Elsewhere it computes in the model's own ``dtype`` on the stored
-weights.
+float32: the 16-bit matrices of its products (linear layers' kernels, LoRAs) are read as stored by
+:mod:`rwkv_jax.lowp_matmul`'s kernel (where it builds; else they get a float32 working copy too), the
+embedding as stored (a step reads only its tokens' rows, which XLA converts alone), and every other 16-bit
+parameter through a float32 working copy, converted once per weight version. Elsewhere it computes in the
+model's own ``dtype`` on the stored weights.
 
 Layer layouts (CPU): the step reads the blocks in two layouts that share their memory: each run of equal
 blocks stacked (:mod:`rwkv_jax.models.layer_stack`, stacked once per weight version, not inside every
@@ -165,7 +165,8 @@ class Decoder:
         the last position only: a prefill that needs only the next-token prediction). Token ids are not
         range-checked here (an id outside the vocabulary gives NaN logits): the model call checks them.
       params: the :class:`Params` ``step`` takes (on CPU float32 working copies of the bf16/f16 weights
-        that are neither the embedding nor, where :mod:`rwkv_jax.lowp_matmul` builds, linear kernels).
+        that are neither the embedding nor, where :mod:`rwkv_jax.lowp_matmul` builds, matrices of a
+        product: :func:`is_product_matrix`).
       graphdef: the :class:`Structure` ``step`` merges ``params`` into.
       init_state: ``init_state(batch_size)``, the model's empty state.
     """
@@ -188,29 +189,37 @@ def compute_dtype(model: nnx.Module) -> np.dtype | None:
     return None
 
 
-def working_copy(path: tuple, value: Array, dtype: np.dtype | None) -> Array:
-    """``value`` (the parameter at ``path``, e.g. ``("blocks", 0, "att", "key", "kernel")``) as the step
-    reads it: a bf16/f16 array converted to ``dtype`` (when given), else itself. Not converted: what is read
-    by row, and a linear layer's kernel where :mod:`rwkv_jax.lowp_matmul` multiplies its dtype (read as
-    stored: no float32 copy in memory)."""
+def working_copy(path: tuple, variable: nnx.Variable, dtype: np.dtype | None) -> Array:
+    """The value of ``variable`` (the parameter at ``path``, e.g. ``("blocks", 0, "att", "key",
+    "kernel")``) as the step reads it: a bf16/f16 array converted to ``dtype`` (when given), else itself.
+    Not converted: what is read by row, and what :func:`is_read_as_stored`."""
+    value = variable.get_raw_value()
     if dtype is None or np.dtype(value.dtype) not in LOW_PRECISION or path[0] in READ_BY_ROW:
         return value
-    return value if is_kernel_read_as_stored(path, value.dtype) else value.astype(dtype)
+    return value if is_read_as_stored(path, variable) else value.astype(dtype)
 
 
-def is_kernel_read_as_stored(path: tuple, dtype: np.dtype) -> bool:
-    """Whether the parameter at ``path`` is a linear layer's kernel of a bf16/f16 ``dtype`` that
-    :mod:`rwkv_jax.lowp_matmul` multiplies here (the step reads it as stored, with no float32 copy)."""
-    return path[-1] == "kernel" and np.dtype(dtype) in LOW_PRECISION and lowp_matmul.available(dtype)
+def is_product_matrix(path: tuple, variable: nnx.Variable) -> bool:
+    """Whether the parameter at ``path`` is a matrix the models multiply by through
+    :func:`rwkv_jax.models.common.matmul`: a linear layer's kernel, or a LoRA matrix (a parameter with a
+    ``lora`` logical axis)."""
+    return path[-1] == "kernel" or "lora" in (variable.get_metadata().get("logical_axes") or ())
+
+
+def is_read_as_stored(path: tuple, variable: nnx.Variable) -> bool:
+    """Whether the step reads the parameter at ``path`` as stored, with no float32 copy: a product's matrix
+    (:func:`is_product_matrix`) of a bf16/f16 dtype that :mod:`rwkv_jax.lowp_matmul` multiplies here."""
+    dtype = np.dtype(variable.get_raw_value().dtype)
+    return is_product_matrix(path, variable) and dtype in LOW_PRECISION and lowp_matmul.available(dtype)
 
 
 def reads_stored_16bit_kernels(model: nnx.Module) -> bool:
-    """Whether ``model`` has linear kernels the step reads as stored (:func:`is_kernel_read_as_stored`).
+    """Whether ``model`` has matrices the step reads as stored (:func:`is_read_as_stored`).
     Such a model decodes one token with the whole program, not layer by layer: it was 13 % faster (Finch
     12 x 768: 46.3 against 40.8 tokens/s, docs/speed.md), and the layer-by-layer step's reason, the whole
     program's ~100 MiB of compile memory, weighs less beside half the weights."""
     flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
-    return any(is_kernel_read_as_stored(path, variable.get_value().dtype) for path, variable in flat)
+    return any(is_read_as_stored(path, variable) for path, variable in flat)
 
 
 def stores_stacked(model: nnx.Module) -> bool:
@@ -312,7 +321,8 @@ class _Entry:
         with jax.ensure_compile_time_eval():
             for i in changed:
                 value = self.variables[i].get_raw_value()
-                self.values[i], self.copies[i] = value, working_copy(self.paths[i], value, self.dtype)
+                self.values[i] = value
+                self.copies[i] = working_copy(self.paths[i], self.variables[i], self.dtype)
             for k in sorted({self.owner[i] for i in changed if i in self.owner}):
                 self._restack(k)
             stacked = nested(self.stacked_paths, self.stacks) if self.sources else None

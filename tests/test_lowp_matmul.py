@@ -97,12 +97,17 @@ def test_kernel_refuses_mismatched_shapes_and_dtypes():
 
 
 SIZES = dict(vocab_size=300, n_layer=3, n_embd=64, head_size=32)
+LORA_MATRICES = {
+    "RWKV6": {"time_maa_w1", "time_maa_w2", "time_decay_w1", "time_decay_w2"},
+    "RWKV7": {"w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2"},
+}
 
 
 @pytest.mark.parametrize("family", ["RWKV6", "RWKV7"])
-def test_bfloat16_decode_reads_the_stored_kernels_and_matches_float32_weights(family):
-    """The jitted step of a bfloat16 model holds no float32 copy of its linear kernels, decodes with the
-    whole program, and its logits and state match the same weights widened to float32 in XLA's product."""
+def test_bfloat16_decode_reads_the_stored_matrices_and_matches_float32_weights(family):
+    """The jitted step of a bfloat16 model holds no float32 copy of its linear kernels and LoRA matrices,
+    decodes with the whole program, and its logits and state match the same weights widened to float32 in
+    XLA's product."""
     config = getattr(rwkv_jax, f"{family}Config")(**SIZES, dtype="bfloat16")
     model = getattr(rwkv_jax, family)(config, rngs=nnx.Rngs(0))
     # The initial output projections are zero (the blocks would add nothing): perturb every parameter.
@@ -115,7 +120,8 @@ def test_bfloat16_decode_reads_the_stored_kernels_and_matches_float32_weights(fa
     nnx.update(widened, jax.tree.map(lambda a: a.astype(jnp.float32), nnx.state(model, nnx.Param)))
     step = rwkv_jax.decoder(model)
     flat = jax.tree_util.tree_flatten_with_path(step.params.layers)[0]
-    assert {str(leaf.dtype) for path, leaf in flat if path[-1].key == "kernel"} == {"bfloat16"}
+    stored = {path[-1].key for path, leaf in flat if leaf.dtype == jnp.bfloat16}
+    assert stored == {"kernel", *LORA_MATRICES[family], "weight"}  # weight: the embedding, read by row
     assert step.step.one_token is None  # one token: the whole program (decoding.reads_stored_16bit_kernels)
     for tokens in (np.array([[5]]), np.array([[5, 200, 7, 42, 1]]), np.array([[5], [9]])):
         logits, state = step.step(step.params, tokens, step.init_state(len(tokens)))

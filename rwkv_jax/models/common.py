@@ -3,10 +3,11 @@ the config checks, the "plain" initialisation of the ablations and the published
 
 Parameters carry *logical* axis names (``vocab``, ``embed``, ``mlp``, ``heads``, ``head_dim``, ``lora``, ...)
 as the ``logical_axes`` metadata of ``nnx.Param``; only a sharding config maps them to mesh axes. Storage:
-with ``param_dtype=None`` (the default) the big matrices (embedding, head, linear layers) are stored in the
-compute ``dtype`` and every other parameter (norms, token-shift weights, decays, LoRAs) in float32
-(:func:`weight_dtype`, :func:`vector_dtype`); a ``param_dtype`` stores every parameter in it (training keeps
-float32 master parameters with bfloat16 compute this way). Parameters are cast to ``dtype`` where used.
+with ``param_dtype=None`` (the default) the matrices (embedding, head, linear layers, the LoRAs of the mixes
+and decays) are stored in the compute ``dtype`` and every other parameter (norms, token-shift weights, decays,
+bonuses) in float32 (:func:`weight_dtype`, :func:`vector_dtype`); a ``param_dtype`` stores every parameter in
+it (training keeps float32 master parameters with bfloat16 compute this way). Parameters are cast to
+``dtype`` where used; :func:`matmul` multiplies by a stored matrix.
 """
 
 import dataclasses
@@ -89,14 +90,15 @@ def resolve_float_dtypes(config: object, *names: str, optional: tuple[str, ...] 
 
 
 def weight_dtype(config: Any) -> np.dtype:
-    """Storage dtype of the big matrices (embedding, head, linear layers): ``param_dtype``, or the compute
-    ``dtype`` when it is None (a bfloat16 model then holds half the bytes of a float32 one)."""
+    """Storage dtype of the matrices (embedding, head, linear layers, LoRAs): ``param_dtype``, or the compute
+    ``dtype`` when it is None (a bfloat16 model then holds half the bytes of a float32 one; BlinkDL's ``rwkv``
+    package stores its LoRAs in the activation dtype too)."""
     return np.dtype(config.dtype if config.param_dtype is None else config.param_dtype)
 
 
 def vector_dtype(config: Any) -> np.dtype:
-    """Storage dtype of every other parameter (norms, token-shift weights, decays, bonuses, LoRAs):
-    ``param_dtype``, or float32 when it is None (the numerics of the decay and norms need it)."""
+    """Storage dtype of every other parameter (norms, token-shift weights, decays, bonuses): ``param_dtype``,
+    or float32 when it is None (the numerics of the decay and norms need it)."""
     return np.dtype(jnp.float32 if config.param_dtype is None else config.param_dtype)
 
 
@@ -252,10 +254,18 @@ class Linear(nnx.Module):
         self.kernel = param(kernel.astype(param_dtype), axes)
 
     def __call__(self, x: Array) -> Array:
-        x, kernel = x.astype(self.dtype), self.kernel[...]
-        if lowp_matmul.applies(x, kernel):  # float32 compute on 16-bit weights on CPU (the jitted step)
-            return lowp_matmul.matmul(x, kernel)
-        return project(x, kernel.astype(self.dtype))
+        return matmul(x, self.kernel[...], self.dtype)
+
+
+def matmul(x: Array, matrix: Array, dtype: jnp.dtype) -> Array:
+    """``x [..., I] @ matrix [I, O] -> [..., O]`` in the compute ``dtype``, ``matrix`` as stored (a linear
+    layer's kernel or a LoRA matrix). Float32 compute on a 16-bit matrix on CPU (the jitted step there)
+    reads it at 2 bytes a weight through :mod:`rwkv_jax.lowp_matmul`; elsewhere the matrix is cast to
+    ``dtype`` (:func:`rwkv_jax.models.projection.project`)."""
+    x = x.astype(dtype)
+    if lowp_matmul.applies(x, matrix):
+        return lowp_matmul.matmul(x, matrix)
+    return project(x, matrix.astype(dtype))
 
 
 def check_token_ids(tokens: Tokens | np.ndarray, vocab_size: int) -> None:

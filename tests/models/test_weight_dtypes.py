@@ -1,5 +1,6 @@
-"""bfloat16 / float16 models store their big matrices in that dtype, the rest float32; param_dtype stores
-everything in one dtype (training's float32 master parameters); on CPU the jitted call computes in float32."""
+"""bfloat16 / float16 models store their matrices (embedding, head, linear layers, LoRAs) in that dtype,
+the rest float32; param_dtype stores everything in one dtype (training's float32 master parameters); on CPU
+the jitted call computes in float32."""
 
 import jax
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 from flax import nnx
 
 import rwkv_jax
+from rwkv_jax.decoding import is_product_matrix
 from rwkv_jax.models.common import with_config
 from rwkv_jax.numerics import relative_error
 from rwkv_jax.training.config import model_section
@@ -17,17 +19,17 @@ TOKENS = np.array([[5, 300, 7, 42]], np.int32)
 
 
 def dtypes_by_kind(model: nnx.Module) -> dict[str, set[str]]:
-    """{"matrix": dtypes of the embedding, head and linear kernels, "other": the rest}."""
+    """{"matrix": dtypes of the embedding, head, linear kernels and LoRAs, "other": the rest}."""
     kinds: dict[str, set[str]] = {"matrix": set(), "other": set()}
     for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        is_matrix = path[-1] == "kernel" or path[0] == "emb"
+        is_matrix = is_product_matrix(path, variable) or path[0] == "emb"
         kinds["matrix" if is_matrix else "other"].add(str(variable.get_value().dtype))
     return kinds
 
 
-def kernels(model: nnx.Module) -> list[jax.Array]:
+def product_matrices(model: nnx.Module) -> list[jax.Array]:
     flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
-    return [variable.get_value() for path, variable in flat if path[-1] == "kernel"]
+    return [variable.get_value() for path, variable in flat if is_product_matrix(path, variable)]
 
 
 def param_bytes(model: nnx.Module) -> int:
@@ -43,7 +45,7 @@ def test_dtype_alone_stores_the_matrices_in_it_and_halves_the_memory(family, dty
     full = model_class(config_class(**SIZES), rngs=nnx.Rngs(0))
     assert dtypes_by_kind(low) == {"matrix": {dtype}, "other": {"float32"}}
     assert dtypes_by_kind(full) == {"matrix": {"float32"}, "other": {"float32"}}
-    matrix_elements = low.emb.weight[...].size + sum(leaf.size for leaf in kernels(low))
+    matrix_elements = low.emb.weight[...].size + sum(leaf.size for leaf in product_matrices(low))
     assert param_bytes(low) == param_bytes(full) - 2 * matrix_elements  # 2 bytes saved per matrix entry
 
 

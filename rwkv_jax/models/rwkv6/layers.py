@@ -15,6 +15,7 @@ Parameters keep BlinkDL's names (``time_mix_k``, ``time_maa_w1``, ...) but JAX's
 ``RWKV_Tmix_x052``/``x060`` and ``RWKV_CMix_x052``/``x060`` and the inference twin ``rwkv/model.py``.
 """
 
+import math
 from collections.abc import Mapping
 
 import jax
@@ -22,8 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rwkv_jax.array_typing import Array
-from rwkv_jax.models.common import HeadGroupNorm, Linear, param
-from rwkv_jax.models.projection import project
+from rwkv_jax.models.common import HeadGroupNorm, Linear, matmul, param
 from rwkv_jax.wkv.impl import Impl
 from rwkv_jax.wkv.v6 import wkv6
 
@@ -86,7 +86,8 @@ class DataDependentLerp(nnx.Module):
 
     ``lora(z) = tanh(z @ time_maa_w1) @ time_maa_w2[n]`` with ``time_maa_w1 [C, S D]`` (S slots of rank ``D``)
     and ``time_maa_w2 [S, D, C]``. Finch has S = 5 slots in the order w, k, v, r, g; an ablation may use
-    fewer (in the same order), e.g. k, v, r, g with a static decay that needs no ``x_w``.
+    fewer (in the same order), e.g. k, v, r, g with a static decay that needs no ``x_w``. The weights
+    ``time_maa_*`` are stored in ``param_dtype``, the LoRA matrices in ``lora_dtype``.
     """
 
     def __init__(
@@ -96,6 +97,7 @@ class DataDependentLerp(nnx.Module):
         w2: Array,
         *,
         param_dtype: jnp.dtype = jnp.float32,
+        lora_dtype: jnp.dtype = jnp.float32,
         dtype: jnp.dtype = jnp.float32,
     ):
         self.names = tuple(maa)[1:]
@@ -110,26 +112,44 @@ class DataDependentLerp(nnx.Module):
         self.dtype = dtype
         for name, value in maa.items():
             setattr(self, "time_maa_" + name, param(jnp.asarray(value, param_dtype), ("embed",)))
-        self.time_maa_w1 = param(jnp.asarray(w1, param_dtype), ("embed", "lora"))
-        self.time_maa_w2 = param(jnp.asarray(w2, param_dtype), (None, "lora", "embed"))
+        self.time_maa_w1 = param(jnp.asarray(w1, lora_dtype), ("embed", "lora"))
+        self.time_maa_w2 = param(jnp.asarray(w2, lora_dtype), (None, "lora", "embed"))
 
     def __call__(self, x: Array, prev: Array) -> dict[str, Array]:
         """``x``, ``prev``: ``[B, T, C]``. Returns ``{name: [B, T, C]}`` in the compute dtype."""
         x, prev = x.astype(self.dtype), prev.astype(self.dtype)
         delta = prev - x
         lora_in = x + delta * self.time_maa_x[...].astype(self.dtype)
-        w1 = self.time_maa_w1[...].astype(self.dtype)
-        w2 = self.time_maa_w2[...].astype(self.dtype)
-        hidden = jnp.tanh(project(lora_in, w1))  # [B, T, S D]
-        rank = w2.shape[1]
+        hidden = jnp.tanh(matmul(lora_in, self.time_maa_w1[...], self.dtype))  # [B, T, S D]
+        offsets = slot_offsets(hidden, self.time_maa_w2[...], self.dtype)
         out = {}
-        # One product per slot rather than one batched einsum: a stacked [S, B, T, C] result and its
-        # gradient cost XLA:CPU pads, sums and a transposed copy per layer (docs/speed.md, "Training").
-        for slot, name in enumerate(self.names):
-            offset = project(hidden[..., slot * rank : (slot + 1) * rank], w2[slot])
+        for name, offset in zip(self.names, offsets, strict=True):
             weight = getattr(self, "time_maa_" + name)[...].astype(self.dtype) + offset
             out[name] = x + delta * weight
         return out
+
+
+# Up to this many rows (a decoding step's batch), slot_offsets computes every slot in one product.
+FEW_ROWS = 16
+
+
+def slot_offsets(hidden: Array, w2: Array, dtype: jnp.dtype) -> list[Array]:
+    """``[hidden[..., s D:(s + 1) D] @ w2[s] for s < S]``: each ``[B, T, C]`` in ``dtype``, from ``hidden
+    [B, T, S D]`` and ``w2 [S, D, C]``.
+
+    Many rows (training, prompts): one product per slot, not one batched einsum, whose stacked ``[S, B, T,
+    C]`` result and gradient cost XLA:CPU pads, sums and a transposed copy per layer (docs/speed.md,
+    "Training"). Few rows (decoding): XLA:CPU copies each slot's slice ``w2[s]`` into a fresh buffer before
+    its product (0.8 ms of a 12 ms Finch step), so the slots are one product of ``w2`` as one ``[S D, C]``
+    matrix (a free reshape) with S rows of ``hidden`` per row, each zero outside its slot: 5x the multiplies
+    of a small product, ``w2`` read once.
+    """
+    slots, rank = w2.shape[:2]
+    if math.prod(hidden.shape[:-1]) > FEW_ROWS:
+        return [matmul(hidden[..., s * rank : (s + 1) * rank], w2[s], dtype) for s in range(slots)]
+    mask = jnp.repeat(jnp.eye(slots, dtype=hidden.dtype), rank, axis=1)  # [S, S D]
+    offsets = matmul(hidden[..., None, :] * mask, w2.reshape(slots * rank, -1), dtype)  # [B, T, S, C]
+    return [offsets[..., s, :] for s in range(slots)]
 
 
 class StaticDecay(nnx.Module):
@@ -154,7 +174,8 @@ class StaticDecay(nnx.Module):
 class LoraDecay(nnx.Module):
     """Finch's decay: ``w_log = -exp(time_decay + tanh(x_w @ time_decay_w1) @ time_decay_w2)``.
 
-    ``time_decay [A]`` (``A = H N``), ``time_decay_w1 [C, D]``, ``time_decay_w2 [D, A]``.
+    ``time_decay [A]`` (``A = H N``) in ``param_dtype``, ``time_decay_w1 [C, D]``, ``time_decay_w2 [D, A]``
+    in ``lora_dtype``.
     """
 
     def __init__(
@@ -164,12 +185,13 @@ class LoraDecay(nnx.Module):
         w2: Array,
         *,
         param_dtype: jnp.dtype = jnp.float32,
+        lora_dtype: jnp.dtype = jnp.float32,
         dtype: jnp.dtype = jnp.float32,
     ):
         self.dtype = dtype
         self.time_decay = param(jnp.asarray(time_decay, param_dtype), ("heads",))
-        self.time_decay_w1 = param(jnp.asarray(w1, param_dtype), ("embed", "lora"))
-        self.time_decay_w2 = param(jnp.asarray(w2, param_dtype), ("lora", "heads"))
+        self.time_decay_w1 = param(jnp.asarray(w1, lora_dtype), ("embed", "lora"))
+        self.time_decay_w2 = param(jnp.asarray(w2, lora_dtype), ("lora", "heads"))
 
     def __call__(self, x_w: Array | None, shape: tuple[int, int, int, int]) -> Array:
         """``x_w [B, T, C]``: the ddlerp input for w. Returns ``w_log [B, T, H, N]`` float32."""
@@ -177,9 +199,8 @@ class LoraDecay(nnx.Module):
             raise ValueError(
                 "Finch's decay needs the mixed input x_w; the token-shift mix did not produce one"
             )
-        w1 = self.time_decay_w1[...].astype(self.dtype)
-        w2 = self.time_decay_w2[...].astype(self.dtype)
-        offset = project(jnp.tanh(project(x_w.astype(self.dtype), w1)), w2).astype(jnp.float32)
+        hidden = jnp.tanh(matmul(x_w, self.time_decay_w1[...], self.dtype))
+        offset = matmul(hidden, self.time_decay_w2[...], self.dtype).astype(jnp.float32)
         return -jnp.exp(self.time_decay[...].astype(jnp.float32) + offset).reshape(shape)
 
 

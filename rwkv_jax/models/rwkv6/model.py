@@ -235,30 +235,30 @@ def _token_mix(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> StaticLerp | 
         return _static_lerp(
             config, init.eagle_time_mix(C, layer, L, names), "time_mix_", weights_current=True
         )
-    S, D = len(names), config.time_mix_extra_dim
+    S, D, wd = len(names), config.time_mix_extra_dim, weight_dtype(config)
     w2 = official_or_normal(
         rngs,
         config,
         (S, D, C),
-        lambda: official_init.uniform(rngs.params(), (S, D, C), init.LORA_W2_BOUND, pd),
+        lambda: official_init.uniform(rngs.params(), (S, D, C), init.LORA_W2_BOUND, wd),
     )
-    w1 = official_or_normal(rngs, config, (C, S * D), lambda: jnp.zeros((C, S * D), pd))
+    w1 = official_or_normal(rngs, config, (C, S * D), lambda: jnp.zeros((C, S * D), wd))
     maa = init.finch_time_maa(C, layer, L, names)
     maa = {name: official_or_constant(config, value, PLAIN_MIX) for name, value in maa.items()}
-    return DataDependentLerp(maa, w1, w2, param_dtype=pd, dtype=config.dtype)
+    return DataDependentLerp(maa, w1, w2, param_dtype=pd, lora_dtype=wd, dtype=config.dtype)
 
 
 def _decay(config: RWKV6Config, layer: int, rngs: nnx.Rngs) -> StaticDecay | LoraDecay:
     """The decay of the config, with its initial values."""
     A, H, N, L, pd = config.dim_att, config.n_head, config.head_size, config.n_layer, vector_dtype(config)
     if config.decay_kind == DATA_DEPENDENT:
-        C, D = config.n_embd, config.time_decay_extra_dim
+        C, D, wd = config.n_embd, config.time_decay_extra_dim, weight_dtype(config)
         w2 = official_or_normal(
-            rngs, config, (D, A), lambda: official_init.uniform(rngs.params(), (D, A), init.LORA_W2_BOUND, pd)
+            rngs, config, (D, A), lambda: official_init.uniform(rngs.params(), (D, A), init.LORA_W2_BOUND, wd)
         )
-        w1 = official_or_normal(rngs, config, (C, D), lambda: jnp.zeros((C, D), pd))
+        w1 = official_or_normal(rngs, config, (C, D), lambda: jnp.zeros((C, D), wd))
         speed = official_or_constant(config, init.decay_speed(A, layer, L), plain_log_rate())
-        return LoraDecay(speed, w1, w2, param_dtype=pd, dtype=config.dtype)
+        return LoraDecay(speed, w1, w2, param_dtype=pd, lora_dtype=wd, dtype=config.dtype)
     # 5.1: one decay per head; 5.2 (and a static decay in Finch): one per head and channel.
     speed = init.decay_speed(H, layer, L) if config.version == "5.1" else init.decay_speed(A, layer, L)
     speed = official_or_constant(config, speed, plain_log_rate())

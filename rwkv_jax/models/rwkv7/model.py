@@ -30,6 +30,7 @@ from rwkv_jax.models.common import (
     HeadGroupNorm,
     LayerNorm,
     PublishedArchitecture,
+    matmul,
     official_or_constant,
     official_or_normal,
     param,
@@ -45,7 +46,6 @@ from rwkv_jax.models.common import (
 from rwkv_jax.models.language_model import LanguageModel
 from rwkv_jax.models.layer_scan import run_layers
 from rwkv_jax.models.official_init import initial_linear
-from rwkv_jax.models.projection import project
 from rwkv_jax.models.rwkv7 import init as rwkv7_init
 from rwkv_jax.sharding import keep_batch_sharded
 from rwkv_jax.wkv.impl import Impl
@@ -219,19 +219,20 @@ class TimeMix(nnx.Module):
         # Block 0 holds v0, v1, v2 too, never read: RWKV-LM's trainer creates them in every block, so its
         # files have them (and its strict load_state_dict wants them in ours).
         used = {"w": True, "a": config.delta_rule, "v": config.value_residual, "g": True}
+        wd = weight_dtype(config)  # the LoRA matrices'
         # Construction order = the official parameter order (so random draws follow the file layout).
         for prefix, kind in (("w", "decay"), ("a", "iclr"), ("v", "value"), ("g", "gate")):
             if not used[prefix]:
                 continue
             rank = getattr(config, f"{kind}_lora")
-            w1 = official_or_normal(rngs, config, (C, rank), lambda rank=rank: jnp.zeros((C, rank), pd))
+            w1 = official_or_normal(rngs, config, (C, rank), lambda rank=rank: jnp.zeros((C, rank), wd))
             setattr(self, f"{prefix}1", param(w1, ("embed", "lora")))
             w2 = official_or_normal(
                 rngs,
                 config,
                 (rank, C),
                 lambda rank=rank: official_init.orthogonal_kernel(
-                    rngs.params(), rank, C, rwkv7_init.lora_w2_gain(rank, C), pd
+                    rngs.params(), rank, C, rwkv7_init.lora_w2_gain(rank, C), wd
                 ),
             )
             setattr(self, f"{prefix}2", param(w2, ("lora", "embed")))
@@ -256,10 +257,10 @@ class TimeMix(nnx.Module):
 
     def _lora(self, prefix: str, x: Array, inner=None) -> Array:
         """``inner(x @ {prefix}1) @ {prefix}2`` in the compute dtype (``inner`` None: identity)."""
-        hidden = project(x, getattr(self, f"{prefix}1")[...].astype(self.dtype))
+        hidden = matmul(x, getattr(self, f"{prefix}1")[...], self.dtype)
         if inner is not None:
             hidden = inner(hidden)
-        return project(hidden, getattr(self, f"{prefix}2")[...].astype(self.dtype))
+        return matmul(hidden, getattr(self, f"{prefix}2")[...], self.dtype)
 
     def _removal(self, k: Array, mixed_a: Array) -> tuple[Array, Array, Array]:
         """The delta rule's ``(a, b, k)``: removal key ``a = -kk``, ``b = kk * iclr`` and k rescaled by iclr,
