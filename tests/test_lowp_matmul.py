@@ -126,9 +126,10 @@ def test_bfloat16_decode_reads_the_stored_matrices_and_matches_float32_weights(f
     for tokens in (np.array([[5]]), np.array([[5, 200, 7, 42, 1]]), np.array([[5], [9]])):
         logits, state = step.step(step.params, tokens, step.init_state(len(tokens)))
         reference, reference_state = widened(tokens)
-        assert relative_error(logits, reference) < 4e-6  # measured 5.1e-8 .. 4.3e-7
+        # Goose's LoRAs through the kernel (a different order of sums than XLA's) move its logits most.
+        assert relative_error(logits, reference) < 4e-6  # measured 4.2e-7 .. 2.1e-6
         for ours, theirs in zip(jax.tree.leaves(state), jax.tree.leaves(reference_state), strict=True):
-            assert relative_error(ours, theirs) < 3.5e-6  # measured 0.0 .. 3.5e-7
+            assert relative_error(ours, theirs) < 3.5e-6  # measured 0.0 .. 1.5e-6
 
 
 AVX2_FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-std=c++17", "-shared", "-fPIC")

@@ -238,20 +238,34 @@ constexpr int64_t kBlockRows = 8;
 // than that, so the register tile spans the block's rows as for long rows of w.
 constexpr int64_t kShortRowBytes = 4096;
 
-// partial [M, N] += x[:, k0:k0 + rows] @ w[k0:k0 + rows, :] for M <= kTileRows: one register tile covers
-// every row of x, so whole tiles of columns read w directly, widened in registers; the last N % kTileCols
-// columns are widened into the scratch first, zero-padded to a whole tile, and summed apart.
+// How far ahead (in 16-bit weights: 8 KiB) the in-order read of short rows asks for the weights it reads
+// next. The hardware prefetcher restarts at every 4 KiB page; with this a 768 x 768 product in XLA ran 9-12 %
+// faster (distances of 1 to 32 KiB: 2 to 8 KiB best).
+constexpr int64_t kPrefetchAhead = 4096;
+
+// partial [M, N] += x[:, k0:k0 + rows] @ w[k0:k0 + rows, :] for M <= kTileRows: whole tiles of columns read
+// w directly, widened in registers; the last N % kTileCols columns are widened into the scratch first,
+// zero-padded to a whole tile, and summed apart. Short rows of w with one row of x are read row by row in
+// one loop over vectors (a call per register tile and row cost 3-4 us of a 768 x 768 product); else one
+// register tile covers every row of x and the block's rows.
 template <typename Format>
 void RowBlock(const Problem& p, int64_t k0, int64_t rows, float* scratch, float* partial) {
   const float* x = p.x + k0;
   const uint16_t* w = p.w + k0 * p.n;
   const int64_t direct = p.n / kTileCols * kTileCols;
   const int r = static_cast<int>(p.m);
-  const bool in_order = p.m == 1 && p.n * static_cast<int64_t>(sizeof(uint16_t)) < kShortRowBytes;
-  const int64_t depth = in_order ? 1 : rows;  // rows of w a register tile sums before the next columns
-  for (int64_t i = 0; i < rows; i += depth)
+  if (p.m == 1 && p.n * static_cast<int64_t>(sizeof(uint16_t)) < kShortRowBytes) {
+    for (int64_t i = 0; i < rows; ++i) {
+      const uint16_t* row = w + i * p.n;
+      for (int64_t t = 0; t < direct; t += kLanes) {
+        __builtin_prefetch(row + t + kPrefetchAhead);  // past the end of w it is a no-op
+        Store(partial + t, Load(partial + t) + x[i] * Format::WidenVec(row + t));
+      }
+    }
+  } else {
     for (int64_t t = 0; t < direct; t += kTileCols)
-      kTiles<Raw<Format>>[r - 1](x + i, p.k, w + i * p.n + t, p.n, depth, partial + t, p.n);
+      kTiles<Raw<Format>>[r - 1](x, p.k, w + t, p.n, rows, partial + t, p.n);
+  }
   if (direct < p.n) {
     float tail[kTileRows * kTileCols] = {};
     Widen<Format>(w + direct, p.n, rows, p.n - direct, scratch);
