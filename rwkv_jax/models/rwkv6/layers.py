@@ -140,9 +140,9 @@ def slot_offsets(hidden: Array, w2: Array, dtype: jnp.dtype) -> list[Array]:
     Many rows (training, prompts): one product per slot, not one batched einsum, whose stacked ``[S, B, T,
     C]`` result and gradient cost XLA:CPU pads, sums and a transposed copy per layer (docs/speed.md,
     "Training"). Few rows (decoding): XLA:CPU copies each slot's slice ``w2[s]`` into a fresh buffer before
-    its product (0.8 ms of a 12 ms Finch step), so the slots are one product of ``w2`` as one ``[S D, C]``
-    matrix (a free reshape) with S rows of ``hidden`` per row, each zero outside its slot: 5x the multiplies
-    of a small product, ``w2`` read once.
+    its product (docs/speed.md, "LoRA matrices in the weights' dtype"), so the slots are one product of
+    ``w2`` as one ``[S D, C]`` matrix (a free reshape) with S rows of ``hidden`` per row, each zero outside
+    its slot: S times the multiplies of a small product, ``w2`` read once and not copied.
     """
     slots, rank = w2.shape[:2]
     if math.prod(hidden.shape[:-1]) > FEW_ROWS:
